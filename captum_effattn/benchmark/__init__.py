@@ -1,0 +1,1 @@
+r"""Benchmark: data sets, models, methods, runner and reports (``captum-effattn bench``)."""
