@@ -1,0 +1,1 @@
+r"""Private implementation of :mod:`captum_effattn.metrics`; import from there."""

@@ -1,0 +1,376 @@
+r"""Shared machinery of the token-level faithfulness metrics.
+
+Everything that decides *which* tokens a metric removes and *how* it removes
+them lives here, once:
+
+- :func:`_validate_token_inputs` checks token ids, masks and attributions;
+- :func:`_content_mask` says which positions may be removed and are counted
+  (not padding, not special tokens);
+- :func:`_rank_positions` orders the content positions by attribution, ties
+  broken by position (earlier first);
+- :func:`_keep_mask` turns a rank and a number ``k`` into a keep-mask for
+  sufficiency (keep the top ``k``) or necessity (drop the top ``k``);
+- :func:`_erase` is the one function that builds the perturbed
+  ``(input_ids, attention_mask)`` from a keep-mask, for the three modes;
+- :func:`_forward_rows` runs many perturbed rows through the model in chunks.
+
+Sufficiency, necessity, AOPC and the attack for
+:class:`captum.robust.MinParamPerturbation` all go through :func:`_erase`, so
+they cannot disagree about which tokens were removed (ferret's two
+near-identical copies once did: its sufficiency masked the rationale instead of
+its complement).
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+#: Target classes as Captum accepts them for 2-D outputs.
+TargetLike = Union[None, int, Sequence[int], Tensor]
+
+MODES = ("delete", "mask", "pad")
+
+#: Tolerance of ``k = ceil(fraction * n)`` against float rounding
+#: (``0.07 * 100 == 7.000000000000001`` must give 7, not 8).
+_CEIL_EPS = 1e-9
+
+
+def _check_ids(input_ids: Any, name: str = "inputs") -> None:
+    if not isinstance(input_ids, Tensor):
+        raise TypeError(
+            f"{name} must be a tensor of token ids of shape (batch, seq_len), "
+            f"got {type(input_ids).__name__}"
+        )
+    if input_ids.is_floating_point() or input_ids.is_complex():
+        raise TypeError(
+            f"{name} must hold integer token ids, got dtype {input_ids.dtype}; "
+            "pass input_ids, not embeddings or float tensors"
+        )
+    if input_ids.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer token ids, got a bool tensor")
+    if input_ids.dim() != 2:
+        raise ValueError(
+            f"{name} must have shape (batch, seq_len), got {tuple(input_ids.shape)}"
+        )
+
+
+def _check_mask(mask: Any, input_ids: Tensor, name: str) -> Optional[Tensor]:
+    r"""Check a (B, N) 0/1 mask and return it as bool (or None)."""
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(mask).__name__}")
+    if mask.shape != input_ids.shape:
+        raise ValueError(
+            f"{name} must have the shape of the token ids {tuple(input_ids.shape)}, "
+            f"got {tuple(mask.shape)}"
+        )
+    return mask.to(device=input_ids.device) != 0
+
+
+def _check_mode(mode: Any, mask_token_id: Any, modes: Sequence[str] = MODES) -> None:
+    if mode not in modes:
+        raise ValueError(f"Unknown mode {mode!r}; expected one of {tuple(modes)}")
+    if mode == "mask" and mask_token_id is None:
+        raise ValueError(
+            'mode="mask" needs mask_token_id (e.g. tokenizer.mask_token_id)'
+        )
+    if mask_token_id is not None and not isinstance(mask_token_id, Integral):
+        raise TypeError(
+            f"mask_token_id must be an int, got {type(mask_token_id).__name__}"
+        )
+
+
+def _check_fraction(fraction: Any, name: str = "fraction") -> float:
+    if isinstance(fraction, bool) or not isinstance(fraction, Real):
+        raise TypeError(f"{name} must be a number in (0, 1], got {fraction!r}")
+    value = float(fraction)
+    if not (0.0 < value <= 1.0):
+        raise ValueError(f"{name} must lie in (0, 1], got {fraction!r}")
+    return value
+
+
+def _check_batch_size(batch_size: Any) -> None:
+    if batch_size is None:
+        return
+    if isinstance(batch_size, bool) or not isinstance(batch_size, Integral):
+        raise TypeError(
+            f"batch_size must be a positive int or None, got {batch_size!r}"
+        )
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int or None, got {batch_size}")
+
+
+def _check_attributions(attributions: Any, input_ids: Tensor) -> Tensor:
+    r"""Return attributions as a floating tensor on the ids' device."""
+    if isinstance(attributions, tuple) and len(attributions) == 1:
+        attributions = attributions[0]
+    if not isinstance(attributions, Tensor):
+        raise TypeError(
+            "attributions must be a tensor of shape (batch, seq_len), got "
+            f"{type(attributions).__name__}"
+        )
+    if attributions.shape != input_ids.shape:
+        hint = ""
+        if attributions.dim() == 3 and attributions.shape[:2] == input_ids.shape:
+            hint = (
+                "; embedding-level attributions (e.g. from LayerIntegratedGradients) "
+                "must be summed over the last dimension first: attributions.sum(-1)"
+            )
+        raise ValueError(
+            "attributions must have the shape of the token ids "
+            f"{tuple(input_ids.shape)}, got {tuple(attributions.shape)}{hint}"
+        )
+    attributions = attributions.detach().to(device=input_ids.device)
+    if not attributions.is_floating_point():
+        attributions = attributions.to(torch.float64)
+    return attributions
+
+
+def _format_additional_forward_args(args: Any) -> Tuple[Any, ...]:
+    r"""Captum's convention: None -> (), a tuple stays, anything else -> (x,)."""
+    if args is None:
+        return ()
+    if isinstance(args, tuple):
+        return args
+    return (args,)
+
+
+def _validate_token_inputs(
+    inputs: Any,
+    attributions: Any,
+    attention_mask: Any,
+    special_tokens_mask: Any,
+    mode: Any,
+    mask_token_id: Any,
+) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+    r"""Common checks of the metrics; returns (ids, attributions, mask, special)."""
+    _check_ids(inputs)
+    _check_mode(mode, mask_token_id)
+    attributions = _check_attributions(attributions, inputs)
+    if attention_mask is not None:
+        if not isinstance(attention_mask, Tensor):
+            raise TypeError(
+                "attention_mask must be a tensor, got "
+                f"{type(attention_mask).__name__}"
+            )
+        if attention_mask.shape != inputs.shape:
+            raise ValueError(
+                "attention_mask must have the shape of the token ids "
+                f"{tuple(inputs.shape)}, got {tuple(attention_mask.shape)}"
+            )
+        attention_mask = attention_mask.to(device=inputs.device)
+    special = _check_mask(special_tokens_mask, inputs, "special_tokens_mask")
+    return inputs, attributions, attention_mask, special
+
+
+def _content_mask(
+    input_ids: Tensor,
+    attention_mask: Optional[Tensor],
+    special_tokens_mask: Optional[Tensor],
+) -> Tensor:
+    r"""(B, N) bool: positions that may be removed and that are counted.
+
+    Padding (``attention_mask == 0``) and special tokens are excluded. Without an
+    attention mask every position is real.
+    """
+    content = torch.ones_like(input_ids, dtype=torch.bool)
+    if attention_mask is not None:
+        content &= attention_mask != 0
+    if special_tokens_mask is not None:
+        content &= ~(special_tokens_mask != 0)
+    return content
+
+
+def _rank_positions(attributions: Tensor, content: Tensor) -> Tensor:
+    r"""Rank of every position by decreasing attribution (0 = most important).
+
+    Content positions come first (ranks ``0 .. n-1``); ties break by position,
+    earlier first; non-content positions get the ranks after them. NaN scores on
+    content positions are rejected.
+    """
+    if torch.isnan(attributions[content]).any():
+        raise ValueError("attributions contain NaN at content positions")
+    order = torch.sort(attributions, dim=1, descending=True, stable=True).indices
+    non_content = (~content).gather(1, order).to(torch.uint8)
+    order = order.gather(1, torch.sort(non_content, dim=1, stable=True).indices)
+    positions = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, positions)
+
+
+def _num_tokens(fraction: float, n_content: Tensor) -> Tensor:
+    r"""k = ceil(fraction * n), at least 1, at most n (0 when n == 0)."""
+    k = torch.ceil(n_content.to(torch.float64) * fraction - _CEIL_EPS).long()
+    k = torch.maximum(k, torch.ones_like(k))
+    return torch.minimum(k, n_content.long())
+
+
+def _keep_mask(ranks: Tensor, k: Tensor, content: Tensor, keep_top: bool) -> Tensor:
+    r"""Keep-mask (B, N): the top ``k`` content tokens (``keep_top``) or all but
+    them; special tokens and padding are always kept."""
+    top = (ranks < k.to(ranks.device).view(-1, 1)) & content
+    return ~content | top if keep_top else ~top
+
+
+def _erase(
+    input_ids: Tensor,
+    attention_mask: Optional[Tensor],
+    keep: Tensor,
+    *,
+    mode: str,
+    mask_token_id: Optional[int] = None,
+    pad_token_id: int = 0,
+) -> Tuple[Tensor, Optional[Tensor]]:
+    r"""Remove the tokens where ``keep`` is False: the one erase function.
+
+    Args:
+        input_ids (Tensor): token ids (B, N).
+        attention_mask (Tensor or None): 1 for real tokens, 0 for padding (B, N).
+        keep (Tensor): bool (B, N), True for tokens that stay. Padding positions
+                    are always left alone whatever ``keep`` says.
+        mode (str): ``"delete"``: drop the tokens and re-pack each row (kept
+                    tokens shift left in their order, new padding with
+                    ``pad_token_id`` and mask 0 on the right, the width N is kept);
+                    ``"mask"``: replace them by ``mask_token_id``;
+                    ``"pad"``: replace them by ``pad_token_id`` with attention
+                    mask 0.
+        mask_token_id (int, optional): needed for ``"mask"``.
+        pad_token_id (int, optional): id of the padding token. Default: 0
+
+    Returns:
+        (ids, attention_mask): the perturbed ids (same dtype) and mask (same
+        dtype as the given mask; None when no mask was given).
+    """
+    real = torch.ones_like(keep) if attention_mask is None else attention_mask != 0
+    erase = ~keep & real
+    if mode == "delete":
+        kept = real & ~erase
+        n = input_ids.shape[1]
+        positions = torch.arange(n, device=input_ids.device).expand_as(input_ids)
+        # kept tokens first, in their order; everything else after them
+        order = torch.argsort(positions + (~kept).long() * n, dim=1)
+        count = kept.sum(dim=1, keepdim=True)
+        new_real = positions < count
+        pad = torch.full_like(input_ids, pad_token_id)
+        ids = torch.where(new_real, input_ids.gather(1, order), pad)
+        if attention_mask is None:
+            return ids, None
+        return ids, new_real.to(attention_mask.dtype)
+    if mode == "mask":
+        fill = torch.full_like(input_ids, int(mask_token_id))  # type: ignore[arg-type]
+        ids = torch.where(erase, fill, input_ids)
+        return ids, None if attention_mask is None else attention_mask.clone()
+    if mode == "pad":
+        ids = torch.where(erase, torch.full_like(input_ids, pad_token_id), input_ids)
+        if attention_mask is None:
+            return ids, None
+        new_mask = attention_mask.masked_fill(erase, 0)
+        return ids, new_mask
+    raise ValueError(f"Unknown mode {mode!r}; expected one of {MODES}")
+
+
+def _select_rows(arg: Any, index: Tensor, n_examples: int) -> Any:
+    r"""Rows ``index`` of a per-example tensor argument (first dim == batch);
+    anything else is passed through unchanged."""
+    if isinstance(arg, Tensor) and arg.dim() > 0 and arg.shape[0] == n_examples:
+        return arg.index_select(0, index.to(arg.device))
+    return arg
+
+
+def _check_logits(out: Any, rows: int) -> Tensor:
+    if not isinstance(out, Tensor):
+        raise TypeError(
+            "forward_func must return a tensor of logits of shape (batch, classes), "
+            f"got {type(out).__name__}; for a Hugging Face model use e.g. "
+            "`lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits`"
+        )
+    if out.dim() != 2 or out.shape[0] != rows:
+        raise ValueError(
+            "forward_func must return logits of shape (batch, classes); for a batch "
+            f"of {rows} it returned {tuple(out.shape)}"
+        )
+    return out
+
+
+def _forward_rows(
+    forward_func: Callable[..., Tensor],
+    input_ids: Tensor,
+    attention_mask: Optional[Tensor],
+    example_index: Tensor,
+    additional_forward_args: Tuple[Any, ...],
+    n_examples: int,
+    batch_size: Optional[int],
+    show_progress: bool = False,
+    desc: str = "forward",
+) -> Tensor:
+    r"""Logits of many rows, at most ``batch_size`` rows per forward call.
+
+    Row ``r`` belongs to example ``example_index[r]``: per-example tensors of
+    ``additional_forward_args`` (first dimension == ``n_examples``) are indexed
+    accordingly, so they need not be repeated in memory.
+    """
+    rows = input_ids.shape[0]
+    step = rows if batch_size is None else max(1, int(batch_size))
+    outputs: List[Tensor] = []
+    starts = range(0, rows, step)
+    with torch.no_grad():
+        for start in tqdm(starts, desc=desc, disable=not show_progress, leave=False):
+            chunk = slice(start, start + step)
+            index = example_index[chunk]
+            args = tuple(
+                _select_rows(a, index, n_examples) for a in additional_forward_args
+            )
+            if attention_mask is None:
+                out = forward_func(input_ids[chunk], *args)
+            else:
+                out = forward_func(input_ids[chunk], attention_mask[chunk], *args)
+            outputs.append(_check_logits(out, index.shape[0]).detach())
+    return torch.cat(outputs, dim=0)
+
+
+def _format_target(
+    target: TargetLike, n_examples: int, n_classes: Optional[int]
+) -> Tensor:
+    r"""Target classes as a (B,) long tensor (Captum's int / list / tensor forms);
+    ``n_classes=None`` checks only that they are not negative."""
+    if isinstance(target, bool):
+        raise TypeError("target must be an int, a list of ints or a tensor")
+    if isinstance(target, Integral):
+        t = torch.full((n_examples,), int(target), dtype=torch.long)
+    elif isinstance(target, Tensor):
+        if target.is_floating_point():
+            raise TypeError(f"target must hold integer classes, got {target.dtype}")
+        t = target.reshape(-1).long().cpu()
+        if t.numel() == 1:
+            t = t.expand(n_examples).clone()
+    elif isinstance(target, (list, tuple)):
+        if not all(isinstance(x, Integral) and not isinstance(x, bool) for x in target):
+            raise TypeError("a target list must hold ints (one class per example)")
+        t = torch.tensor([int(x) for x in target], dtype=torch.long)
+    else:
+        raise TypeError(
+            "target must be None, an int, a list of ints or a tensor, got "
+            f"{type(target).__name__}"
+        )
+    if t.numel() != n_examples:
+        raise ValueError(
+            f"target gives {t.numel()} classes for a batch of {n_examples} examples"
+        )
+    if (t < 0).any() or (n_classes is not None and (t >= n_classes).any()):
+        raise ValueError(
+            f"target classes must lie in [0, {n_classes or 'classes'}), "
+            f"got {t.tolist()}"
+        )
+    return t
+
+
+def _fraction_of(k: Tensor, n_content: Tensor) -> Tensor:
+    r"""k / n with NaN where n == 0 (float64)."""
+    n = n_content.to(torch.float64)
+    return torch.where(n > 0, k.to(torch.float64) / n.clamp(min=1), math.nan)

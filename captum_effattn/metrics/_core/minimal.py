@@ -1,0 +1,339 @@
+r"""Minimal necessary and sufficient token sets through Captum's robustness tools.
+
+For an attribution, the *minimal necessary size* of an example is the fewest
+top-ranked content tokens whose removal changes the prediction (ERASER's
+"tokens to flip", after Serrano & Smith 2019); the *minimal sufficient size* is
+the fewest top-ranked content tokens that alone (with the special tokens) give
+the prediction. A faithful attribution makes both small.
+
+Both are found with :class:`captum.robust.MinParamPerturbation` searching over
+``k`` of :func:`token_removal_attack`, one example at a time, the perturbed
+inputs of one example batched ``perturbations_per_eval`` at a time.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral
+from typing import Any, Callable, Optional, Tuple
+
+import torch
+from captum.robust import MinParamPerturbation
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from captum_effattn.metrics._core.erase import (
+    TargetLike,
+    _check_batch_size,
+    _content_mask,
+    _format_additional_forward_args,
+    _format_target,
+    _forward_rows,
+    _select_rows,
+    _validate_token_inputs,
+)
+from captum_effattn.metrics._core.perturbation import token_removal_attack
+
+_SEARCHES = ("linear", "binary")
+
+
+def _prediction_kept(model_out: Tensor, target: int) -> bool:
+    r"""Captum ``correct_fn`` for necessity: "correct" while the model still
+    predicts ``target``; the search stops at the first k where it does not."""
+    return bool((model_out.argmax(dim=1) == target).all())
+
+
+def _prediction_missing(model_out: Tensor, target: int) -> bool:
+    r"""Captum ``correct_fn`` for sufficiency: "correct" while the kept tokens
+    do not yet give ``target``; the search stops at the first k where they do."""
+    return bool((model_out.argmax(dim=1) != target).any())
+
+
+def _minimal_size(
+    keep: bool,
+    forward_func: Callable[..., Tensor],
+    inputs: Tensor,
+    attributions: Tensor,
+    target: TargetLike,
+    additional_forward_args: Any,
+    *,
+    attention_mask: Optional[Tensor],
+    special_tokens_mask: Optional[Tensor],
+    mode: str,
+    mask_token_id: Optional[int],
+    pad_token_id: int,
+    search: str,
+    perturbations_per_eval: int,
+    batch_size: Optional[int],
+    show_progress: bool,
+) -> Tuple[Tensor, Tensor]:
+    ids, attributions, attention_mask, special = _validate_token_inputs(
+        inputs, attributions, attention_mask, special_tokens_mask, mode, mask_token_id
+    )
+    if search not in _SEARCHES:
+        raise ValueError(f"Unknown search {search!r}; expected one of {_SEARCHES}")
+    if (
+        isinstance(perturbations_per_eval, bool)
+        or not isinstance(perturbations_per_eval, Integral)
+        or perturbations_per_eval < 1
+    ):
+        raise ValueError(
+            "perturbations_per_eval must be a positive int, got "
+            f"{perturbations_per_eval!r}"
+        )
+    _check_batch_size(batch_size)
+    args = _format_additional_forward_args(additional_forward_args)
+    n_examples = ids.shape[0]
+    n_content = _content_mask(ids, attention_mask, special).sum(dim=1)
+
+    if target is None:
+        logits = _forward_rows(
+            forward_func,
+            ids,
+            attention_mask,
+            torch.arange(n_examples, device=ids.device),
+            args,
+            n_examples,
+            batch_size,
+        )
+        targets = logits.argmax(dim=1).cpu()
+    else:
+        targets = _format_target(target, n_examples, n_classes=None)
+
+    has_mask = attention_mask is not None
+
+    def search_forward(inp: Any, *forward_args: Any) -> Tensor:
+        if has_mask:
+            return forward_func(inp[0], inp[1], *forward_args)
+        return forward_func(inp, *forward_args)
+
+    sizes = torch.full((n_examples,), float("nan"))
+    for b in tqdm(
+        range(n_examples),
+        desc="minimal sufficient" if keep else "minimal necessary",
+        disable=not show_progress,
+        leave=False,
+    ):
+        n = int(n_content[b])
+        if n == 0:
+            continue
+        row = torch.tensor([b], device=ids.device)
+        ex_ids = ids[b : b + 1]
+        ex_inputs: Any = (ex_ids, attention_mask[b : b + 1]) if has_mask else ex_ids
+        ex_args = tuple(_select_rows(a, row, n_examples) for a in args)
+        mpp = MinParamPerturbation(
+            forward_func=search_forward,
+            attack=token_removal_attack,
+            arg_name="k",
+            arg_min=0,
+            arg_max=n + 1,
+            arg_step=1,
+            mode=search,
+            correct_fn=_prediction_missing if keep else _prediction_kept,
+        )
+        with torch.no_grad():
+            _, k = mpp.evaluate(
+                ex_inputs,
+                additional_forward_args=ex_args if ex_args else None,
+                target=int(targets[b]),
+                perturbations_per_eval=int(perturbations_per_eval),
+                attack_kwargs=dict(
+                    attributions=attributions[b : b + 1],
+                    keep=keep,
+                    special_tokens_mask=None if special is None else special[b : b + 1],
+                    mode=mode,
+                    mask_token_id=mask_token_id,
+                    pad_token_id=pad_token_id,
+                ),
+            )
+        if k is not None:
+            sizes[b] = float(k)
+    sizes = sizes.to(device=ids.device, dtype=torch.get_default_dtype())
+    fractions = sizes / n_content.to(sizes.dtype)  # NaN stays NaN
+    return sizes, fractions
+
+
+def minimal_necessary_size(
+    forward_func: Callable[..., Tensor],
+    inputs: Tensor,
+    attributions: Tensor,
+    target: TargetLike = None,
+    additional_forward_args: Any = None,
+    *,
+    attention_mask: Optional[Tensor] = None,
+    special_tokens_mask: Optional[Tensor] = None,
+    mode: str = "delete",
+    mask_token_id: Optional[int] = None,
+    pad_token_id: int = 0,
+    search: str = "linear",
+    perturbations_per_eval: int = 16,
+    batch_size: Optional[int] = 64,
+    show_progress: bool = False,
+) -> Tuple[Tensor, Tensor]:
+    r"""
+    Size of the minimal necessary set of an attribution, per example: the
+    fewest top-ranked content tokens whose removal makes the model stop
+    predicting the target class (ERASER's "tokens to flip", after Serrano &
+    Smith 2019, https://arxiv.org/abs/1906.03731). Smaller is better.
+
+    For each example, :class:`captum.robust.MinParamPerturbation` searches
+    ``k`` in 0, 1, ..., n (n = number of content tokens: not special, not
+    padding) over :func:`token_removal_attack` with ``keep=False``. With the
+    default target (the predicted class) k = 0 never flips, so the result is
+    at least 1.
+
+    Args:
+        forward_func (Callable): returns logits (B, classes); called as
+                    ``forward_func(ids, attention_mask, *additional_forward_args)``
+                    when ``attention_mask`` is given, else
+                    ``forward_func(ids, *additional_forward_args)``.
+        inputs (Tensor): token ids (B, N), integer dtype.
+        attributions (Tensor): scores (B, N); higher is more important.
+        target (int, list, or Tensor, optional): the class whose prediction is
+                    tracked, as in Captum; ``None`` takes the class predicted
+                    for the unperturbed input. Default: None
+        additional_forward_args (Any, optional): further arguments of
+                    ``forward_func``; tensors whose first dimension is B are
+                    taken per example. Default: None
+        attention_mask (Tensor, optional): (B, N), 0 at padding. Default: None
+        special_tokens_mask (Tensor, optional): (B, N), positions never removed
+                    nor counted. Default: None
+        mode (str, optional): ``"delete"``, ``"mask"`` or ``"pad"``, as in
+                    :func:`necessity`. Default: ``"delete"``
+        mask_token_id (int, optional): required for ``"mask"``. Default: None
+        pad_token_id (int, optional): the padding id. Default: 0
+        search (str, optional): ``"linear"`` (exact: the first k that flips)
+                    or ``"binary"`` (fewer forward calls; exact only when the
+                    prediction stays flipped once flipped, i.e. when flipping is
+                    monotone in k). Default: ``"linear"``
+        perturbations_per_eval (int, optional): perturbed inputs of one example
+                    per forward call in the linear search (Captum's argument).
+                    Default: 16
+        batch_size (int, optional): rows per forward call when predicting the
+                    default target. Default: 64
+        show_progress (bool, optional): tqdm bar over the examples.
+                    Default: False
+
+    Returns:
+        (sizes, fractions): two tensors of shape (B,): ``sizes`` the minimal k
+        (float, integer-valued) and ``fractions`` = k / n. Both are **NaN**
+        where no k flips the prediction (not even removing every content
+        token) and where an example has no content tokens.
+
+    Examples::
+
+        >>> from captum_effattn.metrics import minimal_necessary_size
+        >>> def forward(ids, mask):
+        >>>     return model(input_ids=ids, attention_mask=mask).logits
+        >>> k, frac = minimal_necessary_size(
+        >>>     forward, ids, attr, attention_mask=mask,
+        >>>     special_tokens_mask=special, search="binary")
+        >>> frac.nanmean()   # mean share of tokens needed to flip
+    """
+    return _minimal_size(
+        False,
+        forward_func,
+        inputs,
+        attributions,
+        target,
+        additional_forward_args,
+        attention_mask=attention_mask,
+        special_tokens_mask=special_tokens_mask,
+        mode=mode,
+        mask_token_id=mask_token_id,
+        pad_token_id=pad_token_id,
+        search=search,
+        perturbations_per_eval=perturbations_per_eval,
+        batch_size=batch_size,
+        show_progress=show_progress,
+    )
+
+
+def minimal_sufficient_size(
+    forward_func: Callable[..., Tensor],
+    inputs: Tensor,
+    attributions: Tensor,
+    target: TargetLike = None,
+    additional_forward_args: Any = None,
+    *,
+    attention_mask: Optional[Tensor] = None,
+    special_tokens_mask: Optional[Tensor] = None,
+    mode: str = "delete",
+    mask_token_id: Optional[int] = None,
+    pad_token_id: int = 0,
+    search: str = "linear",
+    perturbations_per_eval: int = 16,
+    batch_size: Optional[int] = 64,
+    show_progress: bool = False,
+) -> Tuple[Tensor, Tensor]:
+    r"""
+    Size of the minimal sufficient set of an attribution, per example: the
+    fewest top-ranked content tokens that alone (with the special tokens) make
+    the model predict the target class. Smaller is better.
+
+    For each example, :class:`captum.robust.MinParamPerturbation` searches
+    ``k`` in 0, 1, ..., n (n = number of content tokens) over
+    :func:`token_removal_attack` with ``keep=True``. ``k = 0`` (only the
+    special tokens) is a valid answer when the model already predicts the
+    target from them; with the default target (the predicted class) ``k = n``
+    always succeeds, so the result is never NaN for an example with content
+    tokens.
+
+    Args:
+        forward_func (Callable): returns logits (B, classes); called as
+                    ``forward_func(ids, attention_mask, *additional_forward_args)``
+                    when ``attention_mask`` is given, else
+                    ``forward_func(ids, *additional_forward_args)``.
+        inputs (Tensor): token ids (B, N), integer dtype.
+        attributions (Tensor): scores (B, N); higher is more important.
+        target (int, list, or Tensor, optional): the class whose prediction is
+                    sought, as in Captum; ``None`` takes the class predicted
+                    for the unperturbed input. Default: None
+        additional_forward_args (Any, optional): further arguments of
+                    ``forward_func``; tensors whose first dimension is B are
+                    taken per example. Default: None
+        attention_mask (Tensor, optional): (B, N), 0 at padding. Default: None
+        special_tokens_mask (Tensor, optional): (B, N), positions never removed
+                    nor counted. Default: None
+        mode (str, optional): ``"delete"``, ``"mask"`` or ``"pad"``, as in
+                    :func:`sufficiency`. Default: ``"delete"``
+        mask_token_id (int, optional): required for ``"mask"``. Default: None
+        pad_token_id (int, optional): the padding id. Default: 0
+        search (str, optional): ``"linear"`` (exact) or ``"binary"`` (exact
+                    only when sufficiency is monotone in k). Default: ``"linear"``
+        perturbations_per_eval (int, optional): perturbed inputs of one example
+                    per forward call in the linear search. Default: 16
+        batch_size (int, optional): rows per forward call when predicting the
+                    default target. Default: 64
+        show_progress (bool, optional): tqdm bar over the examples.
+                    Default: False
+
+    Returns:
+        (sizes, fractions): two tensors of shape (B,): ``sizes`` the minimal k
+        (float, integer-valued) and ``fractions`` = k / n. Both are **NaN**
+        where no k gives the target class (possible only for a target other
+        than the prediction) and where an example has no content tokens.
+
+    Examples::
+
+        >>> from captum_effattn.metrics import minimal_sufficient_size
+        >>> k, frac = minimal_sufficient_size(
+        >>>     forward, ids, attr, attention_mask=mask,
+        >>>     special_tokens_mask=special)
+    """
+    return _minimal_size(
+        True,
+        forward_func,
+        inputs,
+        attributions,
+        target,
+        additional_forward_args,
+        attention_mask=attention_mask,
+        special_tokens_mask=special_tokens_mask,
+        mode=mode,
+        mask_token_id=mask_token_id,
+        pad_token_id=pad_token_id,
+        search=search,
+        perturbations_per_eval=perturbations_per_eval,
+        batch_size=batch_size,
+        show_progress=show_progress,
+    )
