@@ -31,13 +31,15 @@ def _expand(t, m):
     return t.repeat_interleave(m, dim=0)
 
 
-@pytest.mark.parametrize("source", ["masks", "ids", "tokenizer"])
+@pytest.mark.parametrize("source", ["masks", "ids", "mask+ids", "tokenizer"])
 def test_infidelity_func_protects_and_indicates(source):
     ids, mask, special = _batch()
     if source == "masks":
         kwargs = dict(special_tokens_mask=special, attention_mask=mask)
     elif source == "ids":
         kwargs = dict(protected_ids=SPECIAL_IDS)
+    elif source == "mask+ids":
+        kwargs = dict(attention_mask=mask, protected_ids=[CLS, SEP])
     else:
 
         class Tok:

@@ -23,7 +23,6 @@ its complement).
 
 from __future__ import annotations
 
-import math
 from numbers import Integral, Real
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
@@ -368,9 +367,3 @@ def _format_target(
             f"got {t.tolist()}"
         )
     return t
-
-
-def _fraction_of(k: Tensor, n_content: Tensor) -> Tensor:
-    r"""k / n with NaN where n == 0 (float64)."""
-    n = n_content.to(torch.float64)
-    return torch.where(n > 0, k.to(torch.float64) / n.clamp(min=1), math.nan)

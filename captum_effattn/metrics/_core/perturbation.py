@@ -115,7 +115,8 @@ def token_perturb_func(
                     ``protected_ids``, ``mask_token_id``, ``pad_token_id`` and
                     ``vocab_size`` default. Default: None
         mask_token_id (int, optional): the [MASK] id. Default: None
-        pad_token_id (int, optional): the padding id. Default: 0
+        pad_token_id (int, optional): the padding id.
+                    Default: ``tokenizer.pad_token_id`` when given, else 0
         vocab_size (int, optional): number of ids for ``"random"``.
                     Default: None
         ids_index (int, optional): when Captum's ``inputs`` is a tuple, the
@@ -224,12 +225,15 @@ def token_perturb_func(
     protected = torch.tensor(
         sorted({int(i) for i in (protected_ids or ())}), dtype=torch.long
     )
+    # (B, N) positions never touched: special tokens and padding of the batch
     base_protect: Optional[Tensor] = None
-    for m in (special_tokens_mask, attention_mask):
-        if m is None:
-            continue
-        flag = (m != 0) if m is special_tokens_mask else (m == 0)
-        base_protect = flag if base_protect is None else base_protect | flag
+    if special_tokens_mask is not None:
+        base_protect = special_tokens_mask != 0
+    if attention_mask is not None:
+        padding = attention_mask == 0
+        if base_protect is not None:
+            padding = padding.to(base_protect.device) | base_protect
+        base_protect = padding
     candidates: Optional[Tensor] = None
     if mode == "random":
         all_ids = torch.arange(int(vocab_size), dtype=torch.long)  # type: ignore
