@@ -8,15 +8,15 @@ tokens of an attribution r (k = ceil(fraction x number of content tokens)):
 - necessity = p(x)_j - p(x without the top-k tokens)_j
   (higher is better: removing the explanation destroys the prediction).
   :func:`comprehensiveness` is the same function: ERASER's name for it.
-- AOPC ("area over the perturbation curve") averages either over several
-  fractions.
+- AOPC ("area over the perturbation curve") averages either of them over
+  several fractions and keeps the curve.
 
 Where we follow and where we differ from the two reference implementations:
 
 ERASER (DeYoung et al., ACL 2020; github.com/jayded/eraserbenchmark,
 ``rationale_benchmark/metrics.py``):
 
-- *Follow*: the definitions comprehensiveness = m(x)_j - m(x \\ r)_j and
+- *Follow*: the definitions comprehensiveness = m(x)_j - m(x \ r)_j and
   sufficiency = m(x)_j - m(r)_j on class probabilities; ``j`` defaults to the
   predicted class of the unperturbed input, as ERASER's ``classification``
   field; the AOPC bins (0.01, 0.05, 0.1, 0.2, 0.5) (``--aopc_thresholds``); AOPC
