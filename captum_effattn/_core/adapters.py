@@ -1,0 +1,367 @@
+r"""Model adapters: where each architecture keeps its attention, found by name.
+
+No model code is forked. For every supported family one :class:`ArchSpec`
+entry says, relative to one transformer layer, which module returns
+``(output, attention_probabilities)``, which module produces the value
+vectors and which one is the output projection. Forward hooks then capture
+
+* the attention probabilities ``A`` (batch, heads, n, n), still attached to
+  the autograd graph so gradients with respect to them can be taken;
+* the value projection output (batch, n, kv_heads * d_h), biases included;
+
+and the output projection weight is read from the module. Adding a family is
+one entry in :data:`ARCHITECTURES`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "ArchSpec",
+    "ARCHITECTURES",
+    "ModelAdapter",
+    "LayerCapture",
+    "supported_architectures",
+]
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    r"""Where one architecture family keeps its attention.
+
+    Attributes:
+        layers (str): dotted path from ``model.base_model`` to the list of layers.
+        attention (str): path from a layer to the module whose forward returns
+                    ``(output, attention_probabilities, ...)``.
+        value (str): path from a layer to the value projection module.
+        output (str): path from a layer to the output projection module.
+        projected (bool): True when the attention module's output already went
+                    through the output projection (DistilBERT, GPT-2, Llama).
+        value_chunk (int or None): for fused ``qkv`` projections, the value is
+                    chunk ``value_chunk`` of 3 along the last dimension.
+        conv1d (bool): GPT-2's ``Conv1D`` stores weights as (in, out).
+        causal (bool): decoder attention (row i sees keys j <= i).
+    """
+
+    layers: str
+    attention: str
+    value: str
+    output: str
+    projected: bool = False
+    value_chunk: Optional[int] = None
+    conv1d: bool = False
+    causal: bool = False
+
+
+_BERT_LIKE = ArchSpec(
+    layers="encoder.layer",
+    attention="attention.self",
+    value="attention.self.value",
+    output="attention.output.dense",
+)
+
+#: model_type (``model.config.model_type``) -> :class:`ArchSpec`.
+ARCHITECTURES: Dict[str, ArchSpec] = {
+    "bert": _BERT_LIKE,
+    "roberta": _BERT_LIKE,
+    "xlm-roberta": _BERT_LIKE,
+    "electra": _BERT_LIKE,
+    "camembert": _BERT_LIKE,
+    "distilbert": ArchSpec(
+        layers="transformer.layer",
+        attention="attention",
+        value="attention.v_lin",
+        output="attention.out_lin",
+        projected=True,
+    ),
+    "gpt2": ArchSpec(
+        layers="h",
+        attention="attn",
+        value="attn.c_attn",
+        output="attn.c_proj",
+        projected=True,
+        value_chunk=2,
+        conv1d=True,
+        causal=True,
+    ),
+    "llama": ArchSpec(
+        layers="layers",
+        attention="self_attn",
+        value="self_attn.v_proj",
+        output="self_attn.o_proj",
+        projected=True,
+        causal=True,
+    ),
+}
+ARCHITECTURES["mistral"] = ARCHITECTURES["llama"]
+ARCHITECTURES["qwen2"] = ARCHITECTURES["llama"]
+
+
+def supported_architectures() -> List[str]:
+    r"""The ``model_type`` values that have an adapter."""
+    return sorted(ARCHITECTURES)
+
+
+@dataclass
+class LayerCapture:
+    r"""What the hooks captured for one layer in one forward pass.
+
+    Attributes:
+        weights (Tensor): attention probabilities (batch, heads, n, n).
+        values (Tensor): value vectors per value head (batch, kv_heads, n, d_h).
+    """
+
+    weights: Tensor
+    values: Tensor
+
+
+@dataclass
+class _Recording:
+    layers: Dict[int, Dict[str, Tensor]] = field(default_factory=dict)
+    call_args: Optional[inspect.BoundArguments] = None
+    calls: int = 0
+
+
+def _get(module: nn.Module, path: str) -> nn.Module:
+    for part in path.split("."):
+        module = getattr(module, part)
+    return module
+
+
+class ModelAdapter:
+    r"""Reads attention, values and output projections of a Hugging Face model.
+
+    Args:
+        model (nn.Module): a transformers model (``PreTrainedModel``) of a
+                    supported family, loaded with ``attn_implementation="eager"``.
+
+    Raises:
+        TypeError: when ``model`` is not a ``torch.nn.Module`` with a config.
+        ValueError: for an unsupported architecture (the message lists the
+                    supported ones) or a model not using eager attention.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        if not isinstance(model, nn.Module) or not hasattr(model, "config"):
+            raise TypeError(
+                "expected a Hugging Face transformers model (a torch.nn.Module "
+                f"with a .config), got {type(model).__name__}"
+            )
+        model_type = getattr(model.config, "model_type", None)
+        if model_type not in ARCHITECTURES:
+            raise ValueError(
+                f"unsupported architecture {model_type!r} "
+                f"({type(model).__name__}); supported model types: "
+                f"{', '.join(supported_architectures())}. Adding a family is one "
+                "ArchSpec entry in captum_effattn._core.adapters.ARCHITECTURES."
+            )
+        check_eager(model)
+        self.model = model
+        self.spec = ARCHITECTURES[model_type]
+        base = getattr(model, "base_model", model)
+        self.layer_modules: List[nn.Module] = list(_get(base, self.spec.layers))
+        self.num_layers = len(self.layer_modules)
+        out0 = _get(self.layer_modules[0], self.spec.output)
+        self.num_heads = int(
+            getattr(model.config, "num_attention_heads", None)
+            or getattr(model.config, "n_heads", None)
+            or getattr(model.config, "n_head")
+        )
+        in_features = out0.weight.shape[0] if self.spec.conv1d else out0.weight.shape[1]
+        self.head_dim = in_features // self.num_heads
+        self.causal = self.spec.causal
+        self.max_positions: Optional[int] = getattr(
+            model.config, "max_position_embeddings", None
+        ) or getattr(model.config, "n_positions", None)
+        self.vocab_size: Optional[int] = getattr(model.config, "vocab_size", None)
+
+    # ------------------------------------------------------------------ weights
+    def output_weights(self, layer: int) -> Tensor:
+        r"""Per-head output projections ``W_O,h`` of a layer, (heads, d_h, d)."""
+        w = _get(self.layer_modules[layer], self.spec.output).weight
+        w = w if self.spec.conv1d else w.t()  # (heads * d_h, d)
+        return w.reshape(self.num_heads, self.head_dim, w.shape[-1])
+
+    def layer_indices(self, layers: Optional[Sequence[int]]) -> List[int]:
+        r"""Normalise a layer selection (negative indices allowed)."""
+        if layers is None:
+            return list(range(self.num_layers))
+        if isinstance(layers, int):
+            layers = [layers]
+        out = []
+        for layer in layers:
+            if not isinstance(layer, int) or not -self.num_layers <= layer < self.num_layers:
+                raise ValueError(
+                    f"layer {layer!r} out of range for a model with "
+                    f"{self.num_layers} layers"
+                )
+            out.append(layer % self.num_layers)
+        return sorted(set(out))
+
+    # ------------------------------------------------------------------- hooks
+    @contextlib.contextmanager
+    def capture(self, layers: Optional[Sequence[int]] = None) -> Iterator[_Recording]:
+        r"""Context manager: hooks on the given layers for the forward passes run
+        inside it. Hooks are removed and the model's training mode restored
+        even when an exception is raised.
+
+        Yields:
+            a recording whose ``layers[l]`` holds ``"weights"`` and
+            ``"values"`` after a forward pass, and ``call_args`` the arguments
+            of the model's own forward call (to read the attention mask).
+        """
+        rec = _Recording()
+        handles = []
+        spec = self.spec
+        was_training = self.model.training
+        if was_training:
+            warnings.warn(
+                "the model was in training mode (dropout on); switching it to "
+                "eval mode for the attribution and back afterwards",
+                stacklevel=3,
+            )
+            self.model.eval()
+        signature = inspect.signature(self.model.forward)
+
+        def model_pre_hook(_m: nn.Module, args: Any, kwargs: Any) -> None:
+            rec.calls += 1
+            try:
+                rec.call_args = signature.bind(*args, **kwargs)
+            except TypeError:
+                rec.call_args = None
+
+        def make_attention_hook(idx: int):
+            def hook(_m: nn.Module, _args: Any, output: Any) -> None:
+                weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+                if weights is None:
+                    raise ValueError(_EAGER_MESSAGE)
+                rec.layers.setdefault(idx, {})["weights"] = weights
+
+            return hook
+
+        def make_value_hook(idx: int):
+            def hook(_m: nn.Module, _args: Any, output: Tensor) -> None:
+                v = output
+                if spec.value_chunk is not None:
+                    v = v.chunk(3, dim=-1)[spec.value_chunk]
+                b, n, _ = v.shape
+                v = v.reshape(b, n, -1, self.head_dim).transpose(1, 2)
+                rec.layers.setdefault(idx, {})["values"] = v
+
+            return hook
+
+        try:
+            handles.append(
+                self.model.register_forward_pre_hook(model_pre_hook, with_kwargs=True)
+            )
+            for idx in self.layer_indices(layers):
+                layer = self.layer_modules[idx]
+                handles.append(
+                    _get(layer, spec.attention).register_forward_hook(
+                        make_attention_hook(idx)
+                    )
+                )
+                handles.append(
+                    _get(layer, spec.value).register_forward_hook(make_value_hook(idx))
+                )
+            yield rec
+        finally:
+            for h in handles:
+                h.remove()
+            if was_training:
+                self.model.train()
+
+    @contextlib.contextmanager
+    def replace_attention(self, matrices: Dict[int, Tensor]) -> Iterator[None]:
+        r"""Run the model with the attention probabilities of some layers
+        replaced, e.g. by efficient attention, to check output equivalence.
+
+        The replacement is exact and architecture-independent: the attention
+        output is linear in the probabilities, so the hook adds
+        ``Σ_h (M_h − A_h) V_h`` (projected through ``W_O`` when the attention
+        module's output is already projected) to the module's output.
+
+        Args:
+            matrices (dict): layer index -> (batch, heads, n, n) matrices.
+        """
+        handles = []
+        values: Dict[int, Tensor] = {}
+
+        def make_value_hook(idx: int):
+            def hook(_m: nn.Module, _args: Any, output: Tensor) -> None:
+                v = output
+                if self.spec.value_chunk is not None:
+                    v = v.chunk(3, dim=-1)[self.spec.value_chunk]
+                b, n, _ = v.shape
+                values[idx] = v.reshape(b, n, -1, self.head_dim).transpose(1, 2)
+
+            return hook
+
+        def make_attention_hook(idx: int):
+            def hook(_m: nn.Module, _args: Any, output: Any) -> Any:
+                weights = output[1]
+                if weights is None:
+                    raise ValueError(_EAGER_MESSAGE)
+                v = expand_kv(values[idx], weights.shape[1])
+                delta = (matrices[idx].to(v.dtype) - weights) @ v  # (b, h, n, d_h)
+                b, h, n, dh = delta.shape
+                delta = delta.transpose(1, 2).reshape(b, n, h * dh)
+                if self.spec.projected:
+                    w = self.output_weights(idx).reshape(h * dh, -1)
+                    delta = delta @ w
+                return (output[0] + delta.to(output[0].dtype),) + tuple(output[1:])
+
+            return hook
+
+        try:
+            for idx in matrices:
+                layer = self.layer_modules[idx]
+                handles.append(
+                    _get(layer, self.spec.value).register_forward_hook(
+                        make_value_hook(idx)
+                    )
+                )
+                handles.append(
+                    _get(layer, self.spec.attention).register_forward_hook(
+                        make_attention_hook(idx)
+                    )
+                )
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def expand_kv(values: Tensor, num_heads: int) -> Tensor:
+    r"""Repeat value heads for grouped-query attention: (b, kv, n, d) ->
+    (b, num_heads, n, d), query head h reading value head h // (num_heads/kv)."""
+    kv = values.shape[1]
+    if kv == num_heads:
+        return values
+    if num_heads % kv:
+        raise ValueError(f"{num_heads} query heads cannot share {kv} value heads")
+    return values.repeat_interleave(num_heads // kv, dim=1)
+
+
+_EAGER_MESSAGE = (
+    "the model returned no attention probabilities. Load it with "
+    "attn_implementation='eager', e.g. AutoModelForSequenceClassification."
+    "from_pretrained(path, attn_implementation='eager'), or call "
+    "model.set_attn_implementation('eager'); SDPA and flash attention never "
+    "materialise the attention matrix."
+)
+
+
+def check_eager(model: nn.Module) -> None:
+    r"""Raise a ``ValueError`` unless the model computes eager attention."""
+    impl = getattr(model.config, "_attn_implementation", None)
+    if impl not in (None, "eager"):
+        raise ValueError(f"attention implementation is {impl!r}: {_EAGER_MESSAGE}")

@@ -1,0 +1,551 @@
+r"""Functional API: raw, effective and efficient attention matrices of a model.
+
+:func:`efficient_attention` and :func:`effective_attention` run the model once
+with hooks (see :mod:`captum_effattn._core.adapters`), then do the algebra of
+:mod:`captum_effattn._core.solver` layer by layer, only on the unpadded block
+of every example and only for the query rows asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from captum_effattn._core.adapters import ModelAdapter, expand_kv
+from captum_effattn._core.solver import head_bases, min_norm_simplex_solve
+
+__all__ = [
+    "Certificate",
+    "efficient_attention",
+    "effective_attention",
+    "attention_weights",
+    "solve_layer",
+    "check_token_inputs",
+    "resolve_rows",
+]
+
+KINDS = ("raw", "effective", "efficient")
+RowsType = Union[None, int, Sequence[int], Tensor]
+
+
+@dataclass
+class Certificate:
+    r"""Exactness certificate of attention matrices, one value per
+    (layer, example, head), each the worst over that head's solved rows.
+
+    Attributes:
+        output_residual (Tensor): max over rows of ``‖(M_i − A_i) T‖ / ‖A_i T‖``,
+                    the relative change of the head's output.
+        min_entry (Tensor): smallest entry (negative means not a distribution).
+        row_sum_error (Tensor): max ``|Σ_j M_ij − 1|``.
+        kkt_residual (Tensor): max ``‖Cᵀ(M_i − A_i)‖∞`` of the projection's
+                    KKT system (efficient attention; 0 for the others).
+        iterations (Tensor): max Newton iterations of a row (efficient only).
+        converged (Tensor): bool, every row met the solver tolerance.
+        rank (Tensor): numerical rank of ``[T, 1]`` (``T`` alone for effective).
+    """
+
+    output_residual: Tensor
+    min_entry: Tensor
+    row_sum_error: Tensor
+    kkt_residual: Tensor
+    iterations: Tensor
+    converged: Tensor
+    rank: Tensor
+
+    @staticmethod
+    def stack(certs: Sequence["Certificate"]) -> "Certificate":
+        r"""Stack per-layer certificates along a new first (layer) dimension."""
+        return Certificate(
+            **{
+                f.name: torch.stack([getattr(c, f.name) for c in certs])
+                for f in fields(Certificate)
+            }
+        )
+
+    def worst(self) -> Dict[str, float]:
+        r"""The worst value of each field over all layers, examples and heads."""
+        return {
+            "output_residual": float(self.output_residual.max()),
+            "min_entry": float(self.min_entry.min()),
+            "row_sum_error": float(self.row_sum_error.max()),
+            "kkt_residual": float(self.kkt_residual.max()),
+            "max_iterations": int(self.iterations.max()),
+            "all_converged": bool(self.converged.all()),
+        }
+
+    def ok(self, rtol: float = 1e-6, atol: float = 1e-9) -> bool:
+        r"""True when every head is output-equivalent within ``rtol`` and is a
+        probability distribution within ``atol`` (and the solver converged)."""
+        w = self.worst()
+        return (
+            w["all_converged"]
+            and w["output_residual"] <= rtol
+            and w["min_entry"] >= -atol
+            and w["row_sum_error"] <= max(atol, 1e-6)
+        )
+
+    def __str__(self) -> str:
+        w = self.worst()
+        return (
+            f"max output residual {w['output_residual']:.2e}, min entry "
+            f"{w['min_entry']:.2e}, max |row sum - 1| {w['row_sum_error']:.2e}, "
+            f"max KKT residual {w['kkt_residual']:.2e}, max iterations "
+            f"{w['max_iterations']}, all converged: {w['all_converged']}"
+        )
+
+
+def check_token_inputs(
+    adapter: ModelAdapter,
+    input_ids: Any,
+    attention_mask: Optional[Any] = None,
+) -> Tuple[Tensor, Tensor]:
+    r"""Validate token ids and mask; return ``(ids, bool mask)``.
+
+    Raises:
+        TypeError: ids not an integer tensor.
+        ValueError: empty batch or sequence, wrong shapes, ids outside the
+                    vocabulary, too long, or an example that is all padding.
+    """
+    if not isinstance(input_ids, Tensor):
+        raise TypeError(
+            f"input_ids must be a torch.Tensor of token ids, got {type(input_ids)}; "
+            "use tokenizer(texts, return_tensors='pt', padding=True)['input_ids']"
+        )
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise TypeError(
+            f"input_ids must hold integer token ids (torch.long), got {input_ids.dtype}. "
+            "To attribute to embeddings use LayerIntegratedGradients; to perturb "
+            "tokens use captum_effattn.metrics.token_perturb_func."
+        )
+    if input_ids.dim() != 2:
+        raise ValueError(
+            f"input_ids must have shape (batch, seq), got {tuple(input_ids.shape)}; "
+            "add a batch dimension with input_ids.unsqueeze(0)"
+        )
+    b, n = input_ids.shape
+    if b == 0:
+        raise ValueError("empty batch: input_ids has 0 examples")
+    if n == 0:
+        raise ValueError("zero-length sequences: input_ids has shape (batch, 0)")
+    if int(input_ids.min()) < 0:
+        raise ValueError("input_ids contains negative token ids")
+    if adapter.vocab_size is not None and int(input_ids.max()) >= adapter.vocab_size:
+        raise ValueError(
+            f"input_ids contains id {int(input_ids.max())}, outside the model's "
+            f"vocabulary of {adapter.vocab_size}; was it tokenized for this model?"
+        )
+    if adapter.max_positions is not None and n > adapter.max_positions:
+        raise ValueError(
+            f"sequence length {n} exceeds the model's {adapter.max_positions} "
+            "positions; tokenize with truncation=True, "
+            f"max_length={adapter.max_positions}"
+        )
+    if attention_mask is None:
+        mask = torch.ones_like(input_ids, dtype=torch.bool)
+    else:
+        if not isinstance(attention_mask, Tensor):
+            raise TypeError(f"attention_mask must be a tensor, got {type(attention_mask)}")
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but "
+                f"input_ids has shape {tuple(input_ids.shape)}; they must match"
+            )
+        if attention_mask.is_floating_point():
+            bad = ~((attention_mask == 0) | (attention_mask == 1))
+            if bool(bad.any()):
+                raise ValueError("attention_mask must contain only 0 and 1")
+        mask = attention_mask.to(device=input_ids.device) != 0
+    empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(
+            f"example(s) {empty} are all padding (attention_mask all 0); remove "
+            "them from the batch"
+        )
+    return input_ids, mask
+
+
+def resolve_rows(rows: RowsType, mask: Tensor) -> Tensor:
+    r"""Query rows to solve, as a (batch, m) long tensor.
+
+    ``None``: all positions; an int or list of ints: those positions for every
+    example (negative counts from the end of the padded sequence); a tensor of
+    shape (batch, m) or (m,): per-example positions.
+    """
+    b, n = mask.shape
+    device = mask.device
+    if rows is None:
+        return torch.arange(n, device=device).expand(b, n)
+    if isinstance(rows, int):
+        rows = [rows]
+    t = torch.as_tensor(rows, device=device)
+    if t.is_floating_point():
+        raise TypeError("rows must be integer positions")
+    t = t.long()
+    if t.dim() == 1:
+        t = t.expand(b, -1)
+    if t.dim() != 2 or t.shape[0] != b:
+        raise ValueError(f"rows must be an int, a list or a (batch, m) tensor, got {tuple(t.shape)}")
+    if bool(((t < -n) | (t >= n)).any()):
+        raise ValueError(f"row positions must lie in [-{n}, {n}), got {t.tolist()}")
+    return t % n
+
+
+def solve_layer(
+    kind: str,
+    probs: Tensor,
+    values: Tensor,
+    w_out: Tensor,
+    key_mask: Tensor,
+    rows: Tensor,
+    *,
+    causal: bool = False,
+    dtype: torch.dtype = torch.float64,
+    rtol: Optional[float] = None,
+    tol: float = 1e-12,
+    max_iter: int = 100,
+) -> Tuple[Tensor, Certificate]:
+    r"""Raw, effective or efficient attention rows of one layer.
+
+    Args:
+        kind (str): ``"raw"``, ``"effective"`` or ``"efficient"``.
+        probs (Tensor): attention probabilities (B, H, N, N).
+        values (Tensor): value vectors (B, H_kv, N, d_h).
+        w_out (Tensor): per-head output projections (H, d_h, d).
+        key_mask (Tensor): bool (B, N), real tokens.
+        rows (Tensor): long (B, m), query positions to return.
+        causal (bool, optional): row i may only use keys j <= i. Default: False
+        dtype (torch.dtype, optional): dtype of the algebra. Default: float64
+        rtol (float, optional): relative tolerance of the numerical rank.
+        tol (float, optional): solver tolerance on ``‖Cᵀx − b‖∞``. Default: 1e-12
+        max_iter (int, optional): Newton iterations at most. Default: 100
+
+    Returns:
+        (rows (B, H, m, N) in ``dtype``, per-(example, head) :class:`Certificate`).
+        Rows at padded query positions and columns at padded keys are 0.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    b, h, n, _ = probs.shape
+    m = rows.shape[1]
+    v = expand_kv(values, h).to(dtype)
+    w = w_out.to(device=v.device, dtype=dtype)
+    a = probs.to(dtype).gather(2, rows[:, None, :, None].expand(b, h, m, n))
+    row_real = key_mask.gather(1, rows)  # (B, m)
+    if causal:
+        pos = torch.arange(n, device=key_mask.device)
+        keys = key_mask[:, None, :] & (pos[None, None, :] <= rows[:, :, None])
+    else:
+        keys = key_mask[:, None, :]  # (B, 1, N)
+    fkeys = keys[:, None].to(dtype)  # (B, 1, m|1, N)
+    a = a * fkeys
+    zeros_bh = torch.zeros(b, h, dtype=dtype, device=v.device)
+    kkt, iters = zeros_bh, torch.zeros(b, h, dtype=torch.long, device=v.device)
+    rank = torch.zeros(b, h, dtype=torch.long, device=v.device)
+    if kind == "raw":
+        out = a
+    else:
+        if causal:
+            # Every row has its own key set: one basis per (example, head, row).
+            u, c, col_mask = head_bases(
+                v.unsqueeze(2), w[None, :, None], keys[:, None].expand(b, h, m, n), rtol
+            )
+            u, c, col_mask = u, c, col_mask  # (B, H, m, N, r)
+        else:
+            u, c, col_mask = head_bases(v, w[None], keys.expand(b, h, n), rtol)
+        if kind == "effective":
+            rank = col_mask[..., :-1].sum(-1)
+            rank = rank.amax(-1) if causal else rank
+            if causal:
+                coef = (a.unsqueeze(-2) @ u).squeeze(-2)
+                out = (coef.unsqueeze(-2) @ u.transpose(-1, -2)).squeeze(-2)
+            else:
+                out = (a @ u) @ u.transpose(-1, -2)
+        else:
+            rank = col_mask.sum(-1)
+            rank = rank.amax(-1) if causal else rank
+            r = c.shape[-1]
+            # The softmax ran in the model's precision: renormalise the rows
+            # in ``dtype`` so that the answer is an exact distribution. The
+            # certificate is then measured against these rows.
+            a = a / a.sum(-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+            if causal:
+                cg = c.reshape(b * h * m, n, r)
+                bg = (a.unsqueeze(-2) @ c).reshape(b * h * m, 1, r)
+                x, _, info = min_norm_simplex_solve(
+                    cg, bg, col_mask.reshape(b * h * m, r), tol=tol, max_iter=max_iter
+                )
+            else:
+                cg = c.reshape(b * h, n, r)
+                bg = (a @ c).reshape(b * h, m, r)
+                x, _, info = min_norm_simplex_solve(
+                    cg, bg, col_mask.reshape(b * h, r), tol=tol, max_iter=max_iter
+                )
+            out = x.reshape(b, h, m, n)
+            rr = row_real[:, None, :].expand(b, h, m)
+            kkt = torch.where(rr, info.kkt_residual.reshape(b, h, m), 0.0).amax(-1)
+            iters = torch.where(rr, info.iterations.reshape(b, h, m), 0).amax(-1)
+    out = out * fkeys * row_real[:, None, :, None].to(dtype)
+    cert = _certificate(out, a, v, w, fkeys, row_real, kkt, iters, rank, tol)
+    return out, cert
+
+
+def _certificate(
+    out: Tensor,
+    a: Tensor,
+    v: Tensor,
+    w: Tensor,
+    fkeys: Tensor,
+    row_real: Tensor,
+    kkt: Tensor,
+    iters: Tensor,
+    rank: Tensor,
+    tol: float,
+) -> Certificate:
+    rr = row_real[:, None, :].expand(out.shape[:3])  # (B, H, m)
+    ref = ((a @ v) @ w[None]).norm(dim=-1)
+    diff = (((out - a) @ v) @ w[None]).norm(dim=-1)
+    rel = torch.where(diff == 0, torch.zeros_like(diff), diff / ref.clamp_min(1e-300))
+    inf = torch.finfo(out.dtype).max
+    entries = torch.where(fkeys.bool().expand_as(out), out, torch.full_like(out, inf))
+    min_entry = torch.where(rr, entries.amin(-1), torch.full_like(rel, inf)).amin(-1)
+    sums = (out.sum(-1) - 1.0).abs()
+    return Certificate(
+        output_residual=torch.where(rr, rel, 0.0).amax(-1),
+        min_entry=min_entry,
+        row_sum_error=torch.where(rr, sums, 0.0).amax(-1),
+        kkt_residual=kkt,
+        iterations=iters,
+        converged=kkt <= tol,
+        rank=rank,
+    )
+
+
+def run_with_capture(
+    adapter: ModelAdapter,
+    call: Any,
+    layers: List[int],
+    *,
+    grad: bool = False,
+) -> Tuple[Any, Dict[int, Dict[str, Tensor]], Optional[Any]]:
+    r"""Run ``call()`` with hooks on ``layers``; return (output, captures,
+    bound arguments of the model's forward call)."""
+    with adapter.capture(layers) as rec:
+        with torch.set_grad_enabled(grad):
+            output = call()
+    if rec.calls == 0:
+        raise ValueError(
+            "forward_func never called the model whose attention is read; pass "
+            "model= the Hugging Face model that forward_func runs"
+        )
+    if rec.calls > 1:
+        raise ValueError(
+            "forward_func called the model more than once; attention attribution "
+            "needs exactly one forward pass per call"
+        )
+    for idx in layers:
+        got = rec.layers.get(idx, {})
+        if "weights" not in got or "values" not in got:
+            raise ValueError(f"layer {idx} produced no attention; {got.keys()}")
+        if not bool(torch.isfinite(got["weights"]).all()):
+            raise ValueError(
+                f"the model produced NaN or inf attention in layer {idx}; check the "
+                "inputs and the model's dtype (float16 overflow?)"
+            )
+    return output, rec.layers, rec.call_args
+
+
+def _matrices(
+    kind: str,
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Optional[Tensor],
+    layers: Optional[Sequence[int]],
+    rows: RowsType,
+    dtype: torch.dtype,
+    rtol: Optional[float],
+    tol: float,
+    max_iter: int,
+    device: Optional[Union[str, torch.device]],
+    return_certificate: bool,
+    model_kwargs: Dict[str, Any],
+) -> Union[Tensor, Tuple[Tensor, Certificate]]:
+    adapter = ModelAdapter(model)
+    ids, mask = check_token_inputs(adapter, input_ids, attention_mask)
+    model_device = next(model.parameters()).device
+    ids, mask = ids.to(model_device), mask.to(model_device)
+    idx = adapter.layer_indices(layers)
+    row_idx = resolve_rows(rows, mask)
+
+    def call() -> Any:
+        return model(input_ids=ids, attention_mask=mask.long(), **model_kwargs)
+
+    _, caps, _ = run_with_capture(adapter, call, idx)
+    device = torch.device(device) if device is not None else model_device
+    outs, certs = [], []
+    for layer in idx:
+        out, cert = solve_layer(
+            kind,
+            caps[layer]["weights"].detach().to(device),
+            caps[layer]["values"].detach().to(device),
+            adapter.output_weights(layer).detach().to(device),
+            mask.to(device),
+            row_idx.to(device),
+            causal=adapter.causal,
+            dtype=dtype,
+            rtol=rtol,
+            tol=tol,
+            max_iter=max_iter,
+        )
+        outs.append(out)
+        certs.append(cert)
+    result = torch.stack(outs)
+    if return_certificate:
+        return result, Certificate.stack(certs)
+    return result
+
+
+_COMMON_DOC = r"""
+    Args:
+        model (nn.Module): a Hugging Face transformers model of a supported
+                    family, loaded with ``attn_implementation="eager"``.
+        input_ids (Tensor): token ids (batch, seq), integer dtype.
+        attention_mask (Tensor, optional): (batch, seq), 1 for real tokens.
+                    Default: all ones.
+        layers (int or list of int, optional): the layers to return (negative
+                    indices allowed). Default: all layers.
+        rows (int, list of int or Tensor, optional): the query rows to solve,
+                    e.g. ``0`` for [CLS]; a (batch, m) tensor gives per-example
+                    positions. Default: all rows, giving (seq, seq) matrices.
+        dtype (torch.dtype, optional): dtype of the algebra and of the result.
+                    Default: ``torch.float64``
+        rtol (float, optional): relative singular-value tolerance of the
+                    numerical rank. Default: ``max(n, d_h) * eps(dtype)``
+        tol (float, optional): solver tolerance on the constraint residual
+                    (efficient attention only). Default: 1e-12
+        max_iter (int, optional): solver iterations at most. Default: 100
+        device (str or torch.device, optional): where the algebra runs.
+                    Default: the model's device.
+        return_certificate (bool, optional): also return a
+                    :class:`~captum_effattn.Certificate`. Default: False
+        **model_kwargs: further keyword arguments of the model's forward
+                    (e.g. ``token_type_ids``).
+
+    Returns:
+        Tensor of shape (layers, batch, heads, rows, seq), zero at padded
+        positions; with ``return_certificate=True`` a tuple
+        ``(matrices, certificate)``.
+"""
+
+
+def efficient_attention(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Optional[Tensor] = None,
+    *,
+    layers: Optional[Union[int, Sequence[int]]] = None,
+    rows: RowsType = None,
+    dtype: torch.dtype = torch.float64,
+    rtol: Optional[float] = None,
+    tol: float = 1e-12,
+    max_iter: int = 100,
+    device: Optional[Union[str, torch.device]] = None,
+    return_certificate: bool = False,
+    **model_kwargs: Any,
+) -> Union[Tensor, Tuple[Tensor, Certificate]]:
+    return _matrices(
+        "efficient", model, input_ids, attention_mask, layers, rows, dtype, rtol,
+        tol, max_iter, device, return_certificate, model_kwargs,
+    )  # fmt: skip
+
+
+efficient_attention.__doc__ = (
+    r"""Efficient attention: for every head and query row, the minimum-norm
+    probability distribution with the same head output as the raw attention
+    row (``argmin ‖x‖ s.t. x T = A_i T, x >= 0, Σx = 1``).
+
+    This is this package's precise construction of the efficient attention
+    of Naim & Asher (ECAI 2024); see the docs' *Mathematics* page.
+"""
+    + _COMMON_DOC
+    + r"""
+    Examples::
+
+        >>> from captum_effattn import efficient_attention
+        >>> enc = tokenizer(["a long review ..."], return_tensors="pt")
+        >>> E, cert = efficient_attention(model, enc["input_ids"],
+        ...                               enc["attention_mask"],
+        ...                               return_certificate=True)
+        >>> E.shape  # (layers, batch, heads, seq, seq)
+        >>> print(cert)
+"""
+)
+
+
+def effective_attention(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Optional[Tensor] = None,
+    *,
+    layers: Optional[Union[int, Sequence[int]]] = None,
+    rows: RowsType = None,
+    dtype: torch.dtype = torch.float64,
+    rtol: Optional[float] = None,
+    device: Optional[Union[str, torch.device]] = None,
+    return_certificate: bool = False,
+    **model_kwargs: Any,
+) -> Union[Tensor, Tuple[Tensor, Certificate]]:
+    return _matrices(
+        "effective", model, input_ids, attention_mask, layers, rows, dtype, rtol,
+        0.0, 0, device, return_certificate, model_kwargs,
+    )  # fmt: skip
+
+
+effective_attention.__doc__ = (
+    r"""Effective attention (Brunner et al., ICLR 2020): ``A P`` with ``P`` the
+    orthogonal projector onto ``col(T)``, ``T = V_h W_O,h``. Output-equivalent
+    to ``A`` but in general not a probability distribution.
+"""
+    + _COMMON_DOC.replace(
+        """        tol (float, optional): solver tolerance on the constraint residual
+                    (efficient attention only). Default: 1e-12
+        max_iter (int, optional): solver iterations at most. Default: 100
+""",
+        "",
+    )
+    + r"""
+    Examples::
+
+        >>> from captum_effattn import effective_attention
+        >>> A_eff = effective_attention(model, ids, mask, layers=-1)
+"""
+)
+
+
+def attention_weights(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Optional[Tensor] = None,
+    *,
+    layers: Optional[Union[int, Sequence[int]]] = None,
+    rows: RowsType = None,
+    dtype: torch.dtype = torch.float64,
+    device: Optional[Union[str, torch.device]] = None,
+    return_certificate: bool = False,
+    **model_kwargs: Any,
+) -> Union[Tensor, Tuple[Tensor, Certificate]]:
+    r"""The raw attention probabilities, in the same layout as
+    :func:`efficient_attention` (zero at padded positions).
+
+    Examples::
+
+        >>> from captum_effattn import attention_weights
+        >>> A = attention_weights(model, ids, mask)
+    """
+    return _matrices(
+        "raw", model, input_ids, attention_mask, layers, rows, dtype, None,
+        0.0, 0, device, return_certificate, model_kwargs,
+    )  # fmt: skip
