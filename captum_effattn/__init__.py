@@ -1,5 +1,40 @@
-r"""captum_effattn: efficient attention for Captum."""
+r"""captum_effattn: efficient attention for Captum.
+
+Efficient attention is, for every attention head and query row, the
+minimum-norm probability distribution that leaves the head's output (and so
+the model's output) unchanged. This package computes it exactly and offers it,
+with effective attention (Brunner et al., 2020), raw attention and attention
+rollout, as Captum attribution methods, plus faithfulness metrics
+(:mod:`captum_effattn.metrics`) and a benchmark (``captum-effattn bench``).
+"""
+
+from captum_effattn._core.adapters import supported_architectures
+from captum_effattn._core.attribution import (
+    AttentionResult,
+    AttentionRollout,
+    AttentionWeights,
+    EffectiveAttention,
+    EfficientAttention,
+)
+from captum_effattn._core.functional import (
+    Certificate,
+    attention_weights,
+    effective_attention,
+    efficient_attention,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "EfficientAttention",
+    "EffectiveAttention",
+    "AttentionWeights",
+    "AttentionRollout",
+    "AttentionResult",
+    "Certificate",
+    "efficient_attention",
+    "effective_attention",
+    "attention_weights",
+    "supported_architectures",
+    "__version__",
+]

@@ -1,0 +1,477 @@
+r"""Captum attribution classes built on raw, effective and efficient attention.
+
+All four classes take the ``forward_func`` a user already passes to
+``LayerIntegratedGradients`` and token ids as ``inputs``; they find the
+attention modules of ``model`` themselves (see
+:mod:`captum_effattn._core.adapters`) and turn the attention matrices into one
+score per input token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from captum.attr import Attribution
+from torch import Tensor, nn
+
+from captum_effattn._compat import (
+    TargetType,
+    _format_additional_forward_args,
+    _format_output,
+    _format_tensor_into_tuples,
+    _is_tuple,
+    _select_targets,
+)
+from captum_effattn._core.adapters import ModelAdapter, expand_kv
+from captum_effattn._core.functional import (
+    Certificate,
+    check_token_inputs,
+    run_with_capture,
+    solve_layer,
+)
+
+__all__ = [
+    "EfficientAttention",
+    "EffectiveAttention",
+    "AttentionWeights",
+    "AttentionRollout",
+    "AttentionResult",
+    "LAYER_MODES",
+    "HEAD_MODES",
+    "WEIGHTINGS",
+]
+
+#: Accepted string values of ``layer`` (besides an integer index).
+LAYER_MODES = ("mean", "rollout", "gradient_rollout")
+#: Accepted string values of ``heads`` (besides a list of head indices).
+HEAD_MODES = ("mean", "max")
+#: Accepted values of ``weighting``.
+WEIGHTINGS = ("none", "value_norm", "gradient")
+
+LayerType = Union[int, str]
+HeadsType = Union[str, Sequence[int]]
+QueryType = Union[None, int, str]
+
+
+@dataclass
+class AttentionResult:
+    r"""What ``attribute(..., return_matrices=True)`` returns besides the scores.
+
+    Attributes:
+        matrices (dict): layer index -> (batch, heads, rows, seq) attention rows
+                    (raw, effective or efficient; before weighting), in the
+                    algebra's dtype.
+        rows (Tensor): (batch, rows) query positions of those rows.
+        certificate (Certificate): exactness certificate, one value per
+                    (layer, example, head), layers in ``sorted(matrices)`` order.
+    """
+
+    matrices: Dict[int, Tensor]
+    rows: Tensor
+    certificate: Certificate
+
+
+class _AttentionAttribution(Attribution):
+    _kind = "raw"
+    _default_layer: LayerType = -1
+
+    def __init__(
+        self,
+        forward_func: Callable[..., Tensor],
+        model: Optional[nn.Module] = None,
+        *,
+        dtype: torch.dtype = torch.float64,
+        rtol: Optional[float] = None,
+        tol: float = 1e-12,
+        max_iter: int = 60,
+    ) -> None:
+        r"""
+        Args:
+            forward_func (Callable or nn.Module): the model or a function that
+                        runs it and returns logits, e.g.
+                        ``lambda ids, mask: model(ids, attention_mask=mask).logits``
+                        (the same one given to ``LayerIntegratedGradients``).
+            model (nn.Module, optional): the Hugging Face model whose attention
+                        is read (loaded with ``attn_implementation="eager"``).
+                        Default: ``forward_func`` when it is an ``nn.Module``.
+            dtype (torch.dtype, optional): dtype of the algebra.
+                        Default: ``torch.float64``
+            rtol (float, optional): relative tolerance of the numerical rank.
+                        Default: ``max(n, d_h) * eps(dtype)``
+            tol (float, optional): solver tolerance (efficient attention).
+                        Default: 1e-12
+            max_iter (int, optional): solver iterations at most. Default: 60
+        """
+        Attribution.__init__(self, forward_func)
+        if model is None:
+            if not isinstance(forward_func, nn.Module):
+                raise ValueError(
+                    "forward_func is not a torch.nn.Module: pass model=, the "
+                    "Hugging Face model whose attention should be read"
+                )
+            model = forward_func
+        self.model = model
+        self.adapter = ModelAdapter(model)
+        self.dtype = dtype
+        self.rtol = rtol
+        self.tol = tol
+        self.max_iter = max_iter
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return False
+
+    def has_convergence_delta(self) -> bool:
+        return False
+
+    def attribute(
+        self,
+        inputs: Union[Tensor, Tuple[Tensor, ...]],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        *,
+        layer: Optional[LayerType] = None,
+        heads: HeadsType = "mean",
+        query: QueryType = None,
+        weighting: str = "none",
+        return_matrices: bool = False,
+    ) -> Union[
+        Tensor,
+        Tuple[Tensor, ...],
+        Tuple[Union[Tensor, Tuple[Tensor, ...]], AttentionResult],
+    ]:
+        r"""
+        Args:
+            inputs (Tensor or tuple[Tensor, ...]): token ids (batch, seq), or a
+                        tuple whose first element is the ids, exactly as given
+                        to ``LayerIntegratedGradients``.
+            target (int, tuple, Tensor or list, optional): output index per
+                        example, as in Captum. Attention itself does not depend
+                        on it; it matters for ``weighting="gradient"`` and
+                        ``layer="gradient_rollout"``, where ``None`` means the
+                        predicted class. Default: None
+            additional_forward_args (Any, optional): further arguments of
+                        ``forward_func`` after the inputs (typically the
+                        attention mask). The attention mask the model actually
+                        received decides which positions are padding.
+                        Default: None
+            layer (int or str, optional): a layer index (negative counts from
+                        the end), ``"mean"`` over layers, ``"rollout"``
+                        (Abnar & Zuidema, 2020: product of ``½(M + I)``) or
+                        ``"gradient_rollout"`` (Chefer et al., 2021:
+                        ``R ← R + mean_h((∇A ⊙ M)⁺) R``).
+                        Default: the class's default (-1, or ``"rollout"``
+                        for :class:`AttentionRollout`).
+            heads (str or list of int, optional): ``"mean"``, ``"max"`` or a
+                        list of heads to average. Default: ``"mean"``
+            query (int or str, optional): the attention row read: a position,
+                        or ``"all"`` for the attention each token receives
+                        (mean over real query rows). Default: 0 ([CLS]) for
+                        encoders, the last real token for decoders.
+            weighting (str, optional): ``"none"``, ``"value_norm"`` (times
+                        ``‖t_j‖ = ‖v_j W_O,h‖``, Kobayashi et al., 2020) or
+                        ``"gradient"`` (times the gradient of the target output
+                        with respect to the attention probabilities; one
+                        backward pass). Default: ``"none"``
+            return_matrices (bool, optional): also return an
+                        :class:`AttentionResult` with the matrices and their
+                        certificate. Default: False
+
+        Returns:
+            Attributions of the shape of ``inputs`` (a tuple when a tuple came
+            in; elements after the ids get zeros), in the default float dtype,
+            zero at padded positions. With ``return_matrices=True``, a tuple
+            ``(attributions, AttentionResult)``.
+        """
+        layer = self._default_layer if layer is None else layer
+        self._check_options(layer, heads, weighting)
+        is_tuple = _is_tuple(inputs)
+        formatted = _format_tensor_into_tuples(inputs)
+        if formatted is None or len(formatted) == 0:
+            raise ValueError("inputs must be a tensor of token ids or a tuple of them")
+        ids = formatted[0]
+        check_token_inputs(self.adapter, ids)  # types, shapes, vocabulary
+        extra = _format_additional_forward_args(additional_forward_args) or ()
+        adapter = self.adapter
+        layers = (
+            [adapter.layer_indices(layer)[0]]
+            if isinstance(layer, int)
+            else list(range(adapter.num_layers))
+        )
+        needs_grad = weighting == "gradient" or layer == "gradient_rollout"
+
+        def call() -> Any:
+            return self.forward_func(*formatted, *extra)
+
+        output, caps, call_args = run_with_capture(adapter, call, layers, grad=needs_grad)
+        mask = None
+        if call_args is not None:
+            mask = call_args.arguments.get("attention_mask")
+        if mask is not None and mask.shape != ids.shape:
+            raise ValueError(
+                f"the model received an attention_mask of shape {tuple(mask.shape)} "
+                f"for input ids of shape {tuple(ids.shape)}"
+            )
+        ids, key_mask = check_token_inputs(adapter, ids, mask)
+        device = caps[layers[0]]["weights"].device
+        key_mask = key_mask.to(device)
+        rows = self._rows(query, key_mask, layer)
+        grads: Dict[int, Tensor] = {}
+        if needs_grad:
+            logits = output.logits if hasattr(output, "logits") else output
+            if not isinstance(logits, Tensor):
+                raise TypeError("forward_func must return a tensor of logits")
+            if target is None:
+                target = logits.argmax(-1)
+            selected = _select_targets(logits, target)
+            weights = [caps[idx]["weights"] for idx in layers]
+            for idx, g in zip(layers, torch.autograd.grad(selected.sum(), weights)):
+                grads[idx] = g.detach()
+
+        matrices: Dict[int, Tensor] = {}
+        certs: List[Certificate] = []
+        per_layer: Dict[int, Tensor] = {}
+        full = torch.arange(ids.shape[1], device=device).expand(ids.shape[0], -1)
+        for idx in layers:
+            row_idx = full if layer in ("rollout", "gradient_rollout") else rows
+            m, cert = solve_layer(
+                self._kind,
+                caps[idx]["weights"].detach(),
+                caps[idx]["values"].detach(),
+                adapter.output_weights(idx).detach().to(device),
+                key_mask,
+                row_idx,
+                causal=adapter.causal,
+                dtype=self.dtype,
+                rtol=self.rtol,
+                tol=self.tol,
+                max_iter=self.max_iter,
+            )
+            matrices[idx] = m
+            certs.append(cert)
+            if layer == "gradient_rollout":
+                g = _gather_rows(grads[idx], row_idx).to(m.dtype)
+                per_layer[idx] = (g * m).clamp(min=0).mean(1)
+            else:
+                w = self._weights(weighting, idx, caps, grads, row_idx, m)
+                per_layer[idx] = _reduce_heads(m * w if w is not None else m, heads)
+
+        scores = self._combine(per_layer, layers, layer, rows, key_mask)
+        scores = (scores * key_mask.to(scores.dtype)).to(torch.get_default_dtype())
+        attributions = (scores,) + tuple(
+            torch.zeros_like(t, dtype=scores.dtype) for t in formatted[1:]
+        )
+        result = _format_output(is_tuple, attributions)
+        if return_matrices:
+            return result, AttentionResult(
+                matrices=matrices,
+                rows=full if layer in ("rollout", "gradient_rollout") else rows,
+                certificate=Certificate.stack(certs),
+            )
+        return result
+
+    # ---------------------------------------------------------------- helpers
+    def _check_options(self, layer: LayerType, heads: HeadsType, weighting: str) -> None:
+        if isinstance(layer, str):
+            if layer not in LAYER_MODES:
+                raise ValueError(f"layer must be an int or one of {LAYER_MODES}, got {layer!r}")
+        elif not isinstance(layer, int):
+            raise TypeError(f"layer must be an int or a string, got {type(layer)}")
+        else:
+            self.adapter.layer_indices([layer])
+        if isinstance(heads, str):
+            if heads not in HEAD_MODES:
+                raise ValueError(f"heads must be one of {HEAD_MODES} or a list, got {heads!r}")
+        else:
+            heads = list(heads)
+            if not heads or any(
+                not isinstance(h, int) or not 0 <= h < self.adapter.num_heads for h in heads
+            ):
+                raise ValueError(
+                    f"heads must be indices in [0, {self.adapter.num_heads}), got {heads}"
+                )
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        if layer == "gradient_rollout" and weighting != "none":
+            raise ValueError("layer='gradient_rollout' is already gradient-weighted; use weighting='none'")
+
+    def _rows(self, query: QueryType, key_mask: Tensor, layer: LayerType) -> Tensor:
+        b, n = key_mask.shape
+        if query is None:
+            if self.adapter.causal:
+                pos = torch.arange(n, device=key_mask.device).expand(b, n)
+                last = torch.where(key_mask, pos, -1).amax(1)
+                return last.unsqueeze(1)
+            return torch.zeros(b, 1, dtype=torch.long, device=key_mask.device)
+        if query == "all":
+            return torch.arange(n, device=key_mask.device).expand(b, n)
+        if isinstance(query, int) and not isinstance(query, bool):
+            if not -n <= query < n:
+                raise ValueError(f"query {query} out of range for sequences of length {n}")
+            q = torch.full((b, 1), query % n, dtype=torch.long, device=key_mask.device)
+            if not bool(key_mask.gather(1, q).all()):
+                raise ValueError(f"query position {query} is padding in some example")
+            return q
+        raise ValueError(f"query must be None, an int or 'all', got {query!r}")
+
+    def _weights(
+        self,
+        weighting: str,
+        idx: int,
+        caps: Dict[int, Dict[str, Tensor]],
+        grads: Dict[int, Tensor],
+        rows: Tensor,
+        m: Tensor,
+    ) -> Optional[Tensor]:
+        if weighting == "none":
+            return None
+        if weighting == "gradient":
+            return _gather_rows(grads[idx], rows).to(m.dtype)
+        # value_norm: ‖t_j‖ = ‖v_j W_O,h‖ for every head and key.
+        v = expand_kv(caps[idx]["values"].detach(), m.shape[1]).to(m.dtype)
+        w = self.adapter.output_weights(idx).detach().to(device=v.device, dtype=m.dtype)
+        return (v @ w[None]).norm(dim=-1).unsqueeze(2)  # (B, H, 1, N)
+
+    def _combine(
+        self,
+        per_layer: Dict[int, Tensor],
+        layers: List[int],
+        layer: LayerType,
+        rows: Tensor,
+        key_mask: Tensor,
+    ) -> Tensor:
+        fmask = key_mask.to(next(iter(per_layer.values())).dtype)
+        if layer in ("rollout", "gradient_rollout"):
+            n = key_mask.shape[1]
+            eye = torch.diag_embed(fmask)  # identity on real tokens
+            joint = eye
+            for idx in layers:
+                mat = per_layer[idx]
+                if layer == "rollout":
+                    mat = 0.5 * mat + 0.5 * eye
+                    joint = mat @ joint
+                else:
+                    joint = joint + mat @ joint
+            picked = _pick_rows(joint, rows)
+            del n
+        else:
+            stacked = torch.stack([per_layer[idx] for idx in layers])  # (L, B, m, N)
+            picked = stacked.mean(0)
+        if rows.shape[1] == 1:
+            return picked[:, 0]
+        # query="all": the attention each token receives, mean over real rows.
+        row_real = key_mask.gather(1, rows).to(picked.dtype)
+        return (picked * row_real.unsqueeze(-1)).sum(1) / row_real.sum(1, keepdim=True)
+
+
+def _gather_rows(mat: Tensor, rows: Tensor) -> Tensor:
+    b, h, n, _ = mat.shape
+    return mat.gather(2, rows[:, None, :, None].expand(b, h, rows.shape[1], n))
+
+
+def _pick_rows(mat: Tensor, rows: Tensor) -> Tensor:
+    b, n, _ = mat.shape
+    return mat.gather(1, rows[:, :, None].expand(b, rows.shape[1], n))
+
+
+def _reduce_heads(mat: Tensor, heads: HeadsType) -> Tensor:
+    if heads == "mean":
+        return mat.mean(1)
+    if heads == "max":
+        return mat.amax(1)
+    return mat[:, list(heads)].mean(1)
+
+
+_CLASS_EXAMPLE = r"""
+    Examples::
+
+        >>> from captum.attr import LayerIntegratedGradients
+        >>> from captum_effattn import {cls}
+        >>> forward = lambda ids, mask: model(ids, attention_mask=mask).logits
+        >>> # lig = LayerIntegratedGradients(forward, model.bert.embeddings)
+        >>> explainer = {cls}(forward, model=model)
+        >>> scores = explainer.attribute(ids, target=1,
+        ...                              additional_forward_args=(mask,))
+        >>> scores.shape == ids.shape
+        True
+"""
+
+
+class EfficientAttention(_AttentionAttribution):
+    r"""Efficient attention as a Captum attribution method.
+
+    For every head and query row, efficient attention is the minimum-norm
+    probability distribution that gives the same head output as the raw
+    attention row: ``E_i = argmin ‖x‖₂ s.t. x T = A_i T, x ≥ 0, Σ x = 1``
+    with ``T = V_h W_O,h``. It is output-equivalent to the attention (every
+    layer's output and the logits are unchanged), it is a probability
+    distribution, and it is the output-equivalent distribution closest to
+    the effective attention of Brunner et al. (2020). This precise
+    construction is this package's, after the efficient attention of
+    Naim & Asher, "On Explaining with Attention Matrices" (ECAI 2024,
+    https://arxiv.org/abs/2410.18541), of which only the abstract was
+    available to us.
+
+    By default only the rows that the attribution reads are solved: the
+    [CLS] row of the last layer needs one row per head.
+""" + _CLASS_EXAMPLE.format(
+        cls="EfficientAttention"
+    )
+
+    _kind = "efficient"
+
+    @classmethod
+    def get_name(cls) -> str:
+        return "Efficient Attention"
+
+
+class EffectiveAttention(_AttentionAttribution):
+    r"""Effective attention (Brunner et al., "On Identifiability in
+    Transformers", ICLR 2020, https://arxiv.org/abs/1908.04211) as a Captum
+    attribution method: ``A P`` with ``P`` the orthogonal projector onto the
+    column space of ``T = V_h W_O,h``. Output-equivalent to the attention,
+    but its rows are in general not probability distributions.
+""" + _CLASS_EXAMPLE.format(
+        cls="EffectiveAttention"
+    )
+
+    _kind = "effective"
+
+    @classmethod
+    def get_name(cls) -> str:
+        return "Effective Attention"
+
+
+class AttentionWeights(_AttentionAttribution):
+    r"""Raw attention probabilities as a Captum attribution method (the
+    baseline of Jain & Wallace, 2019 and Wiegreffe & Pinter, 2019).
+""" + _CLASS_EXAMPLE.format(
+        cls="AttentionWeights"
+    )
+
+    _kind = "raw"
+
+    @classmethod
+    def get_name(cls) -> str:
+        return "Attention Weights"
+
+
+class AttentionRollout(_AttentionAttribution):
+    r"""Attention rollout (Abnar & Zuidema, "Quantifying Attention Flow in
+    Transformers", ACL 2020, https://arxiv.org/abs/2005.00928) on raw
+    attention: the product over layers of ``½(A_ℓ + I)`` (heads averaged),
+    read at the query row. ``layer="gradient_rollout"`` gives the gradient-
+    weighted rollout of Chefer et al. (ICCV 2021). For rollout of efficient
+    attention use ``EfficientAttention(...).attribute(..., layer="rollout")``.
+""" + _CLASS_EXAMPLE.format(
+        cls="AttentionRollout"
+    )
+
+    _kind = "raw"
+    _default_layer = "rollout"
+
+    @classmethod
+    def get_name(cls) -> str:
+        return "Attention Rollout"
