@@ -21,7 +21,6 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
-import torch
 from torch import Tensor, nn
 
 __all__ = [
@@ -198,7 +197,10 @@ class ModelAdapter:
             layers = [layers]
         out = []
         for layer in layers:
-            if not isinstance(layer, int) or not -self.num_layers <= layer < self.num_layers:
+            if (
+                not isinstance(layer, int)
+                or not -self.num_layers <= layer < self.num_layers
+            ):
                 raise ValueError(
                     f"layer {layer!r} out of range for a model with "
                     f"{self.num_layers} layers"
@@ -240,7 +242,9 @@ class ModelAdapter:
 
         def make_attention_hook(idx: int):
             def hook(_m: nn.Module, _args: Any, output: Any) -> None:
-                weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+                weights = (
+                    output[1] if isinstance(output, tuple) and len(output) > 1 else None
+                )
                 if weights is None:
                     raise ValueError(_EAGER_MESSAGE)
                 rec.layers.setdefault(idx, {})["weights"] = weights

@@ -205,7 +205,9 @@ class _AttentionAttribution(Attribution):
         def call() -> Any:
             return self.forward_func(*formatted, *extra)
 
-        output, caps, call_args = run_with_capture(adapter, call, layers, grad=needs_grad)
+        output, caps, call_args = run_with_capture(
+            adapter, call, layers, grad=needs_grad
+        )
         mask = None
         if call_args is not None:
             mask = call_args.arguments.get("attention_mask")
@@ -273,29 +275,42 @@ class _AttentionAttribution(Attribution):
         return result
 
     # ---------------------------------------------------------------- helpers
-    def _check_options(self, layer: LayerType, heads: HeadsType, weighting: str) -> None:
+    def _check_options(
+        self, layer: LayerType, heads: HeadsType, weighting: str
+    ) -> None:
         if isinstance(layer, str):
             if layer not in LAYER_MODES:
-                raise ValueError(f"layer must be an int or one of {LAYER_MODES}, got {layer!r}")
+                raise ValueError(
+                    f"layer must be an int or one of {LAYER_MODES}, got {layer!r}"
+                )
         elif not isinstance(layer, int):
             raise TypeError(f"layer must be an int or a string, got {type(layer)}")
         else:
             self.adapter.layer_indices([layer])
         if isinstance(heads, str):
             if heads not in HEAD_MODES:
-                raise ValueError(f"heads must be one of {HEAD_MODES} or a list, got {heads!r}")
+                raise ValueError(
+                    f"heads must be one of {HEAD_MODES} or a list, got {heads!r}"
+                )
         else:
             heads = list(heads)
             if not heads or any(
-                not isinstance(h, int) or not 0 <= h < self.adapter.num_heads for h in heads
+                not isinstance(h, int) or not 0 <= h < self.adapter.num_heads
+                for h in heads
             ):
                 raise ValueError(
-                    f"heads must be indices in [0, {self.adapter.num_heads}), got {heads}"
+                    f"heads must be indices in [0, {self.adapter.num_heads}), "
+                    f"got {heads}"
                 )
         if weighting not in WEIGHTINGS:
-            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+            raise ValueError(
+                f"weighting must be one of {WEIGHTINGS}, got {weighting!r}"
+            )
         if layer == "gradient_rollout" and weighting != "none":
-            raise ValueError("layer='gradient_rollout' is already gradient-weighted; use weighting='none'")
+            raise ValueError(
+                "layer='gradient_rollout' is already gradient-weighted; use "
+                "weighting='none'"
+            )
 
     def _rows(self, query: QueryType, key_mask: Tensor, layer: LayerType) -> Tensor:
         b, n = key_mask.shape
@@ -309,7 +324,9 @@ class _AttentionAttribution(Attribution):
             return torch.arange(n, device=key_mask.device).expand(b, n)
         if isinstance(query, int) and not isinstance(query, bool):
             if not -n <= query < n:
-                raise ValueError(f"query {query} out of range for sequences of length {n}")
+                raise ValueError(
+                    f"query {query} out of range for sequences of length {n}"
+                )
             q = torch.full((b, 1), query % n, dtype=torch.long, device=key_mask.device)
             if not bool(key_mask.gather(1, q).all()):
                 raise ValueError(f"query position {query} is padding in some example")
@@ -344,7 +361,6 @@ class _AttentionAttribution(Attribution):
     ) -> Tensor:
         fmask = key_mask.to(next(iter(per_layer.values())).dtype)
         if layer in ("rollout", "gradient_rollout"):
-            n = key_mask.shape[1]
             eye = torch.diag_embed(fmask)  # identity on real tokens
             joint = eye
             for idx in layers:
@@ -355,7 +371,6 @@ class _AttentionAttribution(Attribution):
                 else:
                     joint = joint + mat @ joint
             picked = _pick_rows(joint, rows)
-            del n
         else:
             stacked = torch.stack([per_layer[idx] for idx in layers])  # (L, B, m, N)
             picked = stacked.mean(0)
@@ -416,9 +431,7 @@ class EfficientAttention(_AttentionAttribution):
 
     By default only the rows that the attribution reads are solved: the
     [CLS] row of the last layer needs one row per head.
-""" + _CLASS_EXAMPLE.format(
-        cls="EfficientAttention"
-    )
+""" + _CLASS_EXAMPLE.format(cls="EfficientAttention")
 
     _kind = "efficient"
 
@@ -433,9 +446,7 @@ class EffectiveAttention(_AttentionAttribution):
     attribution method: ``A P`` with ``P`` the orthogonal projector onto the
     column space of ``T = V_h W_O,h``. Output-equivalent to the attention,
     but its rows are in general not probability distributions.
-""" + _CLASS_EXAMPLE.format(
-        cls="EffectiveAttention"
-    )
+""" + _CLASS_EXAMPLE.format(cls="EffectiveAttention")
 
     _kind = "effective"
 
@@ -447,9 +458,7 @@ class EffectiveAttention(_AttentionAttribution):
 class AttentionWeights(_AttentionAttribution):
     r"""Raw attention probabilities as a Captum attribution method (the
     baseline of Jain & Wallace, 2019 and Wiegreffe & Pinter, 2019).
-""" + _CLASS_EXAMPLE.format(
-        cls="AttentionWeights"
-    )
+""" + _CLASS_EXAMPLE.format(cls="AttentionWeights")
 
     _kind = "raw"
 
@@ -465,9 +474,7 @@ class AttentionRollout(_AttentionAttribution):
     read at the query row. ``layer="gradient_rollout"`` gives the gradient-
     weighted rollout of Chefer et al. (ICCV 2021). For rollout of efficient
     attention use ``EfficientAttention(...).attribute(..., layer="rollout")``.
-""" + _CLASS_EXAMPLE.format(
-        cls="AttentionRollout"
-    )
+""" + _CLASS_EXAMPLE.format(cls="AttentionRollout")
 
     _kind = "raw"
     _default_layer = "rollout"

@@ -115,11 +115,16 @@ def check_token_inputs(
             f"input_ids must be a torch.Tensor of token ids, got {type(input_ids)}; "
             "use tokenizer(texts, return_tensors='pt', padding=True)['input_ids']"
         )
-    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+    if (
+        input_ids.is_floating_point()
+        or input_ids.is_complex()
+        or input_ids.dtype == torch.bool
+    ):
         raise TypeError(
-            f"input_ids must hold integer token ids (torch.long), got {input_ids.dtype}. "
-            "To attribute to embeddings use LayerIntegratedGradients; to perturb "
-            "tokens use captum_effattn.metrics.token_perturb_func."
+            "input_ids must hold integer token ids (torch.long), got "
+            f"{input_ids.dtype}. To attribute to embeddings use "
+            "LayerIntegratedGradients; to perturb tokens use "
+            "captum_effattn.metrics.token_perturb_func."
         )
     if input_ids.dim() != 2:
         raise ValueError(
@@ -148,7 +153,9 @@ def check_token_inputs(
         mask = torch.ones_like(input_ids, dtype=torch.bool)
     else:
         if not isinstance(attention_mask, Tensor):
-            raise TypeError(f"attention_mask must be a tensor, got {type(attention_mask)}")
+            raise TypeError(
+                f"attention_mask must be a tensor, got {type(attention_mask)}"
+            )
         if attention_mask.shape != input_ids.shape:
             raise ValueError(
                 f"attention_mask has shape {tuple(attention_mask.shape)} but "
@@ -188,7 +195,9 @@ def resolve_rows(rows: RowsType, mask: Tensor) -> Tensor:
     if t.dim() == 1:
         t = t.expand(b, -1)
     if t.dim() != 2 or t.shape[0] != b:
-        raise ValueError(f"rows must be an int, a list or a (batch, m) tensor, got {tuple(t.shape)}")
+        raise ValueError(
+            f"rows must be an int, a list or a (batch, m) tensor, got {tuple(t.shape)}"
+        )
     if bool(((t < -n) | (t >= n)).any()):
         raise ValueError(f"row positions must lie in [-{n}, {n}), got {t.tolist()}")
     return t % n

