@@ -47,11 +47,15 @@ def pytest_collection_modifyitems(
 def _tiny_config(family: str, **overrides):
     from transformers import (
         BertConfig,
+        CamembertConfig,
         DistilBertConfig,
         ElectraConfig,
         GPT2Config,
         LlamaConfig,
+        MistralConfig,
+        Qwen2Config,
         RobertaConfig,
+        XLMRobertaConfig,
     )
 
     common = dict(vocab_size=120, attn_implementation="eager")
@@ -62,6 +66,13 @@ def _tiny_config(family: str, **overrides):
         )  # fmt: skip
     elif family == "roberta":
         cfg = RobertaConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=48, max_position_embeddings=130, pad_token_id=1,
+            **common,
+        )  # fmt: skip
+    elif family in ("xlm-roberta", "camembert"):
+        cls = {"xlm-roberta": XLMRobertaConfig, "camembert": CamembertConfig}
+        cfg = cls[family](
             hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
             intermediate_size=48, max_position_embeddings=130, pad_token_id=1,
             **common,
@@ -82,8 +93,9 @@ def _tiny_config(family: str, **overrides):
             n_embd=32, n_layer=2, n_head=4, n_positions=128, pad_token_id=0,
             **common,
         )  # fmt: skip
-    elif family == "llama":
-        cfg = LlamaConfig(
+    elif family in ("llama", "mistral", "qwen2"):
+        cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}
+        cfg = cls[family](
             hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, intermediate_size=48,
             max_position_embeddings=128, pad_token_id=0, **common,
