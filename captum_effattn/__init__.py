@@ -22,6 +22,7 @@ from captum_effattn._core.functional import (
     effective_attention,
     efficient_attention,
 )
+from captum_effattn._core.support import SupportTestResult, attention_support_test
 
 __version__ = "0.1.0"
 
@@ -36,5 +37,7 @@ __all__ = [
     "effective_attention",
     "attention_weights",
     "supported_architectures",
+    "attention_support_test",
+    "SupportTestResult",
     "__version__",
 ]

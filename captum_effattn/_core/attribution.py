@@ -26,6 +26,7 @@ from captum_effattn._compat import (
 )
 from captum_effattn._core.adapters import ModelAdapter, expand_kv
 from captum_effattn._core.functional import (
+    OBJECTIVES,
     Certificate,
     check_token_inputs,
     run_with_capture,
@@ -76,6 +77,7 @@ class AttentionResult:
 class _AttentionAttribution(Attribution):
     _kind = "raw"
     _default_layer: LayerType = -1
+    objective = "min_norm"
 
     def __init__(
         self,
@@ -250,6 +252,7 @@ class _AttentionAttribution(Attribution):
                 rtol=self.rtol,
                 tol=self.tol,
                 max_iter=self.max_iter,
+                objective=self.objective,
             )
             matrices[idx] = m
             certs.append(cert)
@@ -434,6 +437,35 @@ class EfficientAttention(_AttentionAttribution):
 """ + _CLASS_EXAMPLE.format(cls="EfficientAttention")
 
     _kind = "efficient"
+
+    def __init__(
+        self,
+        forward_func: Callable[..., Tensor],
+        model: Optional[nn.Module] = None,
+        *,
+        objective: str = "min_norm",
+        **solver_options: Any,
+    ) -> None:
+        r"""
+        Args:
+            forward_func (Callable or nn.Module): the model or a function that
+                        runs it and returns logits (as for
+                        ``LayerIntegratedGradients``).
+            model (nn.Module, optional): the Hugging Face model whose attention
+                        is read. Default: ``forward_func`` when it is a module.
+            objective (str, optional): ``"min_norm"`` (the minimum-norm
+                        output-equivalent distribution) or ``"sparse"`` (a
+                        vertex of the output-equivalent polytope, with at most
+                        ``rank([T, 1])`` non-zeros). Default: ``"min_norm"``
+            **solver_options: ``dtype``, ``rtol``, ``tol``, ``max_iter`` as for
+                        the other attention classes.
+        """
+        if objective not in OBJECTIVES:
+            raise ValueError(
+                f"objective must be one of {OBJECTIVES}, got {objective!r}"
+            )
+        super().__init__(forward_func, model, **solver_options)
+        self.objective = objective
 
     @classmethod
     def get_name(cls) -> str:

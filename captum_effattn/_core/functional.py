@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from captum_effattn._core.adapters import ModelAdapter, expand_kv
 from captum_effattn._core.solver import head_bases, min_norm_simplex_solve
+from captum_effattn._core.sparse import caratheodory_reduce
 
 __all__ = [
     "Certificate",
@@ -28,6 +29,9 @@ __all__ = [
 ]
 
 KINDS = ("raw", "effective", "efficient")
+#: Objectives of efficient attention: the minimum-norm distribution, or a
+#: vertex of the output-equivalent polytope (at most rank([T, 1]) non-zeros).
+OBJECTIVES = ("min_norm", "sparse")
 RowsType = Union[None, int, Sequence[int], Tensor]
 
 
@@ -46,6 +50,7 @@ class Certificate:
         iterations (Tensor): max Newton iterations of a row (efficient only).
         converged (Tensor): bool, every row met the solver tolerance.
         rank (Tensor): numerical rank of ``[T, 1]`` (``T`` alone for effective).
+        support_size (Tensor): max number of non-zero entries of a row.
     """
 
     output_residual: Tensor
@@ -55,6 +60,7 @@ class Certificate:
     iterations: Tensor
     converged: Tensor
     rank: Tensor
+    support_size: Tensor
 
     @staticmethod
     def stack(certs: Sequence["Certificate"]) -> "Certificate":
@@ -75,6 +81,7 @@ class Certificate:
             "kkt_residual": float(self.kkt_residual.max()),
             "max_iterations": int(self.iterations.max()),
             "all_converged": bool(self.converged.all()),
+            "max_support": int(self.support_size.max()),
         }
 
     def ok(self, rtol: float = 1e-6, atol: float = 1e-9) -> bool:
@@ -216,6 +223,7 @@ def solve_layer(
     rtol: Optional[float] = None,
     tol: float = 1e-12,
     max_iter: int = 100,
+    objective: str = "min_norm",
 ) -> Tuple[Tensor, Certificate]:
     r"""Raw, effective or efficient attention rows of one layer.
 
@@ -230,7 +238,9 @@ def solve_layer(
         dtype (torch.dtype, optional): dtype of the algebra. Default: float64
         rtol (float, optional): relative tolerance of the numerical rank.
         tol (float, optional): solver tolerance on ``‖Cᵀx − b‖∞``. Default: 1e-12
-        max_iter (int, optional): Newton iterations at most. Default: 100
+        max_iter (int, optional): solver iterations at most. Default: 100
+        objective (str, optional): ``"min_norm"`` or ``"sparse"`` (efficient
+                    attention only). Default: ``"min_norm"``
 
     Returns:
         (rows (B, H, m, N) in ``dtype``, per-(example, head) :class:`Certificate`).
@@ -238,6 +248,8 @@ def solve_layer(
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     b, h, n, _ = probs.shape
     m = rows.shape[1]
     v = expand_kv(values, h).to(dtype)
@@ -294,11 +306,21 @@ def solve_layer(
                     cg, bg, col_mask.reshape(b * h, r), tol=tol, max_iter=max_iter
                 )
             out = x.reshape(b, h, m, n)
+            kkt_rows = info.kkt_residual.reshape(b, h, m)
+            if objective == "sparse":
+                cr = c if causal else c.unsqueeze(2).expand(b, h, m, n, r)
+                out, _ = caratheodory_reduce(out, cr, a)
+                bb = (a.unsqueeze(-2) @ cr).squeeze(-2)
+                resid = ((out.unsqueeze(-2) @ cr).squeeze(-2) - bb).abs().amax(-1)
+                kkt_rows = torch.maximum(kkt_rows, resid)
             rr = row_real[:, None, :].expand(b, h, m)
-            kkt = torch.where(rr, info.kkt_residual.reshape(b, h, m), 0.0).amax(-1)
+            kkt = torch.where(rr, kkt_rows, 0.0).amax(-1)
             iters = torch.where(rr, info.iterations.reshape(b, h, m), 0).amax(-1)
     out = out * fkeys * row_real[:, None, :, None].to(dtype)
     cert = _certificate(out, a, v, w, fkeys, row_real, kkt, iters, rank, tol)
+    if kind == "efficient" and objective == "sparse":
+        # the sparse vertex is exact to rounding, not to the IPM tolerance
+        cert.converged = kkt <= max(tol, 1e-10)
     return out, cert
 
 
@@ -322,6 +344,7 @@ def _certificate(
     entries = torch.where(fkeys.bool().expand_as(out), out, torch.full_like(out, inf))
     min_entry = torch.where(rr, entries.amin(-1), torch.full_like(rel, inf)).amin(-1)
     sums = (out.sum(-1) - 1.0).abs()
+    support = torch.where(rr, (out > 0).sum(-1), 0).amax(-1)
     return Certificate(
         output_residual=torch.where(rr, rel, 0.0).amax(-1),
         min_entry=min_entry,
@@ -330,6 +353,7 @@ def _certificate(
         iterations=iters,
         converged=kkt <= tol,
         rank=rank,
+        support_size=support,
     )
 
 
@@ -381,6 +405,7 @@ def _matrices(
     device: Optional[Union[str, torch.device]],
     return_certificate: bool,
     model_kwargs: Dict[str, Any],
+    objective: str = "min_norm",
 ) -> Union[Tensor, Tuple[Tensor, Certificate]]:
     adapter = ModelAdapter(model)
     ids, mask = check_token_inputs(adapter, input_ids, attention_mask)
@@ -408,6 +433,7 @@ def _matrices(
             rtol=rtol,
             tol=tol,
             max_iter=max_iter,
+            objective=objective,
         )
         outs.append(out)
         certs.append(cert)
@@ -463,11 +489,12 @@ def efficient_attention(
     max_iter: int = 100,
     device: Optional[Union[str, torch.device]] = None,
     return_certificate: bool = False,
+    objective: str = "min_norm",
     **model_kwargs: Any,
 ) -> Union[Tensor, Tuple[Tensor, Certificate]]:
     return _matrices(
         "efficient", model, input_ids, attention_mask, layers, rows, dtype, rtol,
-        tol, max_iter, device, return_certificate, model_kwargs,
+        tol, max_iter, device, return_certificate, model_kwargs, objective,
     )  # fmt: skip
 
 
@@ -477,9 +504,18 @@ efficient_attention.__doc__ = (
     row (``argmin ‖x‖ s.t. x T = A_i T, x >= 0, Σx = 1``).
 
     This is this package's precise construction of the efficient attention
-    of Naim & Asher (ECAI 2024); see the docs' *Mathematics* page.
+    of Naim & Asher (ECAI 2024); see the docs' *Mathematics* page. With
+    ``objective="sparse"`` each row is instead a vertex of the polytope of
+    output-equivalent distributions (at most ``rank([T, 1])`` non-zeros),
+    reached from the minimum-norm solution by Carathéodory reduction steps
+    that increase the agreement with the raw attention.
 """
-    + _COMMON_DOC
+    + _COMMON_DOC.replace(
+        "        **model_kwargs:",
+        '        objective (str, optional): ``"min_norm"`` or ``"sparse"``.\n'
+        '                    Default: ``"min_norm"``\n'
+        "        **model_kwargs:",
+    )
     + r"""
     Examples::
 

@@ -1,0 +1,107 @@
+r"""Sparse efficient attention: a vertex of the output-equivalent polytope.
+
+The rows that are output-equivalent to an attention row ``a`` and are
+probability distributions form the polytope
+``P = {x ≥ 0 : Cᵀx = Cᵀa}`` (``C`` an orthonormal basis of ``col([T, 1])``).
+Its vertices have at most ``rank([T, 1])`` non-zeros (Carathéodory).
+:func:`caratheodory_reduce` walks from any point of ``P`` (we start from the
+minimum-norm efficient attention) to a vertex: while the columns of
+``C_Sᵀ`` on the support ``S`` are linearly dependent there is a direction
+``d`` supported on ``S`` with ``C_Sᵀ d = 0``; moving along it until a
+coordinate reaches zero keeps the row in ``P`` and shrinks the support by at
+least one. The direction is the projection of the raw attention onto that
+null space, so every step increases the agreement ``⟨a, x⟩`` with the raw
+attention. After the walk the support is fixed and the equality system is
+solved once more on it, so the result is exact to rounding.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["caratheodory_reduce"]
+
+
+def _project_out(g: Tensor, c: Tensor, s: Tensor, ridge: float) -> Tensor:
+    # d = g_S − C_S (C_Sᵀ C_S)⁺ C_Sᵀ g_S, supported on S, with C_Sᵀ d = 0.
+    cs = c * s.unsqueeze(-1)
+    gs = g * s
+    mat = cs.transpose(-1, -2) @ cs
+    eye = torch.eye(mat.shape[-1], dtype=mat.dtype, device=mat.device)
+    chol = torch.linalg.cholesky(mat + ridge * eye)
+    rhs = (gs.unsqueeze(-2) @ cs).transpose(-1, -2)
+    coef = torch.cholesky_solve(rhs, chol)
+    for _ in range(2):  # refinement: converges to the pseudo-inverse solution
+        coef = coef + torch.cholesky_solve(rhs - mat @ coef, chol)
+    return gs - (cs @ coef).squeeze(-1)
+
+
+def caratheodory_reduce(
+    x: Tensor,
+    c: Tensor,
+    a: Tensor,
+    *,
+    max_steps: int | None = None,
+    zero_tol: float = 1e-12,
+) -> Tuple[Tensor, Tensor]:
+    r"""Reduce feasible rows to vertices of the output-equivalent polytope.
+
+    Args:
+        x (Tensor): feasible rows (..., n): ``x ≥ 0`` and ``Cᵀx = b``.
+        c (Tensor): orthonormal bases (..., n, r) (zero rows at padding).
+        a (Tensor): raw attention rows (..., n); the walk increases ``⟨a, x⟩``.
+        max_steps (int, optional): reduction steps at most. Default: n
+        zero_tol (float, optional): entries below ``zero_tol · max(x)`` count
+                    as zero. Default: 1e-12
+
+    Returns:
+        (vertices (..., n), support sizes (...)). Every returned row has the
+        same ``Cᵀx`` as the input row (up to rounding), is non-negative, and
+        has at most ``rank(C)`` non-zeros.
+    """
+    n = x.shape[-1]
+    dtype = x.dtype
+    ridge = 1e-12
+    steps = n if max_steps is None else max_steps
+    x = x.clone()
+    s = (x > zero_tol * x.amax(-1, keepdim=True)).to(dtype)
+    x = x * s
+    b = (x.unsqueeze(-2) @ c).squeeze(-2)
+    # A fixed, position-dependent tie-breaker makes the direction well defined
+    # when the raw attention lies in col(C_S) (then its projection vanishes).
+    pos = torch.arange(n, dtype=dtype, device=x.device)
+    jitter = 1e-3 * torch.cos(pos * 1.618) * a.amax(-1, keepdim=True)
+    for _ in range(steps):
+        d = _project_out(a + jitter, c, s, ridge)
+        scale = d.abs().amax(-1, keepdim=True)
+        moving = scale.squeeze(-1) > 1e-9 * x.amax(-1)
+        if not bool(moving.any()):
+            break
+        d = torch.where(moving.unsqueeze(-1), d / scale.clamp_min(1e-300), 0.0)
+        neg = (d < 0) & (s > 0)
+        ratio = torch.where(neg, x / torch.where(neg, -d, 1.0), torch.inf)
+        t, hit = ratio.min(-1)
+        t = torch.where(moving & torch.isfinite(t), t, torch.zeros_like(t))
+        x = torch.clamp(x + t.unsqueeze(-1) * d, min=0.0)
+        hit = hit.unsqueeze(-1)
+        kept = torch.where(moving.unsqueeze(-1), 0.0, x.gather(-1, hit))
+        x = x.scatter(-1, hit, kept)  # the blocking coordinate is exactly 0
+        s = s * (x > zero_tol * x.amax(-1, keepdim=True)).to(dtype)
+        x = x * s
+    # Exact solve on the final support: C_Sᵀ x_S = b has a unique solution.
+    cs = c * s.unsqueeze(-1)
+    mat = cs @ cs.transpose(-1, -2)  # (..., n, n) Gram matrix on rows of S
+    eye = torch.eye(n, dtype=dtype, device=x.device)
+    mat = mat + torch.diag_embed(1.0 - s)
+    rhs = (cs @ b.unsqueeze(-1)).squeeze(-1)  # C_S b
+    # x_S minimising ‖C_Sᵀx − b‖: (C_S C_Sᵀ) x = C_S b on S (full rank there)
+    sol = torch.linalg.solve(mat + 1e-14 * eye, rhs.unsqueeze(-1)).squeeze(-1) * s
+    better = (sol.min(-1).values >= -1e-12) & (
+        ((sol.unsqueeze(-2) @ c).squeeze(-2) - b).abs().amax(-1)
+        <= ((x.unsqueeze(-2) @ c).squeeze(-2) - b).abs().amax(-1) + 1e-15
+    )
+    x = torch.where(better.unsqueeze(-1), torch.clamp(sol, min=0.0), x)
+    return x, (x > 0).sum(-1)
