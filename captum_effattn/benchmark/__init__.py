@@ -1,1 +1,1 @@
-r"""Benchmark: data sets, models, methods, runner, reports (``captum-effattn bench``)."""
+r"""Benchmark: data sets, models, methods, runner and reports (``bench``)."""
