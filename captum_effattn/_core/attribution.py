@@ -28,6 +28,7 @@ from captum_effattn._core.adapters import ModelAdapter, expand_kv
 from captum_effattn._core.functional import (
     OBJECTIVES,
     Certificate,
+    check_algebra_dtype,
     check_token_inputs,
     run_with_capture,
     solve_layer,
@@ -114,6 +115,7 @@ class _AttentionAttribution(Attribution):
                     "Hugging Face model whose attention should be read"
                 )
             model = forward_func
+        check_algebra_dtype(dtype)
         self.model = model
         self.adapter = ModelAdapter(model)
         self.dtype = dtype
@@ -216,7 +218,8 @@ class _AttentionAttribution(Attribution):
         if mask is not None and mask.shape != ids.shape:
             raise ValueError(
                 f"the model received an attention_mask of shape {tuple(mask.shape)} "
-                f"for input ids of shape {tuple(ids.shape)}"
+                f"for input ids of shape {tuple(ids.shape)}; they must match: pass "
+                "the mask that belongs to the ids in additional_forward_args"
             )
         ids, key_mask = check_token_inputs(adapter, ids, mask)
         device = caps[layers[0]]["weights"].device
@@ -230,6 +233,12 @@ class _AttentionAttribution(Attribution):
             if target is None:
                 target = logits.argmax(-1)
             selected = _select_targets(logits, target)
+            if not bool(torch.isfinite(selected).all()):
+                raise ValueError(
+                    "forward_func returned NaN or inf for the target output; "
+                    f"weighting={weighting!r}, layer={layer!r} needs its gradient: "
+                    "check the model's weights and dtype, or use weighting='none'"
+                )
             weights = [caps[idx]["weights"] for idx in layers]
             for idx, g in zip(layers, torch.autograd.grad(selected.sum(), weights)):
                 grads[idx] = g.detach()

@@ -140,11 +140,19 @@ def check_token_inputs(
         )
     b, n = input_ids.shape
     if b == 0:
-        raise ValueError("empty batch: input_ids has 0 examples")
+        raise ValueError(
+            "empty batch: input_ids has 0 examples; pass at least one example"
+        )
     if n == 0:
-        raise ValueError("zero-length sequences: input_ids has shape (batch, 0)")
+        raise ValueError(
+            f"zero-length sequences: input_ids has shape ({b}, 0); every example "
+            "needs at least one token (tokenize with add_special_tokens=True)"
+        )
     if int(input_ids.min()) < 0:
-        raise ValueError("input_ids contains negative token ids")
+        raise ValueError(
+            f"input_ids contains negative token ids (min {int(input_ids.min())}); "
+            "pad with the tokenizer's pad_token_id, not -100 or -1 (label values)"
+        )
     if adapter.vocab_size is not None and int(input_ids.max()) >= adapter.vocab_size:
         raise ValueError(
             f"input_ids contains id {int(input_ids.max())}, outside the model's "
@@ -161,7 +169,8 @@ def check_token_inputs(
     else:
         if not isinstance(attention_mask, Tensor):
             raise TypeError(
-                f"attention_mask must be a tensor, got {type(attention_mask)}"
+                f"attention_mask must be a tensor, got {type(attention_mask)}; "
+                "use the tokenizer's return_tensors='pt' output"
             )
         if attention_mask.shape != input_ids.shape:
             raise ValueError(
@@ -171,7 +180,9 @@ def check_token_inputs(
         if attention_mask.is_floating_point():
             bad = ~((attention_mask == 0) | (attention_mask == 1))
             if bool(bad.any()):
-                raise ValueError("attention_mask must contain only 0 and 1")
+                raise ValueError(
+                    "attention_mask must contain only 0 and 1 (1 for real tokens)"
+                )
         mask = attention_mask.to(device=input_ids.device) != 0
     empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
     if empty:
@@ -376,8 +387,10 @@ def run_with_capture(
         )
     if rec.calls > 1:
         raise ValueError(
-            "forward_func called the model more than once; attention attribution "
-            "needs exactly one forward pass per call"
+            f"forward_func called the model {rec.calls} times; attention "
+            "attribution needs exactly one forward pass per call: make "
+            "forward_func run the model once, e.g. "
+            "lambda ids, mask: model(ids, attention_mask=mask).logits"
         )
     for idx in layers:
         got = rec.layers.get(idx, {})
@@ -388,7 +401,28 @@ def run_with_capture(
                 f"the model produced NaN or inf attention in layer {idx}; check the "
                 "inputs and the model's dtype (float16 overflow?)"
             )
+        # NaN values or output weights would otherwise surface as an SVD failure
+        if not bool(torch.isfinite(got["values"]).all()) or not bool(
+            torch.isfinite(adapter.output_weights(idx)).all()
+        ):
+            raise ValueError(
+                f"the model produced NaN or inf value vectors or has NaN or inf "
+                f"output-projection weights in layer {idx}; check the model's "
+                "weights (torch.isfinite(p).all() for p in model.parameters()) "
+                "and its dtype (float16 overflow?)"
+            )
     return output, rec.layers, rec.call_args
+
+
+def check_algebra_dtype(dtype: Any) -> None:
+    r"""Raise a ``TypeError`` unless ``dtype`` can carry the algebra (the SVDs
+    and solves need float32 or float64, whatever the model's own dtype)."""
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(
+            f"dtype {dtype} cannot be used for the algebra: use torch.float64 "
+            "(default) or torch.float32. A float16/bfloat16 model is fine; its "
+            "attention is converted to this dtype"
+        )
 
 
 def _matrices(
@@ -407,6 +441,7 @@ def _matrices(
     model_kwargs: Dict[str, Any],
     objective: str = "min_norm",
 ) -> Union[Tensor, Tuple[Tensor, Certificate]]:
+    check_algebra_dtype(dtype)
     adapter = ModelAdapter(model)
     ids, mask = check_token_inputs(adapter, input_ids, attention_mask)
     model_device = next(model.parameters()).device
