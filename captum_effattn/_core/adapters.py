@@ -223,7 +223,11 @@ class ModelAdapter:
         rec = _Recording()
         handles = []
         spec = self.spec
-        was_training = self.model.training
+        # Every submodule's own flag, so that a model in training mode with
+        # some submodules frozen in eval mode (or the reverse) comes back as it
+        # was, not with one flag for all.
+        modes = [(m, m.training) for m in self.model.modules()]
+        was_training = any(training for _, training in modes)
         if was_training:
             warnings.warn(
                 "the model was in training mode (dropout on); switching it to "
@@ -281,7 +285,8 @@ class ModelAdapter:
             for h in handles:
                 h.remove()
             if was_training:
-                self.model.train()
+                for module, training in modes:
+                    module.training = training
 
     @contextlib.contextmanager
     def replace_attention(self, matrices: Dict[int, Tensor]) -> Iterator[None]:
