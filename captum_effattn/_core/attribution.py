@@ -191,6 +191,12 @@ class _AttentionAttribution(Attribution):
         """
         layer = self._default_layer if layer is None else layer
         self._check_options(layer, heads, weighting)
+        if not isinstance(inputs, (Tensor, tuple)):
+            raise TypeError(
+                "inputs must be a tensor of token ids (batch, seq) or a tuple "
+                f"whose first element is one, got {type(inputs).__name__}; use "
+                "tokenizer(texts, return_tensors='pt', padding=True)['input_ids']"
+            )
         is_tuple = _is_tuple(inputs)
         formatted = _format_tensor_into_tuples(inputs)
         if formatted is None or len(formatted) == 0:
