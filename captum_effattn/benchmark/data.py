@@ -566,14 +566,14 @@ DATASETS: Dict[str, DatasetInfo] = {
             load_rt_snippets,
             "Rotten Tomatoes review snippets (~25 tokens), fresh vs rotten, "
             "split by movie",
-            {"max_train": 4000, "max_length": 128},
+            {"max_train": 3000, "max_length": 128},
         ),
         DatasetInfo(
             "rt-verdict",
             load_rt_verdict,
             "5 reviews of one movie (~130 tokens), majority fresh vs rotten, "
             "split by movie, balanced test",
-            {"max_train": 1500},
+            {"max_train": 1000, "lr": 2e-4},
         ),
         DatasetInfo(
             "debates-2016",
@@ -587,7 +587,7 @@ DATASETS: Dict[str, DatasetInfo] = {
             load_conventions_2012,
             "2012 convention speeches in 128-word windows, Republican vs "
             "Democrat, split by speaker",
-            {"epochs": 2},
+            {"epochs": 1},
         ),
     )
 }

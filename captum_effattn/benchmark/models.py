@@ -132,8 +132,8 @@ MINILM_NAME = "all-MiniLM-L6-v2"
 _TRAIN_DEFAULTS: Dict[str, Any] = {
     "epochs": 1,
     "max_length": 256,
-    "batch_size": 16,
-    "lr": 5e-5,
+    "batch_size": 8,
+    "lr": 1e-4,
     "warmup": 0.1,
     "weight_decay": 0.01,
     "max_train": None,
@@ -251,8 +251,8 @@ def finetune(
     model_path: Optional[Union[str, Path]] = None,
     epochs: int = 1,
     max_length: int = 256,
-    batch_size: int = 16,
-    lr: float = 5e-5,
+    batch_size: int = 8,
+    lr: float = 1e-4,
     warmup: float = 0.1,
     weight_decay: float = 0.01,
     max_train: Optional[int] = None,
@@ -283,8 +283,8 @@ def finetune(
         epochs (int, optional): passes over the training examples. Default: 1
         max_length (int, optional): inputs are truncated to this many tokens.
                     Default: 256
-        batch_size (int, optional): examples per optimiser step. Default: 16
-        lr (float, optional): peak learning rate. Default: 5e-5
+        batch_size (int, optional): examples per optimiser step. Default: 8
+        lr (float, optional): peak learning rate. Default: 1e-4
         warmup (float, optional): share of the steps spent warming up.
                     Default: 0.1
         weight_decay (float, optional): AdamW weight decay (not applied to
@@ -313,7 +313,7 @@ def finetune(
 
     Examples::
 
-        >>> model, tokenizer, report = finetune("rt-verdict", max_train=1500)
+        >>> model, tokenizer, report = finetune("rt-verdict", max_train=1000, lr=2e-4)
         >>> report["accuracy"] > report["majority_accuracy"]
         True
     """
@@ -491,7 +491,7 @@ def get_or_finetune(
     settings, library versions) live in
     ``<cache>/<dataset>-<hash of the settings>/``. The settings are those of
     :func:`finetune_settings`: the data set's recommended ones (e.g. at most
-    1,500 training documents for ``"rt-verdict"``) unless ``kwargs`` say
+    1,000 training documents for ``"rt-verdict"``) unless ``kwargs`` say
     otherwise. ``device`` and ``show_progress`` do not enter the hash.
 
     Args:

@@ -178,7 +178,7 @@ def test_get_or_finetune_explicit_cache(
 
 def test_finetune_settings_use_dataset_defaults() -> None:
     settings = finetune_settings("rt-verdict")
-    assert settings["max_train"] == 1500 and settings["model_path"] is None
+    assert settings["max_train"] == 1000 and settings["model_path"] is None
     assert finetune_settings("rt-verdict", max_train=10)["max_train"] == 10
     assert finetune_settings("csv:x.csv")["max_train"] is None
     key = models._cache_key("rt-verdict", settings)
