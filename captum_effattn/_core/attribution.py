@@ -247,6 +247,13 @@ class _AttentionAttribution(Attribution):
                 )
             weights = [caps[idx]["weights"] for idx in layers]
             for idx, g in zip(layers, torch.autograd.grad(selected.sum(), weights)):
+                if not bool(torch.isfinite(g).all()):
+                    raise ValueError(
+                        "the gradient of the target output with respect to the "
+                        f"attention of layer {idx} has NaN or inf entries (NaN "
+                        "weights in the model's head?); check the model's weights "
+                        "and dtype, or use weighting='none'"
+                    )
                 grads[idx] = g.detach()
 
         matrices: Dict[int, Tensor] = {}
