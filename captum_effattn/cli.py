@@ -123,6 +123,16 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
+def _threads_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="torch CPU threads (default: torch's choice; 1 is often faster on "
+        "a busy machine or with several processes)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     r"""The argument parser of ``captum-effattn`` with its subcommands.
 
@@ -220,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="examples shown in examples.html",
     )
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
+    _threads_option(bench)
 
     # finetune
     ft = sub.add_parser(
@@ -244,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ft.add_argument("--force", action="store_true", help="retrain even if cached")
     ft.add_argument("--quiet", action="store_true", help="no progress bars")
+    _threads_option(ft)
 
     # explain
     ex = sub.add_parser(
@@ -268,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--top", type=_positive_int, default=10, help="tokens listed")
     ex.add_argument("--max-length", type=_positive_int, default=256)
     ex.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    _threads_option(ex)
 
     # speed
     sp = sub.add_parser(
@@ -410,8 +423,6 @@ def _bench(
     meta["majority_accuracy"] = report.get("majority_accuracy")
     meta["model_seconds"] = round(time.perf_counter() - start, 2)
     model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
 
     config = BenchConfig(
         dataset=splits.name,
@@ -547,9 +558,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     pred = int(probs.argmax())
     print(note)
     print(f"\n{text}\n")
-    print(
-        f"{ids.shape[1]} tokens; prediction: {labels[pred]} (p = {float(probs[pred]):.3f})"
-    )
+    p_pred = float(probs[pred])
+    print(f"{ids.shape[1]} tokens; prediction: {labels[pred]} (p = {p_pred:.3f})")
     where = dict(layers=None, rows=None) if args.full else dict(layers=-1, rows=0)
     start = time.perf_counter()
     eff, cert = efficient_attention(
@@ -599,8 +609,7 @@ def _cmd_speed(args: argparse.Namespace) -> int:
     namespace = runpy.run_path(str(script), run_name="captum_effattn_speed")
     if "main" not in namespace:
         raise CLIError(f"{script} defines no main(argv)")
-    argv = [a for a in args.args if a != "--"]
-    code = namespace["main"](argv)
+    code = namespace["main"](list(args.args))
     return int(code or 0)
 
 
@@ -655,11 +664,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = list(argv) if argv is not None else sys.argv[1:]
     parser = build_parser()
+    if argv[:1] == ["speed"] and argv[1:] not in (["-h"], ["--help"]):
+        # everything after "speed" belongs to benchmarks/speed.py
+        args = argparse.Namespace(command="speed", args=argv[1:])
+        try:
+            return _cmd_speed(args)
+        except CLIError as err:
+            _err(f"{PROG} speed: error: {err}")
+            return 2
     try:
-        args = parser.parse_args(list(argv) if argv is not None else None)
+        args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2)
         return int(exc.code or 0)
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return _COMMANDS[args.command](args)
     except CLIError as err:

@@ -1,0 +1,338 @@
+r"""``captum-effattn bench`` end to end on a tiny random BERT with MiniLM's
+tokenizer: every output file, determinism, torchrun sharding, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import pytest
+import torch
+
+from captum_effattn.benchmark.report import CSV_COLUMNS, OUTPUT_FILES
+from captum_effattn.cli import main
+
+METHODS = "efficient,attention,efficient-grad,ablation,random"
+# the user's cache, read (never written) by the slow real-model test
+USER_CACHE = os.environ.get("CAPTUM_EFFATTN_CACHE")
+
+POS = "good great fun wonderful brilliant moving".split()
+NEG = "bad awful boring dull terrible weak".split()
+NEUTRAL = "the movie plot actor film story scene and a was".split()
+
+
+def make_tiny_classifier(folder: Path) -> Path:
+    r"""A random 2-layer BERT (hidden 32, 4 heads) saved with MiniLM's
+    tokenizer; query/key and classifier weights scaled up so that attention
+    is peaked and predictions vary with the input."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from captum_effattn.benchmark.models import minilm_path
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=128,
+        num_labels=2,
+        attn_implementation="eager",
+    )
+    model = BertForSequenceClassification(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "query" in name or "key" in name:
+                p.mul_(8.0)
+            if name.startswith("classifier") or "pooler" in name:
+                p.mul_(20.0)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(minilm_path())).save_pretrained(folder)
+    return folder
+
+
+def write_csv(path: Path, n: int = 40, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        for i in range(n):
+            label = i % 2
+            words = [rng.choice(NEUTRAL) for _ in range(rng.randint(8, 20))]
+            words += [rng.choice(POS if label else NEG) for _ in range(3)]
+            rng.shuffle(words)
+            writer.writerow([" ".join(words), ["neg", "pos"][label]])
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("tiny")
+    return dict(
+        model=make_tiny_classifier(root / "model"),
+        csv=write_csv(root / "data.csv"),
+    )
+
+
+def bench_args(tiny: dict, out: Path, n: int = 4, extra: List[str] = ()) -> List[str]:
+    return [
+        "bench",
+        "--dataset",
+        f"csv:{tiny['csv']}",
+        "--model",
+        str(tiny["model"]),
+        "--n",
+        str(n),
+        "--methods",
+        METHODS,
+        "--batch-size",
+        "2",
+        "--max-length",
+        "32",
+        "--sensitivity-samples",
+        "2",
+        "--infidelity-samples",
+        "4",
+        "--out",
+        str(out),
+        "--quiet",
+        "--threads",
+        "1",
+        *extra,
+    ]
+
+
+def read_rows(path: Path) -> List[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def without_timing(rows: List[dict]) -> List[tuple]:
+    return [tuple(v for k, v in row.items() if k != "seconds") for row in rows]
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bench") / "out"
+    assert main(bench_args(tiny, out)) == 0
+    return out
+
+
+def test_bench_writes_every_output(first_run):
+    out = first_run
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
+    rows = read_rows(out / "results.csv")
+    assert tuple(rows[0].keys()) == CSV_COLUMNS
+    methods = METHODS.split(",")
+    assert [m for m in dict.fromkeys(r["method"] for r in rows)] == methods
+    metrics = {r["metric"] for r in rows}
+    for metric in (
+        "sufficiency",
+        "necessity",
+        "aopc_sufficiency",
+        "aopc_necessity",
+        "sufficiency@0.01",
+        "necessity@0.5",
+        "minimal_necessary",
+        "minimal_sufficient",
+        "infidelity",
+        "sensitivity",
+    ):
+        assert metric in metrics, metric
+    examples = {r["example"] for r in rows}
+    assert examples == {"0", "1", "2", "3"}
+    for r in rows:
+        assert int(r["n_tokens"]) > 2 and float(r["seconds"]) >= 0
+        assert r["label"] in ("0", "1") and r["prediction"] in ("0", "1")
+    # per example, the 0.2 point equals the curve's
+    by = {(r["example"], r["method"], r["metric"]): r["value"] for r in rows}
+    for (ex, m, metric), value in by.items():
+        if metric == "necessity":
+            assert value == by[(ex, m, "necessity@0.2")]
+
+    summary = (out / "summary.md").read_text()
+    for name in methods:
+        assert f"`{name}`" in summary
+    for needle in ("95% bootstrap CI", "× efficient", "How to read", "torch "):
+        assert needle in summary
+    assert (
+        "higher is better" in summary.lower() and "lower is better" in summary.lower()
+    )
+
+    data = json.loads((out / "results.json").read_text())  # strict JSON
+    assert list(data["methods"]) == methods
+    eff = data["methods"]["efficient"]
+    assert eff["time_ratio_to_efficient"] == pytest.approx(1.0)
+    assert len(eff["curves"]["fractions"]) == 5
+    assert data["metrics"]["necessity"]["higher_is_better"] is True
+    assert data["meta"]["n"] == 4 and data["config"]["seed"] == 0
+
+    page = (out / "examples.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<style>" in page
+    assert "[CLS]" in page and "rgba(" in page and "Efficient attention" in page
+    for png in ("aopc_curves.png", "faithfulness_vs_time.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_is_deterministic(tiny, first_run, tmp_path):
+    out = tmp_path / "again"
+    assert main(bench_args(tiny, out)) == 0
+    assert without_timing(read_rows(out / "results.csv")) == without_timing(
+        read_rows(first_run / "results.csv")
+    )
+    other = tmp_path / "seed1"
+    assert main(bench_args(tiny, other, extra=["--seed", "1"])) == 0
+    assert without_timing(read_rows(other / "results.csv")) != without_timing(
+        read_rows(first_run / "results.csv")
+    )
+
+
+def _close(a: List[dict], b: List[dict]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        for key in CSV_COLUMNS:
+            if key == "seconds":
+                continue
+            if key == "value":
+                fx, fy = (float(v[key] or "nan") for v in (x, y))
+                assert fx == pytest.approx(fy, rel=1e-5, abs=1e-6, nan_ok=True), (
+                    x,
+                    y,
+                )
+            else:
+                assert x[key] == y[key], (key, x, y)
+
+
+@pytest.mark.slow  # about 40 s: two processes import torch, transformers, captum
+def test_torchrun_two_processes_match_single(tiny, first_run, tmp_path):
+    out = tmp_path / "dist"
+    args = bench_args(tiny, out)
+    args[args.index("--n")] = "--num-examples"  # torchrun-safe alias
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "captum_effattn",
+        *args,
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
+    _close(read_rows(out / "results.csv"), read_rows(first_run / "results.csv"))
+    meta = json.loads((out / "results.json").read_text())["meta"]
+    assert meta["processes"] == 2
+
+
+# ------------------------------------------------------------------ bad input
+def _assert_usage_error(capsys, code: int, needle: str, parent: Path, out: Path):
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert needle in err
+    assert not out.exists()
+    assert not [p for p in parent.iterdir() if p.name.startswith(".captum-effattn")]
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        (("--dataset", "no-such-data"), "unknown data set 'no-such-data'"),
+        (("--methods", "efficient,nope"), "unknown method 'nope'"),
+        (("--n", "0"), "must be at least 1"),
+        (("--skip-metrics", "speed"), "unknown metric group"),
+    ],
+)
+def test_bench_rejects_bad_arguments(tiny, tmp_path, capsys, change, needle):
+    out = tmp_path / "out"
+    args = bench_args(tiny, out)
+    if change[0] in args:
+        args[args.index(change[0]) + 1] = change[1]
+    else:
+        args += list(change)
+    _assert_usage_error(capsys, main(args), needle, tmp_path, out)
+
+
+def test_bench_rejects_csv_without_columns(tiny, tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("review,score\nnice film,1\nbad film,0\n")
+    out = tmp_path / "out"
+    args = bench_args(tiny, out)
+    args[args.index("--dataset") + 1] = f"csv:{bad}"
+    code = main(args)
+    _assert_usage_error(
+        capsys, code, "lacks the column(s) ['text', 'label']", tmp_path, out
+    )
+
+
+def test_bench_rejects_unwritable_out(tiny, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = blocker / "out"
+    code = main(bench_args(tiny, out))
+    _assert_usage_error(capsys, code, "is not a folder", tmp_path, out)
+    assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes anywhere"
+)
+def test_bench_rejects_read_only_out(tiny, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        code = main(bench_args(tiny, locked / "out"))
+        _assert_usage_error(capsys, code, "not writable", locked, locked / "out")
+    finally:
+        locked.chmod(0o700)
+
+
+# ----------------------------------------------------------------- real model
+def _cached_rt_verdict() -> List[str]:
+    from captum_effattn.benchmark.models import cache_dir
+
+    if USER_CACHE is not None:
+        root = Path(USER_CACHE).expanduser() / "models"
+    else:
+        root = cache_dir() / "models"
+    found = sorted(root.glob("rt-verdict-*/report.json")) if root.is_dir() else []
+    return ["--model", str(found[-1].parent)] if found else []
+
+
+@pytest.mark.slow
+def test_bench_real_model(tmp_path):
+    out = tmp_path / "real"
+    code = main(
+        [
+            "bench",
+            "--dataset",
+            "rt-verdict",
+            "--n",
+            "3",
+            "--methods",
+            "efficient,attention,ig,random",
+            "--out",
+            str(out),
+            "--quiet",
+            *_cached_rt_verdict(),  # else fine-tunes into the test's cache
+        ]
+    )
+    assert code == 0
+    data = json.loads((out / "results.json").read_text())
+    assert data["meta"]["n"] == 3
+    for name in ("efficient", "attention", "ig", "random"):
+        stats = data["methods"][name]["metrics"]
+        assert stats["aopc_necessity"]["n"] == 3
+    rows = read_rows(out / "results.csv")
+    assert all(int(r["n_tokens"]) > 34 for r in rows)  # longer than d_h + 2

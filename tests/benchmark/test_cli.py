@@ -1,0 +1,138 @@
+r"""The ``captum-effattn`` command: help, subcommands, errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from captum_effattn import cli
+from captum_effattn.benchmark.data import DATASETS
+from captum_effattn.benchmark.methods import METHODS, default_methods
+from captum_effattn.cli import build_parser, main
+
+SUBCOMMANDS = ("bench", "finetune", "explain", "speed", "datasets")
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from captum_effattn.benchmark.models import minilm_path
+
+    folder = tmp_path_factory.mktemp("tiny-cli")
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=128,
+        attn_implementation="eager",
+    )
+    model = BertForSequenceClassification(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "query" in name or "key" in name:
+                p.mul_(8.0)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(minilm_path())).save_pretrained(folder)
+    return folder
+
+
+def test_help_of_every_subcommand(capsys):
+    assert main(["--help"]) == 0
+    top = capsys.readouterr().out
+    for command in SUBCOMMANDS:
+        assert command in top
+        assert main([command, "--help"]) == 0
+        assert "usage: captum-effattn " + command in capsys.readouterr().out
+
+
+def test_bench_help_lists_registry(capsys):
+    assert main(["bench", "--help"]) == 0
+    text = capsys.readouterr().out
+    for name, spec in METHODS.items():  # docs and code agree
+        assert f"  {name}: " in text
+        assert ("[not default]" in text.split(f"  {name}: ")[1].split("\n")[0]) == (
+            not spec.default
+        )
+    for name in DATASETS:
+        assert name in text
+    for option in ("--num-examples", "--skip-metrics", "--fractions", "--model"):
+        assert option in text
+
+
+def test_parser_defaults():
+    args = build_parser().parse_args(["bench", "--out", "x"])
+    assert args.dataset == "rt-verdict" and args.n == 20 and args.methods is None
+    assert args.fractions == "eraser" and args.max_length == 256
+    args = build_parser().parse_args(
+        ["bench", "--num-examples", "3", "--methods", "default", "--out", "x"]
+    )
+    assert args.n == 3 and args.methods == default_methods()
+
+
+def test_missing_subcommand_is_usage_error(capsys):
+    assert main([]) == 2
+    assert "required" in capsys.readouterr().err
+
+
+def test_datasets_without_sizes(capsys):
+    assert main(["datasets", "--no-sizes"]) == 0
+    out = capsys.readouterr().out
+    for name, info in DATASETS.items():
+        assert name in out and info.description in out
+    assert "csv:PATH" in out
+
+
+def test_speed_without_script(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(cli, "_speed_script", lambda: tmp_path / "speed.py")
+    assert main(["speed"]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_speed_runs_script_main(monkeypatch, tmp_path, capsys):
+    script = tmp_path / "speed.py"
+    script.write_text(
+        "def main(argv):\n    print('speed got', argv)\n    return 0\n"
+        "if __name__ == '__main__':\n    raise SystemExit('not as a module')\n"
+    )
+    monkeypatch.setattr(cli, "_speed_script", lambda: script)
+    assert main(["speed", "--rows", "1"]) == 0
+    assert "speed got ['--rows', '1']" in capsys.readouterr().out
+
+
+def test_explain_on_tiny_model(tiny_model_dir, capsys):
+    text = " ".join(["a long and rather dull film with one good scene"] * 6)
+    code = main(
+        ["explain", "--model", str(tiny_model_dir), "--text", text, "--top", "5"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "certificate" in out
+    assert "gain the most attention" in out and "lose the most attention" in out
+    lines = out.split("gain the most attention")[1].splitlines()
+    assert len([ln for ln in lines if ln.strip() and ln.strip()[0].isdigit()]) >= 5
+
+
+def test_explain_bad_model_path(tmp_path, capsys):
+    assert main(["explain", "--model", str(tmp_path / "none"), "--text", "x"]) == 2
+    assert "no such model folder" in capsys.readouterr().err
+
+
+def test_python_dash_m(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "captum_effattn", "bench", "--n", "0", "--out", "x"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2 and "must be at least 1" in proc.stderr
+    assert "usage: captum-effattn bench" in proc.stderr
+    assert not (tmp_path / "x").exists()
