@@ -209,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_skip_metrics,
         default=[],
         help=f"comma-separated metric groups to skip: {', '.join(METRIC_GROUPS)} "
-        "(sensitivity re-runs each method 1 + --sensitivity-samples times)",
+        "(sensitivity re-runs each method 1 + --sensitivity-samples times; by "
+        "default only for the cheap methods, see --sensitivity-all)",
     )
     bench.add_argument(
         "--infidelity-samples",
@@ -222,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=3,
         help="perturbations per example for sensitivity_max",
+    )
+    bench.add_argument(
+        "--sensitivity-all",
+        action="store_true",
+        help="also compute sensitivity for ig, lime, ablation and the efficient "
+        "rollouts (re-runs them 1 + --sensitivity-samples times)",
     )
     bench.add_argument(
         "--html-examples",
@@ -435,6 +442,7 @@ def _bench(
         skip_metrics=list(args.skip_metrics),
         infidelity_samples=args.infidelity_samples,
         sensitivity_samples=args.sensitivity_samples,
+        sensitivity_all=args.sensitivity_all,
         html_examples=args.html_examples,
     )
     start = time.perf_counter()

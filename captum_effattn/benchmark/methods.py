@@ -92,6 +92,9 @@ class MethodSpec:
         default (bool): whether ``bench`` runs it when ``--methods`` is not
                     given (the cheap ones).
         cost (str): forward/backward passes per example, for the docs.
+        expensive (bool): tens of passes or more per example; the benchmark
+                    then skips ``sensitivity`` (which re-runs the method)
+                    unless asked for.
     """
 
     name: str
@@ -101,6 +104,7 @@ class MethodSpec:
     fn: MethodFn
     default: bool = True
     cost: str = ""
+    expensive: bool = False
 
 
 # ----------------------------------------------------------------------------
@@ -380,6 +384,7 @@ _SPECS: List[MethodSpec] = [
         _attention("EfficientAttention", layer="rollout"),
         default=False,
         cost="1 forward + full efficient solve of every layer",
+        expensive=True,
     ),
     MethodSpec(
         "efficient-grad-rollout",
@@ -390,6 +395,7 @@ _SPECS: List[MethodSpec] = [
         _attention("EfficientAttention", layer="gradient_rollout"),
         default=False,
         cost="1 forward + 1 backward + full efficient solve of every layer",
+        expensive=True,
     ),
     MethodSpec(
         "ig",
@@ -399,6 +405,7 @@ _SPECS: List[MethodSpec] = [
         "[PAD] baseline for content tokens, summed over the embedding",
         _ig,
         cost=f"{IG_STEPS} forward + {IG_STEPS} backward",
+        expensive=True,
     ),
     MethodSpec(
         "lime",
@@ -408,6 +415,7 @@ _SPECS: List[MethodSpec] = [
         "removed tokens masked out",
         _lime,
         cost=f"{LIME_SAMPLES} forward",
+        expensive=True,
     ),
     MethodSpec(
         "ablation",
@@ -417,6 +425,7 @@ _SPECS: List[MethodSpec] = [
         "masked out",
         _ablation,
         cost="N forward (one per token)",
+        expensive=True,
     ),
     MethodSpec(
         "random",

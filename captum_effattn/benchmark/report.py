@@ -320,7 +320,7 @@ def _markdown(summary: Dict[str, Any]) -> str:
         cells = [f"`{name}`"]
         for metric in present:
             stats = entry["metrics"].get(metric)
-            if stats is None:
+            if stats is None or stats["n"] == 0:
                 cells.append("–")
                 continue
             cell = (
@@ -392,7 +392,9 @@ def _markdown(summary: Dict[str, Any]) -> str:
         "sensitivity (Captum sensitivity_max; one token replaced): lower is "
         "better.",
         "- Bold: best mean per column. Overlapping intervals mean the "
-        "difference is not established at this n.",
+        "difference is not established at this n. –: not computed (by "
+        "default sensitivity only for the cheap methods; `--sensitivity-all`) "
+        "or never reached (no k flips the prediction).",
         "- s / example: attribution time only (metrics excluded); "
         "× efficient: ratio to the `efficient` method.",
         "",

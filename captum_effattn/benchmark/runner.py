@@ -27,8 +27,11 @@ Costs, per example and method, in forward passes F of the model: the erasure
 metrics need 1 + 2 x (fractions) F (batched), the minimal sets about
 2 log2(N) F (binary search), ``infidelity`` ``infidelity_samples`` F; and
 ``sensitivity`` re-runs the *method* ``1 + sensitivity_samples`` times, which
-is cheap for attention but costs 4 x 500 F for ``lime`` and 4 x 50 F+B for
-``ig`` with the default 3 samples. Skip groups with ``skip_metrics``
+is cheap for attention but would cost 4 x 500 F for ``lime`` and 4 x 50 F+B
+for ``ig`` with the default 3 samples: it is therefore computed only for the
+methods that are not marked ``expensive`` in the registry (``ig``, ``lime``,
+``ablation``, the efficient rollouts) unless ``sensitivity_all=True``
+(``--sensitivity-all``). Skip groups with ``skip_metrics``
 (``"sensitivity"``, ``"infidelity"``, ``"minimal"``, ``"aopc"``,
 ``"erasure"``).
 
@@ -47,6 +50,7 @@ import sys
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -193,6 +197,8 @@ class BenchConfig:
                     Default: 10
         sensitivity_samples (int): perturbations per example for
                     sensitivity_max. Default: 3
+        sensitivity_all (bool): also compute sensitivity for the expensive
+                    methods (it re-runs them). Default: False
         html_examples (int): examples shown in ``examples.html``. Default: 4
     """
 
@@ -206,6 +212,7 @@ class BenchConfig:
     skip_metrics: List[str] = field(default_factory=list)
     infidelity_samples: int = 10
     sensitivity_samples: int = 3
+    sensitivity_all: bool = False
     html_examples: int = 4
 
     def to_dict(self) -> Dict[str, Any]:
@@ -315,7 +322,10 @@ def init_distributed(device: str = "auto") -> Tuple[int, int, int]:
             )
             if use_cuda:
                 torch.cuda.set_device(local)
-            dist.init_process_group("nccl" if use_cuda else "gloo")
+            # rank 0 may fine-tune for a long while before the first barrier
+            dist.init_process_group(
+                "nccl" if use_cuda else "gloo", timeout=timedelta(hours=3)
+            )
     return rank, world, local
 
 
@@ -422,7 +432,9 @@ def _batch_metrics(
                 max_examples_per_batch=b,  # the perturb func sees the whole batch
                 normalize=True,
             )
-    if "sensitivity" not in skip:
+    if "sensitivity" not in skip and (
+        config.sensitivity_all or not METHODS[name].expensive
+    ):
         from captum.metrics import sensitivity_max
 
         resample = token_perturb_func(
