@@ -1,4 +1,28 @@
-r"""Offline models: the packaged all-MiniLM-L6-v2, loading, fine-tuning and caching."""
+r"""Offline models: the packaged all-MiniLM-L6-v2, loading, fine-tuning and caching.
+
+No fine-tuned classifier ships offline, so :func:`get_or_finetune` fine-tunes
+MiniLM once per data set and settings and caches the result under
+``cache_dir() / "models"``; later calls load it in seconds.
+
+Defaults: one epoch, batches of 8, peak learning rate 1e-4 (2e-4 for
+``rt-verdict``), inputs cut at 256 tokens, plus each data set's recommended
+settings in :data:`~captum_effattn.benchmark.data.DATASETS` (e.g. 1,000
+training documents for ``rt-verdict``). Small batches matter here: with a
+single short epoch, batches of 16 at 5e-5 or 1e-4 left MiniLM at chance on
+``rt-verdict`` (0.50-0.51), while batches of 8 at 2e-4 reach 0.74 on its
+balanced test split (seed 0). Measured with ``get_or_finetune("rt-verdict")``
+on 2 CPU cores: see the ``train_time_s`` of its ``report.json``; the
+throughput is about 1 s per batch of 8 documents of ~130 tokens on an idle
+2-core machine, i.e. about 2 minutes for the 125 batches plus 20 s to
+evaluate the 398 test documents.
+
+Examples::
+
+    >>> from captum_effattn.benchmark.models import get_or_finetune
+    >>> model, tokenizer, report = get_or_finetune("rt-verdict")
+    >>> report["accuracy"] > 0.7  # doctest: +SKIP
+    True
+"""
 
 from __future__ import annotations
 
@@ -530,6 +554,9 @@ def get_or_finetune(
     root.mkdir(parents=True, exist_ok=True)
     # write into a temporary folder, then rename: no half-written caches
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=root))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private
     try:
         with _quiet_transformers():
             model.save_pretrained(tmp)
