@@ -81,7 +81,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NamedTuple, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Sequence, Tuple, Union
 
 __all__ = [
     "Example",
@@ -488,7 +488,9 @@ def load_conventions_2012(
     )
 
 
-def load_csv(path: str | Path, seed: int = 0, test_size: float = 0.2) -> DatasetSplits:
+def load_csv(
+    path: Union[str, Path], seed: int = 0, test_size: float = 0.2
+) -> DatasetSplits:
     r"""A user's CSV file with columns ``text``, ``label`` and optionally
     ``group``.
 
