@@ -231,6 +231,18 @@ def build_parser() -> argparse.ArgumentParser:
         "rollouts (re-runs them 1 + --sensitivity-samples times)",
     )
     bench.add_argument(
+        "--lime-samples",
+        type=_positive_int,
+        default=500,
+        help="Lime samples per example (lime costs this many forward passes)",
+    )
+    bench.add_argument(
+        "--ig-steps",
+        type=_positive_int,
+        default=50,
+        help="Integrated Gradients steps (forward + backward passes)",
+    )
+    bench.add_argument(
         "--html-examples",
         type=int,
         default=4,
@@ -444,6 +456,8 @@ def _bench(
         sensitivity_samples=args.sensitivity_samples,
         sensitivity_all=args.sensitivity_all,
         html_examples=args.html_examples,
+        lime_samples=args.lime_samples,
+        ig_steps=args.ig_steps,
     )
     start = time.perf_counter()
     result = run_benchmark(

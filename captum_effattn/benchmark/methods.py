@@ -10,7 +10,8 @@ where ``forward_func(ids, mask)`` returns logits, ``ids`` and ``mask`` are
 (B, N), ``target`` is a (B,) tensor of class indices (the benchmark passes
 the class the model **predicts** for the unperturbed input, as ERASER does),
 and ``ctx`` holds ``special_tokens_mask`` ((B, N) bool), ``pad_token_id``,
-``mask_token_id`` and ``seed``. It returns (B, N) float scores, higher
+``mask_token_id`` and ``seed`` (and optionally ``lime_samples`` and
+``ig_steps``, default 500 and 50). It returns (B, N) float scores, higher
 meaning more important for the target class; :func:`attribute` checks the
 shape, replaces non-finite values and sets padding to 0.
 
@@ -514,7 +515,8 @@ def attribute(
         mask (Tensor): (B, N) attention mask, 0 at padding.
         target (Tensor): (B,) class indices.
         **ctx: ``special_tokens_mask`` ((B, N)), ``pad_token_id``,
-                    ``mask_token_id``, ``seed``.
+                    ``mask_token_id``, ``seed``, optionally ``lime_samples``
+                    and ``ig_steps``.
 
     Returns:
         Tensor: (B, N) scores in the default float dtype, finite, 0 at padding.

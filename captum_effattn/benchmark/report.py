@@ -17,7 +17,8 @@ r"""Write a benchmark's results: tables, plots and token heat maps.
   (log x);
 - ``examples.html``: a self-contained page of token heat maps of the first
   examples, all methods side by side (red: positive, blue: negative, each
-  method normalised by its largest absolute score on the example).
+  method normalised by its largest absolute score on the example's content
+  tokens).
 
 :class:`OutputDir` stages the files in a temporary folder next to ``DIR`` and
 moves them in only when all are written, so a failed run leaves nothing
@@ -361,7 +362,9 @@ def _markdown(summary: Dict[str, Any]) -> str:
         f"batch size {cfg['batch_size']}, AOPC fractions {cfg['fractions']}",
         f"- skipped metrics: {', '.join(cfg['skip_metrics']) or 'none'}; "
         f"infidelity samples {cfg['infidelity_samples']}, sensitivity samples "
-        f"{cfg['sensitivity_samples']}",
+        f"{cfg['sensitivity_samples']} (cheap methods"
+        f"{' and expensive ones' if cfg.get('sensitivity_all') else ' only'}); "
+        f"lime samples {cfg.get('lime_samples')}, IG steps {cfg.get('ig_steps')}",
         f"- device: {meta.get('device')}, processes: {meta.get('processes')}, "
         f"torch threads: {meta.get('torch_threads')}",
         f"- versions: torch {ver['torch']}, transformers {ver['transformers']}, "
@@ -510,14 +513,22 @@ def _color(score: float, scale: float) -> str:
     return f"rgba(37, 99, 235, {a:.3f})"
 
 
+def _is_special(token: str) -> bool:
+    return (token.startswith("[") and token.endswith("]")) or (
+        token.startswith("<") and token.endswith(">")
+    )
+
+
 def _token_html(tokens: Sequence[str], scores: Sequence[float]) -> str:
-    scale = max((abs(s) for s in scores), default=0.0)
+    # normalise by the content tokens: [CLS]/[SEP] often take most attention
+    content = [abs(s) for t, s in zip(tokens, scores) if not _is_special(t)]
+    scale = max(content or [abs(s) for s in scores] or [0.0])
     out = []
     for tok, score in zip(tokens, scores):
         cont = tok.startswith("##")
         text = html.escape(tok[2:] if cont else tok)
         cls = "t" + (" c" if cont else "")
-        if tok.startswith("[") and tok.endswith("]") or tok.startswith("<"):
+        if _is_special(tok):
             cls += " s"
         out.append(
             f'<span class="{cls}" style="background:{_color(score, scale)}" '
@@ -539,7 +550,8 @@ def _examples_html(result: BenchResult, summary: Dict[str, Any]) -> str:
         f"<style>{_CSS}</style></head><body>",
         f"<h1>Token attributions on {html.escape(result.config.dataset)}</h1>",
         '<p class="legend">Each row is one method, normalised by its largest '
-        'absolute score on the example: <span style="background:rgba(220,38,'
+        "absolute score on the example's content tokens (special tokens are "
+        'clipped): <span style="background:rgba(220,38,'
         '38,0.7)">positive</span> <span style="background:rgba(37,99,235,0.7)">'
         "negative</span>. Hover a token for its score. Grey: special tokens. "
         "Scores explain the predicted class.</p>",

@@ -200,6 +200,8 @@ class BenchConfig:
         sensitivity_all (bool): also compute sensitivity for the expensive
                     methods (it re-runs them). Default: False
         html_examples (int): examples shown in ``examples.html``. Default: 4
+        lime_samples (int): Lime samples per example. Default: 500
+        ig_steps (int): Integrated Gradients steps. Default: 50
     """
 
     dataset: str
@@ -214,6 +216,8 @@ class BenchConfig:
     sensitivity_samples: int = 3
     sensitivity_all: bool = False
     html_examples: int = 4
+    lime_samples: int = 500
+    ig_steps: int = 50
 
     def to_dict(self) -> Dict[str, Any]:
         r"""The settings as a plain dict."""
@@ -574,6 +578,8 @@ def run_benchmark(
             pad_token_id=pad,
             mask_token_id=tokenizer.mask_token_id,
             seed=config.seed,
+            lime_samples=config.lime_samples,
+            ig_steps=config.ig_steps,
         )
         batch_info = []
         for j, i in enumerate(index):

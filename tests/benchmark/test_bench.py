@@ -18,7 +18,7 @@ import torch
 from captum_effattn.benchmark.report import CSV_COLUMNS, OUTPUT_FILES
 from captum_effattn.cli import main
 
-METHODS = "efficient,attention,efficient-grad,ablation,random"
+METHODS = "efficient,attention,efficient-grad,ablation,lime,random"
 # the user's cache, read (never written) by the slow real-model test
 USER_CACHE = os.environ.get("CAPTUM_EFFATTN_CACHE")
 
@@ -105,6 +105,10 @@ def bench_args(tiny: dict, out: Path, n: int = 4, extra: List[str] = ()) -> List
         "--quiet",
         "--threads",
         "1",
+        "--lime-samples",
+        "20",
+        "--ig-steps",
+        "4",
         *extra,
     ]
 

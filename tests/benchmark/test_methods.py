@@ -8,7 +8,6 @@ from typing import Tuple
 import pytest
 import torch
 
-from captum_effattn.benchmark import methods as methods_module
 from captum_effattn.benchmark.methods import (
     METHODS,
     attribute,
@@ -45,12 +44,6 @@ def setup(tiny_model):
         target = forward(ids, mask).argmax(-1)
     ctx = dict(special_tokens_mask=special, pad_token_id=0, mask_token_id=4, seed=0)
     return model, forward, ids, mask, target, ctx
-
-
-@pytest.fixture(autouse=True)
-def _cheap(monkeypatch):
-    monkeypatch.setattr(methods_module, "LIME_SAMPLES", 40)
-    monkeypatch.setattr(methods_module, "IG_STEPS", 8)
 
 
 @pytest.mark.parametrize("name", method_names())
