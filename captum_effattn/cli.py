@@ -570,7 +570,11 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     if text is None:
         splits = _load_splits("rt-verdict", 0)
         text = splits.test[0].text
-        note += "\ntext: the first rt-verdict test document (5 reviews of one movie)"
+        gold = splits.label_names[splits.test[0].label]
+        note += (
+            "\ntext: the first rt-verdict test document (5 reviews of one "
+            f"movie; majority verdict: {gold})"
+        )
     enc = tokenizer(
         text, return_tensors="pt", truncation=True, max_length=args.max_length
     )

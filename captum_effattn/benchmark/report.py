@@ -424,6 +424,7 @@ def _plots(summary: Dict[str, Any], folder: Path) -> None:
     import matplotlib.pyplot as plt
 
     methods = summary["methods"]
+    colors = {name: plt.cm.tab20(i % 20) for i, name in enumerate(methods)}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     drawn = False
     for name, entry in methods.items():
@@ -435,7 +436,12 @@ def _plots(summary: Dict[str, Any], folder: Path) -> None:
         for ax, kind in zip(axes, ("sufficiency", "necessity")):
             if kind in curves:
                 ax.plot(
-                    curves["fractions"], curves[kind], style, marker="o", label=name
+                    curves["fractions"],
+                    curves[kind],
+                    style,
+                    marker="o",
+                    color=colors[name],
+                    label=name,
                 )
     for ax, kind, better in zip(
         axes, ("Sufficiency", "Necessity"), ("lower", "higher")
@@ -469,9 +475,11 @@ def _plots(summary: Dict[str, Any], folder: Path) -> None:
         x = max(sec, 1e-6)
         err = [[stats["mean"] - stats["ci_low"]], [stats["ci_high"] - stats["mean"]]]
         if all(math.isfinite(v[0]) for v in err):
-            ax.errorbar(x, stats["mean"], yerr=err, fmt="o", capsize=3)
+            ax.errorbar(
+                x, stats["mean"], yerr=err, fmt="o", capsize=3, color=colors[name]
+            )
         else:
-            ax.plot(x, stats["mean"], "o")
+            ax.plot(x, stats["mean"], "o", color=colors[name])
         ax.annotate(name, (x, stats["mean"]), fontsize=7, xytext=(4, 3),
                     textcoords="offset points")  # fmt: skip
     if not points:
