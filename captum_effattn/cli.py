@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-examples",
         dest="n",
         type=_positive_int,
-        default=20,
+        default=10,
         help="number of test examples (seeded, label-balanced)",
     )
     bench.add_argument(
@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--infidelity-samples",
         type=_positive_int,
-        default=10,
+        default=5,
         help="perturbations per example for infidelity",
     )
     bench.add_argument(

@@ -69,7 +69,7 @@ def test_bench_help_lists_registry(capsys):
 
 def test_parser_defaults():
     args = build_parser().parse_args(["bench", "--out", "x"])
-    assert args.dataset == "rt-verdict" and args.n == 20 and args.methods is None
+    assert args.dataset == "rt-verdict" and args.n == 10 and args.methods is None
     assert args.fractions == "eraser" and args.max_length == 256
     args = build_parser().parse_args(
         ["bench", "--num-examples", "3", "--methods", "default", "--out", "x"]
