@@ -7,10 +7,13 @@ whose tolerance was not reached."""
 from __future__ import annotations
 
 import copy
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
-from conftest import random_batch
 from torch import Tensor, nn
 
 from captum_effattn import (
@@ -21,6 +24,24 @@ from captum_effattn import (
     efficient_attention,
 )
 from captum_effattn._core.adapters import ModelAdapter, expand_kv
+
+
+def _tests_conftest() -> ModuleType:
+    # ``from conftest import random_batch`` gets whichever conftest.py pytest
+    # imported last (tests/metrics and tests/benchmark have their own), which
+    # breaks a full ``pytest tests`` run: load tests/conftest.py by path,
+    # once, under a name of its own.
+    name = "_captum_effattn_tests_conftest"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "conftest.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+random_batch = _tests_conftest().random_batch
 
 
 def _forward(model: nn.Module):
