@@ -10,11 +10,14 @@ settings in :data:`~captum_effattn.benchmark.data.DATASETS` (e.g. 1,000
 training documents for ``rt-verdict``). Small batches matter here: with a
 single short epoch, batches of 16 at 5e-5 or 1e-4 left MiniLM at chance on
 ``rt-verdict`` (0.50-0.51), while batches of 8 at 2e-4 reach 0.74 on its
-balanced test split (seed 0). Measured with ``get_or_finetune("rt-verdict")``
-on 2 CPU cores: see the ``train_time_s`` of its ``report.json``; the
-throughput is about 1 s per batch of 8 documents of ~130 tokens on an idle
-2-core machine, i.e. about 2 minutes for the 125 batches plus 20 s to
-evaluate the 398 test documents.
+balanced test split (seed 0). Cost: a training step on 8 ``rt-verdict``
+documents (~130 tokens) takes about 2.2 CPU-seconds on one thread, so the
+125 steps take about 4.5 minutes on one thread and, by estimate, 2-3 minutes
+on two idle cores, plus 20-40 s to evaluate the 398 test documents; pass
+``max_train=700`` for a faster, slightly weaker model. The ``report.json``
+of each cached model records its accuracy, training time and thread count.
+On a machine shared with other busy processes, ``torch.set_num_threads(1)``
+is often faster than two threads.
 
 Examples::
 
