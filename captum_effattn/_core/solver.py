@@ -14,14 +14,14 @@ for one head and one example with ``n`` tokens,
 
 The minimum-norm problem ``min ½‖x‖² s.t. Cᵀx = b, x ≥ 0`` has the dual
 ``min_λ φ(λ) = ½‖max(0, Cλ)‖² − λᵀb`` whose minimiser gives
-``x = max(0, Cλ)``. :func:`min_norm_simplex_solve` runs a damped semismooth
-Newton method on that dual, batched over rows and heads.
+``x = max(0, Cλ)``. :func:`min_norm_simplex_solve` solves it with a batched
+interior-point method plus an exact polish on the identified support.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -82,7 +82,10 @@ def head_bases(
     resid = resid - (u @ (u.transpose(-1, -2) @ resid.unsqueeze(-1))).squeeze(-1)
     norm = resid.norm(dim=-1, keepdim=True)
     count = ones.sum(-1, keepdim=True).clamp_min(1.0)
-    has_one = norm > (tol if rtol is not None else 1e3 * torch.finfo(dtype).eps) * count.sqrt()
+    has_one = (
+        norm
+        > (tol if rtol is not None else 1e3 * torch.finfo(dtype).eps) * count.sqrt()
+    )
     u_one = torch.where(has_one, resid / norm.clamp_min(torch.finfo(dtype).tiny), 0.0)
     c = torch.cat([u, u_one.unsqueeze(-1)], dim=-1)
     col_mask = torch.cat([keep, has_one], dim=-1)
@@ -95,17 +98,42 @@ class SolverInfo:
 
     Attributes:
         kkt_residual (Tensor): the largest violation of the KKT conditions of
-                    the returned point: primal ``‖Cᵀx − b‖∞``, dual
-                    feasibility ``max_j∉S (Cλ)_j⁺`` on the zero set, and
-                    stationarity ``max_j∈S |x_j − (Cλ)_j|`` on the support.
-        iterations (Tensor): interior-point iterations of each row (0 when
-                    the projection was already non-negative).
+                    the returned point, in the input dtype: primal
+                    ``‖Cᵀx − b‖∞``, dual feasibility ``max_j∉S (Cλ)_j⁺`` on
+                    the zero set, and stationarity ``max_j∈S |x_j − (Cλ)_j|``
+                    on the support.
+        iterations (Tensor): interior-point iterations of each row, both
+                    precisions together (0 when the projection was already
+                    non-negative).
         converged (Tensor): bool, ``kkt_residual <= tol``.
     """
 
     kkt_residual: Tensor
     iterations: Tensor
     converged: Tensor
+
+
+#: Polish a new support guess once the scaled gap ``mean(x z) n²`` (1 for
+#: the uniform distribution with ``z = x``) is below this.
+POLISH_GAP = 1e-3
+#: Iterations in the low-precision working dtype stop below this scaled gap
+#: or after this many iterations; the row continues in the answer's dtype.
+SWITCH_GAP = 1e-9
+SWITCH_ITERS = 15
+#: The continuation restarts from the last low-precision iterate whose
+#: scaled gap was above this (closer to the end, float32 rounding has pushed
+#: the iterate off the central path).
+SNAPSHOT_GAP = 1e-3
+
+
+def _work_dtype(dtype: torch.dtype, work_dtype: Optional[torch.dtype]) -> torch.dtype:
+    if work_dtype is None:
+        return torch.float32 if dtype == torch.float64 else dtype
+    if work_dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"work_dtype must be float32 or float64, got {work_dtype}")
+    # never iterate in a higher precision than the answer's
+    finer = torch.finfo(work_dtype).eps < torch.finfo(dtype).eps
+    return dtype if finer else work_dtype
 
 
 def min_norm_simplex_solve(
@@ -116,6 +144,7 @@ def min_norm_simplex_solve(
     tol: float = 1e-12,
     max_iter: int = 60,
     max_chunk_bytes: int = 256 * 2**20,
+    work_dtype: Optional[torch.dtype] = None,
 ) -> Tuple[Tensor, Tensor, SolverInfo]:
     r"""Solve ``min ½‖x‖² s.t. Cᵀx = b, x ≥ 0`` for many rows sharing bases.
 
@@ -124,13 +153,26 @@ def min_norm_simplex_solve(
     (Mehrotra predictor-corrector). Its normal matrix ``Cᵀ D C`` with
     ``D = diag(x / (x + z))`` is positive definite because ``C`` has
     orthonormal columns, so the method is robust to the degenerate rows
-    (support smaller than ``r``) that trip up a semismooth Newton method on
-    the dual. It is formed for all rows of a group as one matrix product with
-    the outer products ``c_j c_jᵀ``. The interior point is then *polished*:
-    the support ``S = {x_j > z_j}`` is fixed, the equality-constrained
-    minimum-norm problem on ``S`` is solved directly, which gives exact zeros
-    off the support, and the polished point is kept whenever its KKT
-    residual is smaller.
+    (vertices of the polytope with entries of 1e-12, supports smaller than
+    ``r``) that stall a semismooth Newton method on the dual. Once the gap
+    is small, every new support guess ``S = {x_j > z_j}`` of a row is
+    *polished*: the equality-constrained minimum-norm problem on ``S`` is
+    solved directly in the input dtype, which gives exact zeros off the
+    support, and the row is finished when that candidate meets the KKT
+    tolerance.
+
+    What makes it fast:
+
+    * finished rows leave the batch; the others are regrouped by basis into
+      padded blocks of power-of-two sizes, so every product with a basis is a
+      batched matrix product over blocks (no loop over rows or bases; the
+      same code runs on GPU);
+    * the normal matrices ``Σ_j d_j c_j c_jᵀ`` of all rows of a basis are one
+      matrix product with the packed upper-triangular outer products;
+    * for float64 input the interior-point iterations run in float32
+      (``work_dtype``) while the polish and the KKT residuals stay float64;
+      rows that need more (a vertex with tiny entries, a float32 failure)
+      continue in float64 from their last well-centred float32 iterate.
 
     Positions with ``c_j = 0`` (padding) get ``x_j = 0``.
 
@@ -141,10 +183,13 @@ def min_norm_simplex_solve(
         col_mask (Tensor, optional): bool ``(G, r)``, columns of ``c`` in use.
                     Default: all.
         tol (float, optional): target KKT residual. Default: 1e-12
-        max_iter (int, optional): interior-point iterations at most.
-                    Default: 60
-        max_chunk_bytes (int, optional): memory budget of one chunk of
-                    groups. Default: 256 MiB
+        max_iter (int, optional): interior-point iterations at most, both
+                    precisions together. Default: 60
+        max_chunk_bytes (int, optional): memory budget of one chunk of bases
+                    solved together. Default: 256 MiB
+        work_dtype (torch.dtype, optional): dtype of the interior-point
+                    iterations. Default: float32 for float64 input, else the
+                    input dtype.
 
     Returns:
         (x, lam, info): primal solutions ``(G, m, n)``, dual points
@@ -162,148 +207,407 @@ def min_norm_simplex_solve(
         )
     g, n, r = c.shape
     m = b.shape[1]
+    dtype = c.dtype
+    wdt = _work_dtype(dtype, work_dtype)
     if col_mask is None:
         col_mask = torch.ones(g, r, dtype=torch.bool, device=c.device)
-    b = b * col_mask.unsqueeze(-2).to(b.dtype)
+    b = b.to(dtype) * col_mask.unsqueeze(-2).to(dtype)
+    # Closed form: the projection C b is the answer wherever it is >= 0.
     lam = b.clone()
-    x = lam @ c.transpose(-1, -2)
-    res = torch.where(x.amin(-1) >= 0, 0.0, torch.inf)
-    x = torch.relu(x)
-    res = torch.maximum(res, (x @ c - b).abs().amax(-1))
-    iters = torch.zeros(g, m, dtype=torch.long, device=c.device)
-    todo = (res > tol).any(-1).nonzero().flatten()
-    per_group = c.element_size() * (n * r * r + 3 * m * r * r + 12 * m * n + 12 * m * r)
-    chunk = max(1, int(max_chunk_bytes // max(per_group, 1)))
-    for start in range(0, todo.numel(), chunk):
-        idx = todo[start : start + chunk]
-        x_c, lam_c, res_c, it_c = _interior_point(
-            c[idx], b[idx], col_mask[idx], tol=tol, max_iter=max_iter
-        )
-        # Rows already exact at the start keep their closed-form answer.
-        done = (res[idx] <= tol).unsqueeze(-1)
-        x[idx] = torch.where(done, x[idx], x_c)
-        lam[idx] = torch.where(done, lam[idx], lam_c)
-        res[idx] = torch.where(done.squeeze(-1), res[idx], res_c)
-        iters[idx] = torch.where(done.squeeze(-1), iters[idx], it_c)
-    info = SolverInfo(kkt_residual=res, iterations=iters, converged=res <= tol)
-    return x, lam, info
-
-
-def _kkt(x: Tensor, lam: Tensor, c: Tensor, b: Tensor, support: Tensor) -> Tensor:
     y = lam @ c.transpose(-1, -2)
-    primal = (x @ c - b).abs().amax(-1)
+    x = torch.relu(y)
+    res = (x @ c - b).abs().amax(-1)
+    res = torch.where(y.amin(-1) >= 0, res, torch.full_like(res, torch.inf))
+    iters = torch.zeros(g, m, dtype=torch.long, device=c.device)
+    todo = (res > tol).flatten().nonzero().flatten()  # sorted by basis
+    if todo.numel() > 0 and max_iter > 0:
+        xf, lf = x.view(g * m, n), lam.view(g * m, r)
+        rf, itf, bf = res.view(-1), iters.view(-1), b.view(g * m, r)
+        for rows in _chunks(todo, m, n, r, c.element_size(), max_chunk_bytes):
+            bases, loc = torch.unique(rows // m, return_inverse=True)
+            out = _solve_rows(
+                c[bases], col_mask[bases], bf[rows], loc,
+                tol=tol, max_iter=max_iter, wdt=wdt,
+            )  # fmt: skip
+            xf[rows], lf[rows], rf[rows], itf[rows] = out
+    return x, lam, SolverInfo(kkt_residual=res, iterations=iters, converged=res <= tol)
+
+
+def _chunks(
+    rows: Tensor, m: int, n: int, r: int, size: int, budget: int
+) -> List[Tensor]:
+    r"""Split ``rows`` (flat, sorted by basis) into chunks of whole bases of
+    about ``budget`` bytes of working memory each."""
+    p = r * (r + 1) // 2
+    per_basis = (6 * n * p + 6 * n * r) * size  # outer products, block copies
+    per_row = (48 * n + 8 * r * r + 4 * p) * size  # iterates, matrices
+    bases, counts = torch.unique_consecutive(rows // m, return_counts=True)
+    cost = per_basis + counts * per_row
+    start = torch.cumsum(cost, 0) - cost
+    chunk = torch.div(start, max(1, budget), rounding_mode="floor")
+    row_chunk = torch.repeat_interleave(chunk, counts)
+    return [rows[row_chunk == i] for i in torch.unique(chunk).tolist()]
+
+
+class _Bases:
+    r"""Per-basis data of one chunk: the bases in the answer's dtype and in
+    the working dtype, their packed outer products and masks."""
+
+    def __init__(self, c: Tensor, col_mask: Tensor, wdt: torch.dtype) -> None:
+        k, n, r = c.shape
+        self.dtype, self.n, self.r = c.dtype, n, r
+        iu = torch.triu_indices(r, r, device=c.device)
+        full = torch.empty(r, r, dtype=torch.long, device=c.device)
+        pos = torch.arange(iu.shape[1], device=c.device)
+        full[iu[0], iu[1]] = pos
+        full[iu[1], iu[0]] = pos
+        self.unpack = full.reshape(-1)
+        self.c = {c.dtype: c, wdt: c.to(wdt)}
+        outer = c[:, :, iu[0]] * c[:, :, iu[1]]  # (k, n, r(r+1)/2)
+        self.outer = {c.dtype: outer, wdt: outer.to(wdt)}
+        self.real = c.abs().amax(-1) > 0  # (k, n)
+        self.unused = ~col_mask  # (k, r)
+
+    def matrix(self, packed: Tensor, unused: Tensor) -> Tensor:
+        r"""Unpack ``(N, r(r+1)/2)`` to symmetric ``(N, r, r)``, with 1 on the
+        diagonal of unused columns."""
+        r = self.r
+        mat = packed.index_select(1, self.unpack).reshape(-1, r, r)
+        mat.diagonal(dim1=-2, dim2=-1).add_(unused.to(mat.dtype))
+        return mat
+
+
+class _Blocks:
+    r"""Rows sorted by basis, packed into one padded block per basis whose
+    size is a power of two; blocks of one size form one batched product."""
+
+    def __init__(
+        self,
+        grp: Tensor,
+        bases: _Bases,
+        dtypes: Sequence[torch.dtype],
+        gram_dtype: Optional[torch.dtype],
+    ) -> None:
+        n_rows = grp.shape[0]
+        k = bases.real.shape[0]
+        self.n_rows, self.n, self.r = n_rows, bases.n, bases.r
+        counts = torch.bincount(grp, minlength=k)
+        starts = torch.cumsum(counts, 0) - counts
+        caps = torch.zeros_like(counts)
+        nz = counts > 0
+        caps[nz] = 2 ** torch.ceil(torch.log2(counts[nz].double())).long()
+        self.blocks = []
+        for cap in torch.unique(caps[nz]).tolist():
+            gs = (caps == cap).nonzero().flatten()
+            t = torch.arange(cap, device=grp.device)
+            ridx = torch.where(t < counts[gs, None], starts[gs, None] + t, n_rows)
+            whole = gs.numel() == k  # every basis, in order: no copies
+            cs = {d: bases.c[d] if whole else bases.c[d][gs] for d in dtypes}
+            outer = None
+            if gram_dtype is not None:
+                o = bases.outer[gram_dtype]
+                outer = o if whole else o[gs]
+            self.blocks.append((ridx, cs, outer))
+        # every basis has the same power-of-two number of rows: plain views
+        self.dense = len(self.blocks) == 1 and bool((counts == caps.max()).all())
+
+    def _apply(self, v: Tensor, width: int, fn: Callable[..., Tensor]) -> Tensor:
+        if self.dense:
+            ridx, cs, outer = self.blocks[0]
+            shape = ridx.shape + (v.shape[-1],)
+            return fn(v.view(shape), cs, outer).reshape(self.n_rows, width)
+        vp = torch.cat([v, v.new_zeros(1, v.shape[1])])
+        out = v.new_empty(self.n_rows + 1, width)
+        for ridx, cs, outer in self.blocks:
+            res = fn(vp[ridx], cs, outer).reshape(-1, width)
+            out.index_copy_(0, ridx.flatten(), res)
+        return out[: self.n_rows]
+
+    def left(self, lam: Tensor) -> Tensor:
+        r"""``C λ`` of every row: (N, r) -> (N, n)."""
+        return self._apply(
+            lam, self.n, lambda v, cs, o: v @ cs[v.dtype].transpose(-1, -2)
+        )
+
+    def right(self, y: Tensor) -> Tensor:
+        r"""``Cᵀ y`` of every row: (N, n) -> (N, r)."""
+        return self._apply(y, self.r, lambda v, cs, o: v @ cs[v.dtype])
+
+    def gram(self, w: Tensor) -> Tensor:
+        r"""Packed ``Cᵀ diag(w) C`` of every row: (N, n) -> (N, r(r+1)/2)."""
+        return self._apply(w, self.r * (self.r + 1) // 2, lambda v, cs, o: v @ o)
+
+
+def _chol_solve(chol: Tensor, rhs: Tensor) -> Tensor:
+    # two triangular solves: several times faster than cholesky_solve on CPU
+    y = torch.linalg.solve_triangular(chol, rhs.unsqueeze(-1), upper=False)
+    sol = torch.linalg.solve_triangular(chol.transpose(-1, -2), y, upper=True)
+    return sol.squeeze(-1)
+
+
+def _cholesky(mat: Tensor, ridge: float, inplace: bool = False) -> Tensor:
+    r"""Cholesky factor of ``mat + ridge I``; rows that fail get larger ridges
+    (the matrices are PSD up to rounding, with eigenvalues at most 1)."""
+    mat = mat if inplace else mat.clone()
+    mat.diagonal(dim1=-2, dim2=-1).add_(ridge)
+    chol, info = torch.linalg.cholesky_ex(mat)
+    bad = (info != 0).nonzero().flatten()
+    extra = max(ridge, torch.finfo(mat.dtype).eps)
+    eye = torch.eye(mat.shape[-1], dtype=mat.dtype, device=mat.device)
+    while bad.numel() > 0:
+        extra *= 100.0
+        if extra > 1.0:  # not a number: give up on these rows
+            chol[bad] = eye
+            break
+        fix, info = torch.linalg.cholesky_ex(mat[bad] + extra * eye)
+        chol[bad] = fix
+        bad = bad[info != 0]
+    return chol
+
+
+def _ridge_solve(mat: Tensor, rhs: Tensor, ridge: float) -> Tensor:
+    r"""Minimum-norm-like solution of ``mat λ = rhs`` for symmetric PSD
+    ``mat`` with eigenvalues in [0, 1], possibly singular: a ridge Cholesky
+    factorisation plus iterative refinement, which converges to the
+    pseudo-inverse solution on the range of ``mat``."""
+    chol = _cholesky(mat, ridge)
+    sol = _chol_solve(chol, rhs)
+    for _ in range(3):
+        sol = sol + _chol_solve(chol, rhs - (mat @ sol.unsqueeze(-1)).squeeze(-1))
+    return sol
+
+
+def _kkt(blocks: _Blocks, x: Tensor, y: Tensor, b: Tensor, support: Tensor) -> Tensor:
+    primal = (blocks.right(x) - b).abs().amax(-1)
     dual = torch.where(support, 0.0, torch.relu(y)).amax(-1)
     station = torch.where(support, (x - y).abs(), 0.0).amax(-1)
     negative = torch.relu(-x).amax(-1)
     return torch.maximum(torch.maximum(primal, dual), torch.maximum(station, negative))
 
 
-def _ridge_solve(mat: Tensor, rhs: Tensor, ridge: float = 1e-11) -> Tensor:
-    r"""Minimum-norm-like solution of ``mat λ = rhs`` for symmetric PSD
-    ``mat`` with eigenvalues in [0, 1], possibly singular: a ridge Cholesky
-    factorisation plus iterative refinement, which converges to the
-    pseudo-inverse solution on the range of ``mat`` (much faster than a
-    batched least-squares solver)."""
-    eye = torch.eye(mat.shape[-1], dtype=mat.dtype, device=mat.device)
-    chol = torch.linalg.cholesky(mat + ridge * eye)
-    rhs = rhs.unsqueeze(-1)
-    sol = torch.cholesky_solve(rhs, chol)
-    for _ in range(3):
-        sol = sol + torch.cholesky_solve(rhs - mat @ sol, chol)
-    return sol.squeeze(-1)
+def _polish(
+    bases: _Bases, grp: Tensor, support: Tensor, b: Tensor
+) -> Tuple[Tensor, Tensor, Tensor]:
+    r"""Fix the support, solve ``C_Sᵀ C_S λ = b`` and return
+    ``(x = (C λ)⁺ on S, λ, KKT residual)``, all in the answer's dtype."""
+    dtype = bases.dtype
+    blocks = _Blocks(grp, bases, (dtype,), dtype)
+    s = support.to(dtype)
+    mat = bases.matrix(blocks.gram(s), bases.unused[grp])
+    lam = _ridge_solve(mat, b, ridge=1e3 * torch.finfo(dtype).eps)
+    y = blocks.left(lam)
+    x = torch.clamp(y * s, min=0.0)
+    return x, lam, _kkt(blocks, x, y, b, support)
 
 
-def _interior_point(
-    c: Tensor, b: Tensor, col_mask: Tensor, *, tol: float, max_iter: int
+def _solve_rows(
+    c: Tensor,
+    col_mask: Tensor,
+    b: Tensor,
+    grp: Tensor,
+    *,
+    tol: float,
+    max_iter: int,
+    wdt: torch.dtype,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    k, n, r = c.shape
-    m = b.shape[1]
+    r"""Interior-point solve of the rows ``b`` (N, r) with bases ``c[grp]``
+    (rows sorted by ``grp``): (x, λ, KKT residual, iterations) per row."""
+    n_rows = b.shape[0]
+    n, r = c.shape[1], c.shape[2]
     dtype = c.dtype
-    ct = c.transpose(-1, -2)
-    outer = (c.unsqueeze(-1) * c.unsqueeze(-2)).reshape(k, n, r * r)
-    real = (c.abs().amax(-1) > 0).unsqueeze(-2).to(dtype)  # (k, 1, n)
-    count = real.sum(-1, keepdim=True).clamp_min(1.0)  # (k, 1, 1)
-    unused = torch.diag_embed(1.0 - col_mask.to(dtype)).unsqueeze(1)  # (k,1,r,r)
-    eps = torch.finfo(dtype).eps
-    # Starting point: the projection shifted into the interior.
-    x0 = b @ ct
-    shift = torch.clamp(-1.5 * x0.amin(-1, keepdim=True), min=0.0) + 1.0 / count
-    x = (x0 + shift) * real
-    z = torch.full_like(x, 1.0) / count * real
-    lam = torch.zeros_like(b)
-    iters = torch.zeros(k, m, dtype=torch.long, device=c.device)
-    tiny = torch.finfo(dtype).tiny
+    bases = _Bases(c, col_mask, wdt)
+    out = (
+        b.new_zeros(n_rows, n),
+        b.new_zeros(n_rows, r),
+        torch.full((n_rows,), torch.inf, dtype=dtype, device=c.device),
+        torch.zeros(n_rows, dtype=torch.long, device=c.device),
+    )
+    rows = torch.arange(n_rows, device=c.device)
+    start: Optional[Dict[str, Tensor]] = None
+    for phase in (wdt, dtype) if wdt != dtype else (dtype,):
+        handoff = _ipm(
+            bases, b, grp, rows, start, phase, out,
+            tol=tol, max_iter=max_iter, final=phase == dtype,
+        )  # fmt: skip
+        if handoff is None:
+            break
+        rows, start = handoff
+    return out
 
-    def newton_dir(dmat_chol, dvec, rd, rp, rc):
-        # Solve: dx - C dl - dz = -rd ; C^T dx = -rp ; z dx + x dz = -rc
-        xs = torch.where(real > 0, x, 1.0)
-        t = rd + rc / xs
-        rhs = -rp + ((dvec * t) @ c)
-        dl = torch.cholesky_solve(rhs.unsqueeze(-1), dmat_chol).squeeze(-1)
-        dx = dvec * ((dl @ ct) - t)
-        dz = (-rc - z * dx) / xs * real
-        return dx, dl, dz
 
-    def step_len(v: Tensor, dv: Tensor) -> Tensor:
-        ratio = torch.where(dv < 0, -v / torch.where(dv < 0, dv, -1.0), torch.inf)
-        return torch.clamp(ratio.amin(-1), max=1.0)
+def _ipm(
+    bases: _Bases,
+    b_all: Tensor,
+    grp_all: Tensor,
+    rows: Tensor,
+    start: Optional[Dict[str, Tensor]],
+    wdt: torch.dtype,
+    out: Tuple[Tensor, Tensor, Tensor, Tensor],
+    *,
+    tol: float,
+    max_iter: int,
+    final: bool,
+) -> Optional[Tuple[Tensor, Dict[str, Tensor]]]:
+    r"""Mehrotra predictor-corrector iterations in ``wdt`` on ``rows`` (indices
+    into ``b_all``, ``grp_all`` and the outputs ``out``), polishing in the
+    answer's dtype. Unless ``final``, returns the rows to continue in the
+    answer's dtype with their restart points, or None."""
+    out_x, out_lam, out_kkt, out_it = out
+    dtype = bases.dtype
+    tiny = torch.finfo(wdt).tiny
+    grp = grp_all[rows]
+    real = bases.real[grp]
+    st: Dict[str, Tensor] = {
+        "rows": rows,
+        "grp": grp,
+        "b64": b_all[rows],
+        "real": real,
+        "unused": bases.unused[grp],
+        "count": real.sum(-1).clamp_min(1).to(wdt),
+    }
+    st["b"] = st["b64"].to(wdt)
+    blocks = _Blocks(grp, bases, (wdt, dtype), wdt)
+    # Start: the projection shifted into the interior, and z = x (dual
+    # feasible for λ = 0).
+    realw, count = real.to(wdt), st["count"][:, None]
+    x0 = blocks.left(st["b"])
+    x_start = x0 + torch.clamp(-1.5 * x0.amin(-1, keepdim=True), min=0.0)
+    x_start = (x_start + 1.0 / count) * realw
+    if start is None:
+        st["x"], st["z"], st["lam"] = (
+            x_start,
+            x_start.clone(),
+            torch.zeros_like(st["b"]),
+        )
+        st["its"] = torch.zeros_like(rows)
+    else:
+        ok = start["ok"]
+        for key in ("x", "z"):
+            st[key] = torch.where(ok[:, None], start[key].to(wdt), x_start)
+        st["lam"] = torch.where(ok[:, None], start["lam"].to(wdt), 0.0)
+        st["its"] = start["its"]
+    st["it0"] = st["its"].clone()
+    st["tried"] = torch.zeros_like(real)  # the last polished support
+    st["frozen"] = torch.zeros_like(rows, dtype=torch.bool)
+    if not final:
+        for key in ("x", "z", "lam"):
+            st["snap_" + key] = st[key].clone()
+        st["snapped"] = torch.zeros_like(st["frozen"])
+    leaving: List[Dict[str, Tensor]] = []
+    n_built = rows.numel()
 
-    best_x = x * real
-    best_lam = lam.clone()
-    best_kkt = torch.full((k, m), torch.inf, dtype=dtype, device=c.device)
+    def retire(st: Dict[str, Tensor], gone: Tensor) -> None:
+        # Rows leave the batch: frozen ones continue in the next phase; the
+        # others that never met the tolerance keep their best point.
+        hand = gone & st["frozen"]
+        if bool(hand.any()):
+            leaving.append(
+                {
+                    "rows": st["rows"][hand],
+                    "x": st["snap_x"][hand],
+                    "z": st["snap_z"][hand],
+                    "lam": st["snap_lam"][hand],
+                    "ok": st["snapped"][hand],
+                    "its": st["its"][hand],
+                }
+            )
+        unmet = gone & ~st["frozen"] & (out_kkt[st["rows"]] > tol)
+        if not bool(unmet.any()):
+            return
+        idx = unmet.nonzero().flatten()
+        o = st["rows"][idx]
+        out_it[o] = st["its"][idx]
+        fresh = ~torch.isfinite(out_kkt[o])
+        if bool(fresh.any()):  # never polished: the interior point itself
+            idx, o = idx[fresh], o[fresh]
+            blk = _Blocks(st["grp"][idx], bases, (dtype,), None)
+            xi, li = st["x"][idx].to(dtype), st["lam"][idx].to(dtype)
+            out_x[o], out_lam[o] = xi, li
+            out_kkt[o] = _kkt(blk, xi, blk.left(li), st["b64"][idx], xi > 0)
 
-    def polish() -> None:
-        # Fix a support guess, solve the equality-constrained problem on it
-        # exactly (least squares handles rank-deficient supports); keep the
-        # candidate with the smallest KKT residual. Weakly active coordinates
-        # (x_j and z_j both ~ sqrt(mu)) make "x > z" ambiguous, hence a second,
-        # more conservative guess.
-        for support in (x > z, x > 1e3 * z):
-            support = support & (real > 0)
-            s = support.to(dtype)
-            mat = (s @ outer).reshape(k, m, r, r) + unused
-            lam_p = _ridge_solve(mat, b)
-            x_p = torch.clamp((lam_p @ ct) * s, min=0.0)
-            kkt_p = _kkt(x_p, lam_p, c, b, support)
-            take = kkt_p < best_kkt
-            best_kkt.copy_(torch.where(take, kkt_p, best_kkt))
-            best_x.copy_(torch.where(take.unsqueeze(-1), x_p, best_x))
-            best_lam.copy_(torch.where(take.unsqueeze(-1), lam_p, best_lam))
-
-    for it in range(max_iter):
-        rd = (x - lam @ ct - z) * real
-        rp = x @ c - b
-        mu = (x * z).sum(-1) / count.squeeze(-1)
-        if it % 2 == 0 and bool((mu < 1e-6).any()):
-            polish()
-        active = best_kkt > tol
+    while True:
+        x, z, lam, real = st["x"], st["z"], st["lam"], st["real"]
+        realw, count = real.to(wdt), st["count"][:, None]
+        y = blocks.left(lam)
+        rd = (x - y - z) * realw
+        rp = blocks.right(x) - st["b"]
+        mu = (x * z).sum(-1) / st["count"]
+        gap = mu * st["count"] ** 2
+        live = (out_kkt[st["rows"]] > tol) & ~st["frozen"]
+        # Polish every new support guess once the gap is small.
+        support = (x > z) & real
+        cand = live & (gap < POLISH_GAP) & (support != st["tried"]).any(-1)
+        if bool(cand.any()):
+            idx = cand.nonzero().flatten()
+            xp, lp, kp = _polish(bases, st["grp"][idx], support[idx], st["b64"][idx])
+            st["tried"][idx] = support[idx]
+            o = st["rows"][idx]
+            better = (kp < out_kkt[o]).nonzero().flatten()
+            o = o[better]
+            out_x[o], out_lam[o], out_kkt[o] = xp[better], lp[better], kp[better]
+            out_it[o] = st["its"][idx[better]]
+            live = (out_kkt[st["rows"]] > tol) & ~st["frozen"]
+        finite = torch.isfinite(x).all(-1) & torch.isfinite(z).all(-1)
+        finite = finite & torch.isfinite(lam).all(-1) & torch.isfinite(mu)
+        budget = st["its"] < max_iter
+        if not final:
+            # keep the last iterate that float32 still follows well
+            take = ~st["snapped"] & finite & (gap >= SNAPSHOT_GAP)
+            for key, val in (("x", x), ("z", z), ("lam", lam)):
+                st["snap_" + key] = torch.where(take[:, None], val, st["snap_" + key])
+            st["snapped"] = st["snapped"] | (finite & (gap < SNAPSHOT_GAP))
+            leave = ~finite | (gap < SWITCH_GAP)
+            leave = leave | (st["its"] - st["it0"] >= SWITCH_ITERS)
+            st["frozen"] = st["frozen"] | (live & budget & leave)
+        active = live & budget & finite & ~st["frozen"]
         if not bool(active.any()):
             break
-        iters += active.long()
-        dvec = torch.where(real > 0, x / (x + z).clamp_min(tiny), 0.0)
-        mat = (dvec @ outer).reshape(k, m, r, r) + unused
-        mat = mat + torch.eye(r, dtype=dtype, device=c.device) * (eps * 10)
-        chol, info = torch.linalg.cholesky_ex(mat)
-        if not bool((info == 0).all()):  # pragma: no cover - numerically lost rows
-            mat = mat + torch.eye(r, dtype=dtype, device=c.device) * 1e-10
-            chol = torch.linalg.cholesky(mat)
-        # Predictor.
-        dx, dl, dz = newton_dir(chol, dvec, rd, rp, x * z)
-        ap = step_len(x, dx)
-        ad = step_len(z, dz)
-        mu_aff = ((x + ap.unsqueeze(-1) * dx) * (z + ad.unsqueeze(-1) * dz)).sum(-1)
-        mu_aff = mu_aff / count.squeeze(-1)
-        sigma = (mu_aff / mu.clamp_min(tiny)).clamp(0.0, 1.0) ** 3
-        # Corrector.
-        rc = (x * z + dx * dz - (sigma * mu).unsqueeze(-1)) * real
-        dx, dl, dz = newton_dir(chol, dvec, rd, rp, rc)
-        ap = (0.995 * step_len(x, dx)).clamp(max=1.0)
-        ad = (0.995 * step_len(z, dz)).clamp(max=1.0)
-        act = active.to(dtype)
-        x = x + (act * ap).unsqueeze(-1) * dx
-        z = z + (act * ad).unsqueeze(-1) * dz
-        lam = lam + (act * ad).unsqueeze(-1) * dl
-        x = torch.clamp(x, min=0.0) * real
-        z = torch.clamp(z, min=0.0) * real
-    polish()
-    return best_x, best_lam, best_kkt, iters
+        if int(active.sum()) < 0.75 * n_built:
+            retire(st, ~active)
+            keep = active.nonzero().flatten()
+            st = {key: val[keep] for key, val in st.items()}
+            x, z, lam, real = st["x"], st["z"], st["lam"], st["real"]
+            realw, count = real.to(wdt), st["count"][:, None]
+            y, rd, rp, mu = y[keep], rd[keep], rp[keep], mu[keep]
+            active = active[keep]
+            blocks = _Blocks(st["grp"], bases, (wdt, dtype), wdt)
+            n_built = keep.numel()
+        # Newton system (Cᵀ D C) dλ = Cᵀ D t − rp with D = x / (x + z).
+        dvec = torch.where(real, x / (x + z).clamp_min(tiny), 0.0)
+        mat = bases.matrix(blocks.gram(dvec), st["unused"])
+        chol = _cholesky(mat, 10 * torch.finfo(wdt).eps, inplace=True)
+        xs = torch.where(real, x.clamp_min(tiny), 1.0)
+
+        def direction(rc: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+            t = rd + rc / xs
+            dl = _chol_solve(chol, blocks.right(dvec * t) - rp)
+            dx = dvec * (blocks.left(dl) - t)
+            dz = (-rc - z * dx) / xs * realw
+            return dx, dl, dz
+
+        dx, dl, dz = direction(x * z)  # predictor
+        ap, ad = _step_length(x, dx), _step_length(z, dz)
+        mu_aff = ((x + ap[:, None] * dx) * (z + ad[:, None] * dz)).sum(-1)
+        sigma = (mu_aff / st["count"] / mu.clamp_min(tiny)).clamp(0.0, 1.0) ** 3
+        dx, dl, dz = direction((x * z + dx * dz - (sigma * mu)[:, None]) * realw)
+        act = active.to(wdt)
+        ap = act * (0.995 * _step_length(x, dx))
+        ad = act * (0.995 * _step_length(z, dz))
+        # rounding must never take a coordinate to 0
+        st["x"] = torch.maximum(x + ap[:, None] * dx, 1e-3 * x) * realw
+        st["z"] = torch.maximum(z + ad[:, None] * dz, 1e-3 * z) * realw
+        st["lam"] = lam + ad[:, None] * dl
+        st["its"] = st["its"] + active.long()
+    retire(st, torch.ones_like(st["frozen"]))
+    if not leaving:
+        return None
+    handoff = {key: torch.cat([d[key] for d in leaving]) for key in leaving[0]}
+    order = torch.argsort(handoff["rows"])  # keep the rows sorted by basis
+    handoff = {key: val[order] for key, val in handoff.items()}
+    return handoff.pop("rows"), handoff
+
+
+def _step_length(v: Tensor, dv: Tensor) -> Tensor:
+    neg = dv < 0
+    ratio = torch.where(neg, -v / torch.where(neg, dv, -1.0), torch.inf)
+    return torch.clamp(ratio.amin(-1), max=1.0)
