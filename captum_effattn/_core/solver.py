@@ -167,8 +167,9 @@ def min_norm_simplex_solve(
       padded blocks of power-of-two sizes, so every product with a basis is a
       batched matrix product over blocks (no loop over rows or bases; the
       same code runs on GPU);
-    * the normal matrices ``Σ_j d_j c_j c_jᵀ`` of all rows of a basis are one
-      matrix product with the packed upper-triangular outer products;
+    * the normal matrices ``Σ_j d_j c_j c_jᵀ`` of all rows of a basis with
+      many unfinished rows are one matrix product with the packed
+      upper-triangular outer products;
     * for float64 input the interior-point iterations run in float32
       (``work_dtype``) while the polish and the KKT residuals stay float64;
       rows that need more (a vertex with tiny entries, a float32 failure)
@@ -249,9 +250,16 @@ def _chunks(
     return [rows[row_chunk == i] for i in torch.unique(chunk).tolist()]
 
 
+#: Blocks with at least this many rows per basis form their normal matrices
+#: from the basis' outer products (one matrix product for all rows); smaller
+#: blocks multiply ``(C ∘ w)ᵀ C`` row by row, which needs no outer products.
+OUTER_MIN_ROWS = 16
+
+
 class _Bases:
     r"""Per-basis data of one chunk: the bases in the answer's dtype and in
-    the working dtype, their packed outer products and masks."""
+    the working dtype, their packed outer products (built when first needed)
+    and masks."""
 
     def __init__(self, c: Tensor, col_mask: Tensor, wdt: torch.dtype) -> None:
         k, n, r = c.shape
@@ -263,18 +271,19 @@ class _Bases:
         full[iu[1], iu[0]] = pos
         self.unpack = full.reshape(-1)
         self.c = {c.dtype: c, wdt: c.to(wdt)}
-        outer = c[:, :, iu[0]] * c[:, :, iu[1]]  # (k, n, r(r+1)/2)
-        self.outer = {c.dtype: outer, wdt: outer.to(wdt)}
+        self._outer: Dict[torch.dtype, Tensor] = {}
         self.real = c.abs().amax(-1) > 0  # (k, n)
         self.unused = ~col_mask  # (k, r)
 
-    def matrix(self, packed: Tensor, unused: Tensor) -> Tensor:
-        r"""Unpack ``(N, r(r+1)/2)`` to symmetric ``(N, r, r)``, with 1 on the
-        diagonal of unused columns."""
-        r = self.r
-        mat = packed.index_select(1, self.unpack).reshape(-1, r, r)
-        mat.diagonal(dim1=-2, dim2=-1).add_(unused.to(mat.dtype))
-        return mat
+    def outer(self, dtype: torch.dtype) -> Tensor:
+        r"""Packed outer products ``c_j c_jᵀ`` (upper triangle), ``(k, n, p)``."""
+        if dtype not in self._outer:
+            c = self.c[dtype]
+            rng = range(self.r)
+            self._outer[dtype] = torch.cat(
+                [c[..., i : i + 1] * c[..., i:] for i in rng], -1
+            )
+        return self._outer[dtype]
 
 
 class _Blocks:
@@ -291,6 +300,7 @@ class _Blocks:
         n_rows = grp.shape[0]
         k = bases.real.shape[0]
         self.n_rows, self.n, self.r = n_rows, bases.n, bases.r
+        self.unpack = bases.unpack
         counts = torch.bincount(grp, minlength=k)
         starts = torch.cumsum(counts, 0) - counts
         caps = torch.zeros_like(counts)
@@ -304,8 +314,8 @@ class _Blocks:
             whole = gs.numel() == k  # every basis, in order: no copies
             cs = {d: bases.c[d] if whole else bases.c[d][gs] for d in dtypes}
             outer = None
-            if gram_dtype is not None:
-                o = bases.outer[gram_dtype]
+            if gram_dtype is not None and cap >= OUTER_MIN_ROWS:
+                o = bases.outer(gram_dtype)
                 outer = o if whole else o[gs]
             self.blocks.append((ridx, cs, outer))
         # every basis has the same power-of-two number of rows: plain views
@@ -333,9 +343,20 @@ class _Blocks:
         r"""``Cᵀ y`` of every row: (N, n) -> (N, r)."""
         return self._apply(y, self.r, lambda v, cs, o: v @ cs[v.dtype])
 
-    def gram(self, w: Tensor) -> Tensor:
-        r"""Packed ``Cᵀ diag(w) C`` of every row: (N, n) -> (N, r(r+1)/2)."""
-        return self._apply(w, self.r * (self.r + 1) // 2, lambda v, cs, o: v @ o)
+    def gram(self, w: Tensor, unused: Tensor) -> Tensor:
+        r"""``Cᵀ diag(w) C`` of every row, (N, n) -> (N, r, r), plus 1 on the
+        diagonal of the unused columns."""
+        r = self.r
+
+        def fn(v: Tensor, cs: Dict[torch.dtype, Tensor], o: Optional[Tensor]) -> Tensor:
+            if o is not None:
+                return (v @ o).index_select(-1, self.unpack)
+            c = cs[v.dtype].unsqueeze(1)  # (bases, 1, n, r)
+            return (v.unsqueeze(-1) * c).transpose(-1, -2) @ c
+
+        mat = self._apply(w, r * r, fn).view(-1, r, r)
+        mat.diagonal(dim1=-2, dim2=-1).add_(unused.to(mat.dtype))
+        return mat
 
 
 def _chol_solve(chol: Tensor, rhs: Tensor) -> Tensor:
@@ -393,7 +414,7 @@ def _polish(
     dtype = bases.dtype
     blocks = _Blocks(grp, bases, (dtype,), dtype)
     s = support.to(dtype)
-    mat = bases.matrix(blocks.gram(s), bases.unused[grp])
+    mat = blocks.gram(s, bases.unused[grp])
     lam = _ridge_solve(mat, b, ridge=1e3 * torch.finfo(dtype).eps)
     y = blocks.left(lam)
     x = torch.clamp(y * s, min=0.0)
@@ -574,7 +595,7 @@ def _ipm(
             n_built = keep.numel()
         # Newton system (Cᵀ D C) dλ = Cᵀ D t − rp with D = x / (x + z).
         dvec = torch.where(real, x / (x + z).clamp_min(tiny), 0.0)
-        mat = bases.matrix(blocks.gram(dvec), st["unused"])
+        mat = blocks.gram(dvec, st["unused"])
         chol = _cholesky(mat, 10 * torch.finfo(wdt).eps, inplace=True)
         xs = torch.where(real, x.clamp_min(tiny), 1.0)
 
