@@ -116,6 +116,10 @@ class SolverInfo:
 #: Polish a new support guess once the scaled gap ``mean(x z) n²`` (1 for
 #: the uniform distribution with ``z = x``) is below this.
 POLISH_GAP = 1e-3
+#: Active-set corrections of a polished support guess that misses the
+#: tolerance.
+POLISH_STEPS = 2
+IPM_RIDGE = 0.0
 #: Iterations in the low-precision working dtype stop below this scaled gap
 #: or after this many iterations; the row continues in the answer's dtype.
 SWITCH_GAP = 1e-9
@@ -407,18 +411,50 @@ def _kkt(blocks: _Blocks, x: Tensor, y: Tensor, b: Tensor, support: Tensor) -> T
 
 
 def _polish(
-    bases: _Bases, grp: Tensor, support: Tensor, b: Tensor
+    bases: _Bases,
+    grp: Tensor,
+    support: Tensor,
+    b: Tensor,
+    lam0: Tensor,
+    tol: float,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     r"""Fix the support, solve ``C_Sᵀ C_S λ = b`` and return
-    ``(x = (C λ)⁺ on S, λ, KKT residual)``, all in the answer's dtype."""
+    ``(x = (C λ)⁺ on S, λ, KKT residual)``, all in the answer's dtype.
+
+    ``λ`` is the interior point's ``lam0`` plus the minimum-norm correction:
+    when ``|S| < r`` the system is singular and its solutions differ along
+    ``null(C_S)``, where the interior point's dual keeps ``(C λ)_j ≤ 0`` off
+    the support (the pseudo-inverse solution need not). A guess that misses
+    the tolerance ``tol`` is corrected by up to ``POLISH_STEPS`` active-set steps
+    ``S ← {(C λ)_j > 0}`` (semismooth Newton steps on the dual from the
+    polished point): a support guess from the interior point typically
+    misses a few entries of 1e-10 or below, which these steps add."""
     dtype = bases.dtype
-    blocks = _Blocks(grp, bases, (dtype,), dtype)
-    s = support.to(dtype)
-    mat = blocks.gram(s, bases.unused[grp])
-    lam = _ridge_solve(mat, b, ridge=1e3 * torch.finfo(dtype).eps)
-    y = blocks.left(lam)
-    x = torch.clamp(y * s, min=0.0)
-    return x, lam, _kkt(blocks, x, y, b, support)
+    unused_all = bases.unused[grp]
+    lam0 = torch.where(unused_all, 0.0, lam0.to(dtype))
+    best_x = torch.zeros_like(support, dtype=dtype)
+    best_lam = lam0.clone()
+    best_kkt = torch.full_like(b[:, 0], torch.inf)
+    idx = torch.arange(grp.numel(), device=grp.device)
+    for step in range(1 + POLISH_STEPS):
+        blocks = _Blocks(grp[idx], bases, (dtype,), dtype)
+        s = support.to(dtype)
+        unused = unused_all[idx]
+        mat = blocks.gram(s, unused)
+        rhs = b[idx] - (mat @ lam0.unsqueeze(-1)).squeeze(-1)
+        lam = lam0 + _ridge_solve(mat, rhs, ridge=1e3 * torch.finfo(dtype).eps)
+        y = blocks.left(lam)
+        x = torch.clamp(y * s, min=0.0)
+        kkt = _kkt(blocks, x, y, b[idx], support)
+        take = kkt < best_kkt[idx]
+        put = idx[take]
+        best_x[put], best_lam[put], best_kkt[put] = x[take], lam[take], kkt[take]
+        new = (y > 0) & bases.real[grp[idx]]
+        again = (best_kkt[idx] > tol) & (new != support).any(-1)
+        if step == POLISH_STEPS or not bool(again.any()):
+            break
+        idx, support, lam0 = idx[again], new[again], lam[again]
+    return best_x, best_lam, best_kkt
 
 
 def _solve_rows(
@@ -560,7 +596,9 @@ def _ipm(
         cand = live & (gap < POLISH_GAP) & (support != st["tried"]).any(-1)
         if bool(cand.any()):
             idx = cand.nonzero().flatten()
-            xp, lp, kp = _polish(bases, st["grp"][idx], support[idx], st["b64"][idx])
+            xp, lp, kp = _polish(
+                bases, st["grp"][idx], support[idx], st["b64"][idx], lam[idx], tol
+            )
             st["tried"][idx] = support[idx]
             o = st["rows"][idx]
             better = (kp < out_kkt[o]).nonzero().flatten()
@@ -568,6 +606,27 @@ def _ipm(
             out_x[o], out_lam[o], out_kkt[o] = xp[better], lp[better], kp[better]
             out_it[o] = st["its"][idx[better]]
             live = (out_kkt[st["rows"]] > tol) & ~st["frozen"]
+        if wdt == dtype:
+            # The iterate itself, cut to its support: on degenerate rows
+            # (|S| < r, entries of 1e-14) it certifies where the polish's
+            # re-solve is ill-conditioned.
+            cand = live & (gap < POLISH_GAP)
+            if bool(cand.any()):
+                idx = cand.nonzero().flatten()
+                sup, yi = support[idx], y[idx]
+                xi = torch.where(sup, torch.clamp(yi, min=0.0), 0.0)
+                blk = _Blocks(st["grp"][idx], bases, (dtype,), None)
+                ki = _kkt(blk, xi, yi, st["b64"][idx], sup)
+                o = st["rows"][idx]
+                better = (ki < out_kkt[o]).nonzero().flatten()
+                o = o[better]
+                out_x[o], out_lam[o], out_kkt[o] = (
+                    xi[better],
+                    lam[idx[better]],
+                    ki[better],
+                )
+                out_it[o] = st["its"][idx[better]]
+                live = (out_kkt[st["rows"]] > tol) & ~st["frozen"]
         finite = torch.isfinite(x).all(-1) & torch.isfinite(z).all(-1)
         finite = finite & torch.isfinite(lam).all(-1) & torch.isfinite(mu)
         budget = st["its"] < max_iter
@@ -596,7 +655,7 @@ def _ipm(
         # Newton system (Cᵀ D C) dλ = Cᵀ D t − rp with D = x / (x + z).
         dvec = torch.where(real, x / (x + z).clamp_min(tiny), 0.0)
         mat = blocks.gram(dvec, st["unused"])
-        chol = _cholesky(mat, 10 * torch.finfo(wdt).eps, inplace=True)
+        chol = _cholesky(mat, IPM_RIDGE * torch.finfo(wdt).eps, inplace=True)
         xs = torch.where(real, x.clamp_min(tiny), 1.0)
 
         def direction(rc: Tensor) -> Tuple[Tensor, Tensor, Tensor]:

@@ -1,0 +1,143 @@
+r"""The fast paths of the solver give the same answers as the plain ones:
+row compaction and blocks of mixed sizes, chunking, float32 iterations with a
+float64 polish (and the hand-over to float64), the active-set corrections of
+the polish on degenerate rows (supports smaller than r), and unconverged or
+broken rows are flagged, never hidden."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from captum_effattn._core import solver
+from captum_effattn._core.solver import head_bases, min_norm_simplex_solve
+
+
+def _bases(groups: int, n: int, dh: int, seed: int, pad: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(groups, n, dh, generator=g, dtype=torch.float64)
+    w = torch.randn(groups, dh, 3 * dh, generator=g, dtype=torch.float64)
+    mask = torch.ones(groups, n, dtype=torch.bool)
+    if pad:
+        mask[:, n - pad :] = False
+    _, c, cm = head_bases(v, w, mask)
+    return c, cm, mask, g
+
+
+def _rows(mask: Tensor, m: int, g: torch.Generator, temp: float) -> Tensor:
+    logits = torch.randn(mask.shape[0], m, mask.shape[1], generator=g).double() * temp
+    return torch.softmax(logits.masked_fill(~mask[:, None], -torch.inf), -1)
+
+
+def _check_kkt(c: Tensor, b: Tensor, x: Tensor, lam: Tensor, tol: float) -> None:
+    # from scratch: feasibility, x = max(0, C λ) (stationarity on the
+    # support, dual feasibility off it)
+    y = lam @ c.transpose(-1, -2)
+    assert float(x.min()) >= 0.0
+    assert float((x @ c - b).abs().max()) <= tol
+    on = x > 0
+    assert float((x - y)[on].abs().max()) <= tol
+    real = (c.abs().amax(-1) > 0).expand_as(on)
+    off = ~on & real
+    if bool(off.any()):
+        assert float(torch.relu(y[off]).max()) <= tol
+
+
+def _solve_each(c: Tensor, b: Tensor, cm: Tensor, **kw) -> Tensor:
+    out = torch.zeros(b.shape[0], b.shape[1], c.shape[1], dtype=c.dtype)
+    for i in range(b.shape[0]):
+        for j in range(b.shape[1]):
+            out[i, j] = min_norm_simplex_solve(
+                c[i : i + 1], b[i : i + 1, j : j + 1], cm[i : i + 1], **kw
+            )[0][0, 0]
+    return out
+
+
+def test_blocks_of_mixed_sizes_and_chunks_match_rows_alone():
+    # bases with 1, 3, 5, ... unfinished rows (uniform rows are closed-form),
+    # so the blocks have different power-of-two sizes
+    c, cm, mask, g = _bases(5, 40, 6, seed=0, pad=3)
+    a = _rows(mask, 9, g, temp=4.0)
+    for i in range(5):
+        a[i, 1 + 2 * i :] = mask[i].double() / mask[i].sum()
+    b = a @ c
+    x, lam, info = min_norm_simplex_solve(c, b, cm)
+    assert bool(info.converged.all())
+    assert int(info.iterations[a.amax(-1) > 0.5].min()) >= 0
+    alone = _solve_each(c, b, cm)
+    torch.testing.assert_close(x, alone, atol=1e-10, rtol=0)
+    tiny, _, info_t = min_norm_simplex_solve(c, b, cm, max_chunk_bytes=1)
+    torch.testing.assert_close(tiny, x, atol=1e-10, rtol=0)
+    assert bool(info_t.converged.all())
+    for i in range(5):
+        _check_kkt(c[i], b[i], x[i], lam[i], 1e-10)
+        assert float(x[i, :, ~mask[i]].abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_float32_iterations_match_float64_iterations(seed):
+    c, cm, mask, g = _bases(3, 64, 8, seed=seed)
+    b = _rows(mask, 16, g, temp=6.0) @ c
+    x32, _, i32 = min_norm_simplex_solve(c, b, cm)  # default: float32 iterations
+    x64, _, i64 = min_norm_simplex_solve(c, b, cm, work_dtype=torch.float64)
+    assert bool(i32.converged.all()) and bool(i64.converged.all())
+    assert x32.dtype == torch.float64
+    torch.testing.assert_close(x32, x64, atol=1e-10, rtol=0)
+    assert float(i32.kkt_residual.max()) <= 1e-12
+
+
+def test_degenerate_peaked_rows_converge():
+    # attention that is almost one-hot: the minimum-norm distribution has
+    # entries from 1 down to 1e-15 and fewer than r non-zeros, where a
+    # support guess misses tiny entries and the dual is not unique
+    c, cm, mask, g = _bases(2, 64, 32, seed=3)
+    a = _rows(mask, 12, g, temp=25.0)
+    b = a @ c
+    x, lam, info = min_norm_simplex_solve(c, b, cm, max_iter=100)
+    assert bool(info.converged.all()), info.kkt_residual
+    for i in range(2):
+        _check_kkt(c[i], b[i], x[i], lam[i], 1e-11)
+    support = (x > 0).sum(-1)
+    assert int(support.min()) < int(cm.sum(-1).min())  # really degenerate
+
+
+def test_hand_over_to_float64(monkeypatch):
+    # force every row through the float32 -> float64 hand-over
+    monkeypatch.setattr(solver, "SWITCH_ITERS", 1)
+    c, cm, mask, g = _bases(2, 48, 8, seed=4)
+    b = _rows(mask, 10, g, temp=5.0) @ c
+    x, lam, info = min_norm_simplex_solve(c, b, cm)
+    ref, _, _ = min_norm_simplex_solve(c, b, cm, work_dtype=torch.float64)
+    assert bool(info.converged.all())
+    torch.testing.assert_close(x, ref, atol=1e-10, rtol=0)
+
+
+def test_float32_input():
+    c, cm, mask, g = _bases(2, 50, 8, seed=5)
+    b = _rows(mask, 10, g, temp=5.0) @ c
+    x, lam, info = min_norm_simplex_solve(c.float(), b.float(), cm, tol=1e-6)
+    ref, _, _ = min_norm_simplex_solve(c, b, cm)
+    assert x.dtype == torch.float32
+    assert bool(info.converged.all())
+    torch.testing.assert_close(x.double(), ref, atol=1e-4, rtol=0)
+    with pytest.raises(TypeError, match="work_dtype"):
+        min_norm_simplex_solve(c, b, cm, work_dtype=torch.float16)
+
+
+def test_unconverged_and_broken_rows_are_flagged():
+    c, cm, mask, g = _bases(2, 40, 6, seed=6)
+    b = _rows(mask, 6, g, temp=5.0) @ c
+    x, _, info = min_norm_simplex_solve(c, b, cm, max_iter=2)
+    assert int(info.iterations.max()) <= 2
+    assert not bool(info.converged.all())
+    torch.testing.assert_close(info.converged, info.kkt_residual <= 1e-12)
+    bad = b.clone()
+    bad[0, 2] = torch.nan
+    x, _, info = min_norm_simplex_solve(c, bad, cm)
+    assert not bool(info.converged[0, 2])
+    keep = torch.ones_like(info.converged)
+    keep[0, 2] = False
+    assert bool(info.converged[keep].all())  # the other rows are unaffected
+    ref, _, _ = min_norm_simplex_solve(c, b, cm)
+    torch.testing.assert_close(x[keep], ref[keep], atol=1e-10, rtol=0)
