@@ -46,9 +46,9 @@ def head_bases(
 ) -> Tuple[Tensor, Tensor, Tensor]:
     r"""Orthonormal bases of ``col(T)`` and ``col([T, 1])`` for every head.
 
-    ``T = V_h W_O,h`` is never formed: with the thin SVD
-    ``W_O,h = P Σ Qᵀ`` one has ``T = (V_h P Σ) Qᵀ`` and ``Q`` has orthonormal
-    columns, so ``M = V_h P Σ`` (n x d_h) has exactly the singular values and
+    ``T = V_h W_O,h`` is never formed: with the thin QR factorisation
+    ``W_O,hᵀ = Q R`` one has ``T = (V_h Rᵀ) Qᵀ`` and ``Q`` has orthonormal
+    columns, so ``M = V_h Rᵀ`` (n x d_h) has exactly the singular values and
     left singular vectors of ``T``. This needs no full-rank assumption on
     ``W_O,h`` and works on a matrix d/d_h times narrower than ``T``.
 
@@ -70,8 +70,8 @@ def head_bases(
     """
     dtype = values.dtype
     mask = key_mask.to(dtype).unsqueeze(-1)
-    p, sigma, _ = torch.linalg.svd(w_out, full_matrices=False)
-    m = (values * mask) @ (p * sigma.unsqueeze(-2))
+    r_out = torch.linalg.qr(w_out.transpose(-1, -2), mode="r")[1]
+    m = (values * mask) @ r_out.transpose(-1, -2)
     u, s, _ = torch.linalg.svd(m, full_matrices=False)
     n, dh = m.shape[-2], m.shape[-1]
     tol = rtol if rtol is not None else _default_rtol(n, dh, dtype)
