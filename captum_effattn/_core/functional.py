@@ -265,7 +265,7 @@ def solve_layer(
     m = rows.shape[1]
     v = expand_kv(values, h).to(dtype)
     w = w_out.to(device=v.device, dtype=dtype)
-    a = probs.to(dtype).gather(2, rows[:, None, :, None].expand(b, h, m, n))
+    a = probs.gather(2, rows[:, None, :, None].expand(b, h, m, n)).to(dtype)
     row_real = key_mask.gather(1, rows)  # (B, m)
     if causal:
         pos = torch.arange(n, device=key_mask.device)
@@ -454,12 +454,14 @@ def _matrices(
 
     _, caps, _ = run_with_capture(adapter, call, idx)
     device = torch.device(device) if device is not None else model_device
-    outs, certs = [], []
-    for layer in idx:
+    result: Optional[Tensor] = None
+    certs = []
+    for pos, layer in enumerate(idx):
+        got = caps.pop(layer)  # free each layer's capture once it is used
         out, cert = solve_layer(
             kind,
-            caps[layer]["weights"].detach().to(device),
-            caps[layer]["values"].detach().to(device),
+            got["weights"].detach().to(device),
+            got["values"].detach().to(device),
             adapter.output_weights(layer).detach().to(device),
             mask.to(device),
             row_idx.to(device),
@@ -470,9 +472,13 @@ def _matrices(
             max_iter=max_iter,
             objective=objective,
         )
-        outs.append(out)
+        del got
+        if result is None:  # filled layer by layer: no second copy by stacking
+            result = out.new_empty((len(idx),) + tuple(out.shape))
+        result[pos] = out
+        del out
         certs.append(cert)
-    result = torch.stack(outs)
+    assert result is not None
     if return_certificate:
         return result, Certificate.stack(certs)
     return result
