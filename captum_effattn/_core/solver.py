@@ -118,7 +118,7 @@ class SolverInfo:
 POLISH_GAP = 1e-3
 #: Active-set corrections of a polished support guess that misses the
 #: tolerance.
-POLISH_STEPS = 2
+POLISH_STEPS = 1
 IPM_RIDGE = 0.0
 #: Iterations in the low-precision working dtype stop below this scaled gap
 #: or after this many iterations; the row continues in the answer's dtype.
@@ -354,7 +354,8 @@ class _Blocks:
 
         def fn(v: Tensor, cs: Dict[torch.dtype, Tensor], o: Optional[Tensor]) -> Tensor:
             if o is not None:
-                return (v @ o).index_select(-1, self.unpack)
+                # (index_select along the last dim is much faster in 2-D)
+                return (v @ o).reshape(-1, o.shape[-1]).index_select(1, self.unpack)
             c = cs[v.dtype].unsqueeze(1)  # (bases, 1, n, r)
             return (v.unsqueeze(-1) * c).transpose(-1, -2) @ c
 
