@@ -140,7 +140,9 @@ class ArchitecturesTable(_TableDirective):
                         f"``{name}``",
                         "decoder (causal)",
                         f"``{spec.attention}``",
-                        "adapter present; tested: see ``tests/core/test_models.py``",
+                        "tiny random model, causal mask, left padding"
+                        + ("" if name == "gpt2" else ", grouped KV heads")
+                        + " (``tests/core/test_architectures.py``)",
                     )
                 )
             else:
@@ -150,7 +152,7 @@ class ArchitecturesTable(_TableDirective):
                         "encoder",
                         f"``{spec.attention}``",
                         self.TESTED.get(name, "tiny random model")
-                        + " (``tests/core/test_models.py``)",
+                        + " (``tests/core/test_architectures.py``)",
                     )
                 )
         return _list_table(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from captum.attr import Attribution, LayerIntegratedGradients
-from conftest import random_batch
+from effattn_testing import random_batch
 
 from captum_effattn import (
     AttentionRollout,

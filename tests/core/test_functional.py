@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import random_batch
+from effattn_testing import random_batch
 
 from captum_effattn import (
     attention_weights,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import random_batch
+from effattn_testing import random_batch
 
 from captum_effattn import EfficientAttention, efficient_attention
 from captum_effattn._core.solver import head_bases, min_norm_simplex_solve

@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from conftest import random_batch
+from effattn_testing import random_batch
 from scipy.optimize import linprog
 
 from captum_effattn import (

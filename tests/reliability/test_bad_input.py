@@ -7,15 +7,12 @@ exception is raised half-way."""
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
 import warnings
-from pathlib import Path
-from types import ModuleType
 from typing import Callable, Dict, List, Tuple
 
 import pytest
 import torch
+from effattn_testing import random_batch
 from torch import Tensor, nn
 from torch.nn.modules import module as nn_module
 
@@ -28,24 +25,6 @@ from captum_effattn import (
 )
 from captum_effattn._core.adapters import ModelAdapter
 from captum_effattn.metrics import sufficiency
-
-
-def _tests_conftest() -> ModuleType:
-    # ``from conftest import random_batch`` gets whichever conftest.py pytest
-    # imported last (tests/metrics and tests/benchmark have their own), which
-    # breaks a full ``pytest tests`` run: load tests/conftest.py by path,
-    # once, under a name of its own.
-    name = "_captum_effattn_tests_conftest"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parents[1] / "conftest.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-random_batch = _tests_conftest().random_batch
 
 CLASSES = [EfficientAttention, EffectiveAttention, AttentionWeights, AttentionRollout]
 

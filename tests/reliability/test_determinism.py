@@ -6,15 +6,14 @@ tested in tests/benchmark.)"""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import subprocess
 import sys
 from dataclasses import fields
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
+from effattn_testing import random_batch
 
 from captum_effattn import (
     Certificate,
@@ -24,24 +23,6 @@ from captum_effattn import (
 )
 
 TESTS = Path(__file__).resolve().parents[1]
-
-
-def _tests_conftest() -> ModuleType:
-    # ``from conftest import random_batch`` gets whichever conftest.py pytest
-    # imported last (tests/metrics and tests/benchmark have their own), which
-    # breaks a full ``pytest tests`` run: load tests/conftest.py by path,
-    # once, under a name of its own.
-    name = "_captum_effattn_tests_conftest"
-    if name not in sys.modules:
-        path = TESTS / "conftest.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-random_batch = _tests_conftest().random_batch
 
 
 def _assert_identical(x, y) -> None:
@@ -120,7 +101,7 @@ _SCRIPT = r"""
 import sys, hashlib
 sys.path.insert(0, {tests!r})
 import torch
-from conftest import make_tiny_model, random_batch
+from effattn_testing import make_tiny_model, random_batch
 from captum_effattn import EfficientAttention, efficient_attention
 model = make_tiny_model("bert")
 ids, mask = random_batch(2, 20, lengths=[20, 14], seed=21)

@@ -7,13 +7,10 @@ whose tolerance was not reached."""
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
+from effattn_testing import random_batch
 from torch import Tensor, nn
 
 from captum_effattn import (
@@ -24,24 +21,6 @@ from captum_effattn import (
     efficient_attention,
 )
 from captum_effattn._core.adapters import ModelAdapter, expand_kv
-
-
-def _tests_conftest() -> ModuleType:
-    # ``from conftest import random_batch`` gets whichever conftest.py pytest
-    # imported last (tests/metrics and tests/benchmark have their own), which
-    # breaks a full ``pytest tests`` run: load tests/conftest.py by path,
-    # once, under a name of its own.
-    name = "_captum_effattn_tests_conftest"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parents[1] / "conftest.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-random_batch = _tests_conftest().random_batch
 
 
 def _forward(model: nn.Module):
@@ -322,13 +301,6 @@ def test_float32_algebra_in_the_attribution_class(tiny_model, family):
     )
 
 
-@pytest.mark.xfail(
-    raises=RuntimeError,
-    strict=False,
-    reason="solver.py: the ridges of _interior_point's Cholesky fallback (1e-10) "
-    "and of _ridge_solve (1e-11) are below float32 eps, so Cᵀ D C, which is "
-    "PSD only up to rounding (min eigenvalue ~ -8e-8), fails to factor",
-)
 def test_float32_algebra_on_all_rows(tiny_model):
     model = tiny_model("llama")
     ids, mask = random_batch(2, 24, lengths=[24, 17], seed=2)

