@@ -524,25 +524,11 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cached_rt_verdict() -> Optional[Path]:
-    from captum_effattn.benchmark.models import cache_dir
-
-    root = cache_dir() / "models"
-    if not root.is_dir():
-        return None
-    found = [
-        p
-        for p in root.glob("rt-verdict-*")
-        if (p / "report.json").is_file() and (p / "config.json").is_file()
-    ]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
-
-
 def _cmd_explain(args: argparse.Namespace) -> int:
     import torch
 
     from captum_effattn import attention_weights, efficient_attention
-    from captum_effattn.benchmark.models import load_model
+    from captum_effattn.benchmark.models import find_cached_model, load_model
     from captum_effattn.benchmark.runner import resolve_device
 
     try:
@@ -555,7 +541,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         path: Optional[Path] = Path(args.model)
         note = f"model: {path}"
     else:
-        path = _cached_rt_verdict()
+        path = find_cached_model("rt-verdict")
         note = (
             f"model: all-MiniLM-L6-v2 fine-tuned on rt-verdict ({path})"
             if path is not None

@@ -42,17 +42,9 @@ class Classifier(NamedTuple):
 
 def cached_model_dir(dataset: str = DATASET) -> Optional[Path]:
     r"""The newest cached fine-tuned model of a data set, or None."""
-    from captum_effattn.benchmark.models import cache_dir
+    from captum_effattn.benchmark.models import find_cached_model
 
-    root = cache_dir() / "models"
-    if not root.is_dir():
-        return None
-    found = [
-        p
-        for p in root.glob(f"{dataset}-*")
-        if (p / "report.json").is_file() and (p / "config.json").is_file()
-    ]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+    return find_cached_model(dataset)
 
 
 def load_classifier(model_path: Optional[str] = None) -> Classifier:

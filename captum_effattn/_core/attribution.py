@@ -424,21 +424,6 @@ def _reduce_heads(mat: Tensor, heads: HeadsType) -> Tensor:
     return mat[:, list(heads)].mean(1)
 
 
-_CLASS_EXAMPLE = r"""
-    Examples::
-
-        >>> from captum.attr import LayerIntegratedGradients
-        >>> from captum_effattn import {cls}
-        >>> forward = lambda ids, mask: model(ids, attention_mask=mask).logits
-        >>> # lig = LayerIntegratedGradients(forward, model.bert.embeddings)
-        >>> explainer = {cls}(forward, model=model)
-        >>> scores = explainer.attribute(ids, target=1,
-        ...                              additional_forward_args=(mask,))
-        >>> scores.shape == ids.shape
-        True
-"""
-
-
 class EfficientAttention(_AttentionAttribution):
     r"""Efficient attention as a Captum attribution method.
 
@@ -456,7 +441,19 @@ class EfficientAttention(_AttentionAttribution):
 
     By default only the rows that the attribution reads are solved: the
     [CLS] row of the last layer needs one row per head.
-""" + _CLASS_EXAMPLE.format(cls="EfficientAttention")
+
+    Examples::
+
+        >>> from captum.attr import LayerIntegratedGradients
+        >>> from captum_effattn import EfficientAttention
+        >>> forward = lambda ids, mask: model(ids, attention_mask=mask).logits
+        >>> # lig = LayerIntegratedGradients(forward, model.bert.embeddings)
+        >>> explainer = EfficientAttention(forward, model=model)
+        >>> scores = explainer.attribute(ids, target=1,
+        ...                              additional_forward_args=(mask,))
+        >>> scores.shape == ids.shape
+        True
+    """
 
     _kind = "efficient"
 
@@ -500,7 +497,19 @@ class EffectiveAttention(_AttentionAttribution):
     attribution method: ``A P`` with ``P`` the orthogonal projector onto the
     column space of ``T = V_h W_O,h``. Output-equivalent to the attention,
     but its rows are in general not probability distributions.
-""" + _CLASS_EXAMPLE.format(cls="EffectiveAttention")
+
+    Examples::
+
+        >>> from captum.attr import LayerIntegratedGradients
+        >>> from captum_effattn import EffectiveAttention
+        >>> forward = lambda ids, mask: model(ids, attention_mask=mask).logits
+        >>> # lig = LayerIntegratedGradients(forward, model.bert.embeddings)
+        >>> explainer = EffectiveAttention(forward, model=model)
+        >>> scores = explainer.attribute(ids, target=1,
+        ...                              additional_forward_args=(mask,))
+        >>> scores.shape == ids.shape
+        True
+    """
 
     _kind = "effective"
 
@@ -512,7 +521,19 @@ class EffectiveAttention(_AttentionAttribution):
 class AttentionWeights(_AttentionAttribution):
     r"""Raw attention probabilities as a Captum attribution method (the
     baseline of Jain & Wallace, 2019 and Wiegreffe & Pinter, 2019).
-""" + _CLASS_EXAMPLE.format(cls="AttentionWeights")
+
+    Examples::
+
+        >>> from captum.attr import LayerIntegratedGradients
+        >>> from captum_effattn import AttentionWeights
+        >>> forward = lambda ids, mask: model(ids, attention_mask=mask).logits
+        >>> # lig = LayerIntegratedGradients(forward, model.bert.embeddings)
+        >>> explainer = AttentionWeights(forward, model=model)
+        >>> scores = explainer.attribute(ids, target=1,
+        ...                              additional_forward_args=(mask,))
+        >>> scores.shape == ids.shape
+        True
+    """
 
     _kind = "raw"
 
@@ -528,7 +549,19 @@ class AttentionRollout(_AttentionAttribution):
     read at the query row. ``layer="gradient_rollout"`` gives the gradient-
     weighted rollout of Chefer et al. (ICCV 2021). For rollout of efficient
     attention use ``EfficientAttention(...).attribute(..., layer="rollout")``.
-""" + _CLASS_EXAMPLE.format(cls="AttentionRollout")
+
+    Examples::
+
+        >>> from captum.attr import LayerIntegratedGradients
+        >>> from captum_effattn import AttentionRollout
+        >>> forward = lambda ids, mask: model(ids, attention_mask=mask).logits
+        >>> # lig = LayerIntegratedGradients(forward, model.bert.embeddings)
+        >>> explainer = AttentionRollout(forward, model=model)
+        >>> scores = explainer.attribute(ids, target=1,
+        ...                              additional_forward_args=(mask,))
+        >>> scores.shape == ids.shape
+        True
+    """
 
     _kind = "raw"
     _default_layer = "rollout"

@@ -45,9 +45,13 @@ class Certificate:
                     the relative change of the head's output.
         min_entry (Tensor): smallest entry (negative means not a distribution).
         row_sum_error (Tensor): max ``|Σ_j M_ij − 1|``.
-        kkt_residual (Tensor): max ``‖Cᵀ(M_i − A_i)‖∞`` of the projection's
-                    KKT system (efficient attention; 0 for the others).
-        iterations (Tensor): max Newton iterations of a row (efficient only).
+        kkt_residual (Tensor): the largest violation of the optimality (KKT)
+                    conditions of a row: primal ``‖Cᵀx − b‖∞``, dual
+                    feasibility and stationarity (see
+                    :class:`~captum_effattn._core.solver.SolverInfo`);
+                    efficient attention only, 0 for the others.
+        iterations (Tensor): max interior-point iterations of a row
+                    (efficient only).
         converged (Tensor): bool, every row met the solver tolerance.
         rank (Tensor): numerical rank of ``[T, 1]`` (``T`` alone for effective).
         support_size (Tensor): max number of non-zero entries of a row.
@@ -565,8 +569,10 @@ efficient_attention.__doc__ = (
         >>> E, cert = efficient_attention(model, enc["input_ids"],
         ...                               enc["attention_mask"],
         ...                               return_certificate=True)
-        >>> E.shape  # (layers, batch, heads, seq, seq)
-        >>> print(cert)
+        >>> E.shape[0] == model.config.num_hidden_layers  # (L, B, H, N, N)
+        True
+        >>> cert.ok()  # distributions, output-equivalent, converged
+        True
 """
 )
 

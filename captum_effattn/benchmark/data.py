@@ -660,8 +660,8 @@ def load_dataset(
         >>> splits = load_dataset("debates-2016")
         >>> splits.label_names
         ['Democratic', 'Republican']
-        >>> {ex.group for ex in splits.test}
-        {'1st'}
+        >>> sorted({ex.group for ex in splits.test})
+        ['1st']
     """
     if name.startswith(CSV_PREFIX):
         return load_csv(name[len(CSV_PREFIX) :], seed=seed, test_size=test_size)

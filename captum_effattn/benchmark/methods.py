@@ -204,12 +204,10 @@ def _lime(
 ) -> Tensor:
     from captum.attr import Lime
 
-    try:  # Ridge as in the original LIME; Captum's default Lasso zeroes most tokens
-        from captum._utils.models.linear_model import SkLearnRidge
+    from captum_effattn._compat import sklearn_ridge
 
-        surrogate: Any = SkLearnRidge(alpha=1.0)
-    except ImportError:  # pragma: no cover - Captum moved it
-        surrogate = None
+    # Ridge as in the original LIME; Captum's default Lasso zeroes most tokens
+    surrogate = sklearn_ridge(alpha=1.0)
     pad = int(ctx.get("pad_token_id") or 0)
     lime = Lime(_removal_forward(forward_func, pad), interpretable_model=surrogate)
     special = _special(ctx, ids)

