@@ -6,7 +6,8 @@ PIP = $(PYTHON) -m pip
 export HF_HUB_OFFLINE = 1
 export TOKENIZERS_PARALLELISM = false
 export MPLBACKEND = Agg
-BENCH_ARGS ?=
+# the main job: a short benchmark of every default method on rt-verdict
+BENCH_ARGS ?= --dataset rt-verdict --num-examples 10 --out bench-results
 PYTEST_ARGS ?=
 
 .PHONY: setup setup-test run test lint docs pytest

@@ -149,7 +149,9 @@ def _embedding_layer(model: nn.Module) -> nn.Module:
     return model.get_input_embeddings()
 
 
-def _attention(cls_name: str, *, layer: Any = -1, weighting: str = "none") -> MethodFn:
+def _attention(
+    cls_name: str, *, layer: Any = -1, weighting: str = "none", query: Any = None
+) -> MethodFn:
     def fn(
         model: nn.Module,
         forward_func: Callable[..., Tensor],
@@ -167,6 +169,7 @@ def _attention(cls_name: str, *, layer: Any = -1, weighting: str = "none") -> Me
             additional_forward_args=(mask,),
             layer=layer,
             weighting=weighting,
+            query=query,
         )
 
     return fn
@@ -191,6 +194,21 @@ def _ig(
         n_steps=int(ctx.get("ig_steps", IG_STEPS)),
         internal_batch_size=IG_INTERNAL_BATCH,
     )
+    return attr.sum(-1)
+
+
+def _input_grad(
+    model: nn.Module,
+    forward_func: Callable[..., Tensor],
+    ids: Tensor,
+    mask: Tensor,
+    target: Tensor,
+    **ctx: Any,
+) -> Tensor:
+    from captum.attr import LayerGradientXActivation
+
+    explainer = LayerGradientXActivation(forward_func, _embedding_layer(model))
+    attr = explainer.attribute(ids, target=target, additional_forward_args=(mask,))
     return attr.sum(-1)
 
 
@@ -376,6 +394,46 @@ _SPECS: List[MethodSpec] = [
         cost="1 forward + 1 backward",
     ),
     MethodSpec(
+        "efficient-grad-first",
+        "Efficient attention x gradient, first layer, all rows",
+        "attention",
+        "efficient attention times the attention gradient, first layer, "
+        "summed over every query row (token j's first-order share through "
+        "the first attention layer; solves all rows of one layer)",
+        _attention("EfficientAttention", layer=0, query="all", weighting="gradient"),
+        cost="1 forward + 1 backward + full efficient solve of one layer",
+    ),
+    MethodSpec(
+        "attention-grad-first",
+        "Attention x gradient, first layer, all rows",
+        "attention",
+        "raw attention times the attention gradient, first layer, summed over "
+        "every query row",
+        _attention("AttentionWeights", layer=0, query="all", weighting="gradient"),
+        cost="1 forward + 1 backward",
+    ),
+    MethodSpec(
+        "attention-grad-all",
+        "Attention x gradient, all layers, all rows",
+        "attention",
+        "raw attention times the attention gradient, every layer and query row",
+        _attention("AttentionWeights", layer="mean", query="all", weighting="gradient"),
+        cost="1 forward + 1 backward",
+    ),
+    MethodSpec(
+        "efficient-grad-all",
+        "Efficient attention x gradient, all layers, all rows",
+        "attention",
+        "efficient attention times the attention gradient, every layer and "
+        "query row (full matrices: slow, optional)",
+        _attention(
+            "EfficientAttention", layer="mean", query="all", weighting="gradient"
+        ),
+        default=False,
+        cost="1 forward + 1 backward + full efficient solve of every layer",
+        expensive=True,
+    ),
+    MethodSpec(
         "efficient-rollout",
         "Efficient attention rollout",
         "attention",
@@ -425,6 +483,15 @@ _SPECS: List[MethodSpec] = [
         _ablation,
         cost="N forward (one per token)",
         expensive=True,
+    ),
+    MethodSpec(
+        "input-grad",
+        "Input x gradient",
+        "gradient",
+        "Captum LayerGradientXActivation on the embeddings, summed over the "
+        "embedding (the one-backward-pass gradient baseline)",
+        _input_grad,
+        cost="1 forward + 1 backward",
     ),
     MethodSpec(
         "random",
