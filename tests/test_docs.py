@@ -80,32 +80,6 @@ def test_readme_commands_and_links():
     assert "make docs" in readme
 
 
-def _effattn_docs():
-    sys.path.insert(0, str(DOCS / "_ext"))
-    try:
-        return importlib.import_module("effattn_docs")
-    finally:
-        sys.path.remove(str(DOCS / "_ext"))
-
-
-def test_markdown_page_converter():
-    ext = _effattn_docs()
-    md = (
-        "# Performance\n\nTimes in `seconds` for **n** tokens, see [x](https://a.b).\n"
-        "- one\n  more\n- two_\n\n| n | s |\n|--:|--:|\n| 150 | `0.1` |\n\n"
-        "```bash\ncaptum-effattn speed\n```\n## Details\n1. a\n2. b\n"
-    )
-    rst = ext.markdown_to_rst(md, "Performance")
-    assert ext._rst_problems(rst) is None, rst
-    assert rst.startswith("\nPerformance\n===========") or rst.startswith(
-        "Performance\n==========="
-    )
-    assert ".. list-table::" in rst and ".. code:: bash" in rst
-    assert "``seconds``" in rst and "`x <https://a.b>`__" in rst
-    # markup that is not valid reST is detected (the page then shows the text)
-    assert ext._rst_problems("A *broken emphasis\n") is not None
-
-
 def _run_docstring_examples(module_name: str, names: List[str]) -> None:
     module = importlib.import_module(module_name)
     tests = {t.name: t for t in doctest.DocTestFinder().find(module)}

@@ -150,7 +150,12 @@ def _embedding_layer(model: nn.Module) -> nn.Module:
 
 
 def _attention(
-    cls_name: str, *, layer: Any = -1, weighting: str = "none", query: Any = None
+    cls_name: str,
+    *,
+    layer: Any = -1,
+    weighting: str = "none",
+    query: Any = None,
+    **options: Any,
 ) -> MethodFn:
     def fn(
         model: nn.Module,
@@ -162,7 +167,9 @@ def _attention(
     ) -> Tensor:
         import captum_effattn
 
-        explainer = getattr(captum_effattn, cls_name)(forward_func, model=model)
+        explainer = getattr(captum_effattn, cls_name)(
+            forward_func, model=model, **options
+        )
         return explainer.attribute(
             ids,
             target=target,
@@ -391,6 +398,23 @@ _SPECS: List[MethodSpec] = [
         "attention",
         "gradient-weighted rollout of raw attention (Chefer et al. 2021)",
         _attention("AttentionWeights", layer="gradient_rollout"),
+        cost="1 forward + 1 backward",
+    ),
+    MethodSpec(
+        "efficient-sparse",
+        "Sparse efficient attention",
+        "attention",
+        "sparse efficient attention (a vertex of the output-equivalent "
+        "polytope, objective='sparse'), last layer, [CLS] row",
+        _attention("EfficientAttention", objective="sparse"),
+        cost="1 forward",
+    ),
+    MethodSpec(
+        "efficient-sparse-grad",
+        "Sparse efficient attention x gradient",
+        "attention",
+        "sparse efficient attention times the attention gradient, last layer",
+        _attention("EfficientAttention", objective="sparse", weighting="gradient"),
         cost="1 forward + 1 backward",
     ),
     MethodSpec(
