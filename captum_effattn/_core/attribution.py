@@ -33,6 +33,7 @@ from captum_effattn._core.functional import (
     run_with_capture,
     solve_layer,
 )
+from captum_effattn._core.solver import DEFAULT_MAX_ITER
 
 __all__ = [
     "EfficientAttention",
@@ -88,7 +89,7 @@ class _AttentionAttribution(Attribution):
         dtype: torch.dtype = torch.float64,
         rtol: Optional[float] = None,
         tol: float = 1e-12,
-        max_iter: int = 60,
+        max_iter: int = DEFAULT_MAX_ITER,
     ) -> None:
         r"""
         Args:
@@ -105,7 +106,7 @@ class _AttentionAttribution(Attribution):
                         Default: ``max(n, d_h) * eps(dtype)``
             tol (float, optional): solver tolerance (efficient attention).
                         Default: 1e-12
-            max_iter (int, optional): solver iterations at most. Default: 60
+            max_iter (int, optional): solver iterations at most. Default: 100
         """
         Attribution.__init__(self, forward_func)
         if model is None:

@@ -15,7 +15,11 @@ import torch
 from torch import Tensor, nn
 
 from captum_effattn._core.adapters import ModelAdapter, expand_kv
-from captum_effattn._core.solver import head_bases, min_norm_simplex_solve
+from captum_effattn._core.solver import (
+    DEFAULT_MAX_ITER,
+    head_bases,
+    min_norm_simplex_solve,
+)
 from captum_effattn._core.sparse import caratheodory_reduce
 
 __all__ = [
@@ -237,7 +241,7 @@ def solve_layer(
     dtype: torch.dtype = torch.float64,
     rtol: Optional[float] = None,
     tol: float = 1e-12,
-    max_iter: int = 100,
+    max_iter: int = DEFAULT_MAX_ITER,
     objective: str = "min_norm",
 ) -> Tuple[Tensor, Certificate]:
     r"""Raw, effective or efficient attention rows of one layer.
@@ -531,7 +535,7 @@ def efficient_attention(
     dtype: torch.dtype = torch.float64,
     rtol: Optional[float] = None,
     tol: float = 1e-12,
-    max_iter: int = 100,
+    max_iter: int = DEFAULT_MAX_ITER,
     device: Optional[Union[str, torch.device]] = None,
     return_certificate: bool = False,
     objective: str = "min_norm",
