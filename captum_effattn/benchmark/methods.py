@@ -23,6 +23,9 @@ method                     cost
 attention, efficient, ...  1 F (+1 backward for ``-grad``); the efficient
                            solve of the [CLS] rows is a few ms
 rollout                    1 F
+``efficient-grad-first``   1 F + 1 backward + an efficient solve of every
+                           row of the first layer (14x ``efficient-grad``)
+input-grad                 1 F + 1 backward
 ``efficient-rollout``      1 F + a full n x n efficient solve per layer
                            (slow: not in the default list)
 ig                         50 F + 50 backward (LayerIntegratedGradients)
