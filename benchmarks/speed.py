@@ -7,6 +7,9 @@ concatenated and cut to exactly ``--length`` tokens):
 * ``EfficientAttention.attribute`` with its defaults (last layer, the [CLS]
   row of every head);
 * ``efficient_attention`` for all layers, heads and rows (full matrices);
+* the faithful mode of issue 12 (``efficient-grad-first`` in the benchmark:
+  first layer, every query row, gradient weighting), in float64 and float32,
+  next to raw attention with the same weighting;
 * Captum ``LayerIntegratedGradients`` on the embeddings (50 steps, internal
   batch 50) and Captum ``Lime`` on tokens (500 samples, 50 per evaluation);
 
@@ -206,6 +209,8 @@ def _time_methods(
     )
     log(f"efficient_attention all rows: {t / full_b:.3f} s/example; {cert}")
 
+    rows += _time_faithful(model, fwd, ids, mask, args, device, log)
+
     k = min(b, args.baseline_docs)
     with torch.no_grad():
         target = fwd(ids[:k], mask[:k]).argmax(-1)
@@ -262,6 +267,55 @@ def _time_methods(
         )
     )
     log(f"Lime: {t:.2f} s/example")
+    return rows
+
+
+#: The faithful mode of issue 12 (``efficient-grad-first`` in the benchmark).
+FAITHFUL = {"layer": 0, "query": "all", "weighting": "gradient"}
+TARGET_FAITHFUL_VS_IG = 1 / 20
+
+
+def _time_faithful(
+    model: nn.Module,
+    fwd: Callable[[Tensor, Tensor], Tensor],
+    ids: Tensor,
+    mask: Tensor,
+    args: argparse.Namespace,
+    device: torch.device,
+    log: Callable[[str], None],
+) -> List[Row]:
+    r"""The gradient-weighted first-layer attributions, one example per call
+    (as the benchmark runs them): efficient attention in float64 (the
+    default, certified to 1e-12) and in float32 (tolerance 1e-6), and raw
+    attention for the cost of the forward and backward passes alone."""
+    from captum_effattn import AttentionWeights, EfficientAttention
+
+    k = min(ids.shape[0], args.faithful_docs)
+    setting = "layer=0, query='all', weighting='gradient'"
+    variants = [
+        ("EfficientAttention.attribute (faithful)", setting, EfficientAttention, {}),
+        (
+            "EfficientAttention.attribute (faithful)",
+            setting + ", dtype=float32, tol=1e-6",
+            EfficientAttention,
+            {"dtype": torch.float32, "tol": 1e-6},
+        ),
+        ("AttentionWeights.attribute (faithful)", setting, AttentionWeights, {}),
+    ]
+    rows = []
+    for name, label, cls, options in variants:
+        explainer = cls(fwd, model=model, **options)
+
+        def run() -> None:
+            for i in range(k):
+                explainer.attribute(
+                    ids[i : i + 1], additional_forward_args=(mask[i : i + 1],),
+                    **FAITHFUL,
+                )  # fmt: skip
+
+        t = _time(run, device, 1) / k
+        rows.append(Row(name, label, t, k))
+        log(f"{name} [{label}]: {t:.3f} s/example")
     return rows
 
 
@@ -516,7 +570,18 @@ def _report(
         ),
         ("Lime ≥ 100× attribute", lime / att, TARGET_LIME_VS_ATTRIBUTE, "≥"),
     ]
-    lines += ["", "Targets (issue 7):", ""]
+    for r in rows:
+        if r.name == "EfficientAttention.attribute (faithful)":
+            checks.append(
+                (
+                    f"faithful mode [{r.setting}] ≤ 1/20 of LayerIntegratedGradients "
+                    "(issue 12), as a fraction of LIG's time",
+                    r.per_example / ig,
+                    TARGET_FAITHFUL_VS_IG,
+                    "≤",
+                )
+            )
+    lines += ["", "Targets (issues 7 and 12):", ""]
     for label, value, target, op in checks:
         met = value <= target if op == "≤" else value >= target
         lines.append(f"- {label}: measured {value:.2f}× — {'met' if met else 'MISSED'}")
@@ -609,6 +674,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="examples for LIG and Lime (default 2; quick 1)",
     )
     parser.add_argument(
+        "--faithful-docs",
+        type=int,
+        default=None,
+        help="examples for the faithful (first-layer gradient) mode "
+        "(default 4; quick 1)",
+    )
+    parser.add_argument(
         "--length", type=int, default=128, help="tokens per document (default 128)"
     )
     parser.add_argument("--ig-steps", type=int, default=50)
@@ -657,6 +729,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.docs = args.docs or (4 if quick else 16)
     args.full_docs = args.full_docs or (2 if quick else 16)
     args.baseline_docs = args.baseline_docs or (1 if quick else 2)
+    args.faithful_docs = args.faithful_docs or (1 if quick else 4)
     lengths = [
         int(v)
         for v in (args.scaling or ("64,128" if quick else "64,128,256,512")).split(",")
