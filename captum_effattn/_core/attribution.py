@@ -31,7 +31,7 @@ from captum_effattn._core.functional import (
     check_algebra_dtype,
     check_token_inputs,
     run_with_capture,
-    solve_layer,
+    solve_layers,
 )
 from captum_effattn._core.solver import DEFAULT_MAX_ITER
 
@@ -261,22 +261,27 @@ class _AttentionAttribution(Attribution):
         certs: List[Certificate] = []
         per_layer: Dict[int, Tensor] = {}
         full = torch.arange(ids.shape[1], device=device).expand(ids.shape[0], -1)
-        for idx in layers:
-            row_idx = full if layer in ("rollout", "gradient_rollout") else rows
-            m, cert = solve_layer(
-                self._kind,
-                caps[idx]["weights"].detach(),
-                caps[idx]["values"].detach(),
-                adapter.output_weights(idx).detach().to(device),
-                key_mask,
-                row_idx,
-                causal=adapter.causal,
-                dtype=self.dtype,
-                rtol=self.rtol,
-                tol=self.tol,
-                max_iter=self.max_iter,
-                objective=self.objective,
-            )
+        row_idx = full if layer in ("rollout", "gradient_rollout") else rows
+        solved = solve_layers(
+            self._kind,
+            [
+                (
+                    caps[idx]["weights"].detach(),
+                    caps[idx]["values"].detach(),
+                    adapter.output_weights(idx).detach().to(device),
+                    key_mask,
+                    row_idx,
+                )
+                for idx in layers
+            ],
+            causal=adapter.causal,
+            dtype=self.dtype,
+            rtol=self.rtol,
+            tol=self.tol,
+            max_iter=self.max_iter,
+            objective=self.objective,
+        )
+        for idx, (m, cert) in zip(layers, solved):
             matrices[idx] = m
             certs.append(cert)
             if layer == "gradient_rollout":

@@ -28,6 +28,7 @@ __all__ = [
     "effective_attention",
     "attention_weights",
     "solve_layer",
+    "solve_layers",
     "check_token_inputs",
     "resolve_rows",
 ]
@@ -229,6 +230,205 @@ def resolve_rows(rows: RowsType, mask: Tensor) -> Tensor:
     return t % n
 
 
+@dataclass
+class _Prepared:
+    r"""One layer's problem after the bases: everything ``_finish`` needs."""
+
+    a: Tensor  # (B, H, m, N) attention rows in ``dtype``, zero off the keys
+    v: Tensor
+    w: Tensor
+    fkeys: Tensor
+    row_real: Tensor
+    rank: Tensor
+    out: Optional[Tensor] = None  # raw / effective: the answer already
+    c: Optional[Tensor] = None  # efficient: bases (B, H, [m,] N, r)
+    col_mask: Optional[Tensor] = None
+
+    def problem(self) -> Tuple[Tensor, Tensor, Tensor]:
+        r"""The solver's ``(c (G, N, r), b (G, m', r), col_mask (G, r))``."""
+        assert self.c is not None and self.col_mask is not None
+        b, h, m, n = self.a.shape
+        r = self.c.shape[-1]
+        if self.c.dim() == 5:  # causal: one basis per (example, head, row)
+            cg = self.c.reshape(b * h * m, n, r)
+            bg = (self.a.unsqueeze(-2) @ self.c).reshape(b * h * m, 1, r)
+            return cg, bg, self.col_mask.reshape(b * h * m, r)
+        cg = self.c.reshape(b * h, n, r)
+        return cg, (self.a @ self.c).reshape(b * h, m, r), self.col_mask.reshape(-1, r)
+
+
+def _prepare(
+    kind: str,
+    probs: Tensor,
+    values: Tensor,
+    w_out: Tensor,
+    key_mask: Tensor,
+    rows: Tensor,
+    causal: bool,
+    dtype: torch.dtype,
+    rtol: Optional[float],
+) -> _Prepared:
+    b, h, n, _ = probs.shape
+    m = rows.shape[1]
+    v = expand_kv(values, h).to(dtype)
+    w = w_out.to(device=v.device, dtype=dtype)
+    a = probs.gather(2, rows[:, None, :, None].expand(b, h, m, n)).to(dtype)
+    row_real = key_mask.gather(1, rows)  # (B, m)
+    if causal:
+        pos = torch.arange(n, device=key_mask.device)
+        keys = key_mask[:, None, :] & (pos[None, None, :] <= rows[:, :, None])
+    else:
+        keys = key_mask[:, None, :]  # (B, 1, N)
+    fkeys = keys[:, None].to(dtype)  # (B, 1, m|1, N)
+    a = a * fkeys
+    rank = torch.zeros(b, h, dtype=torch.long, device=v.device)
+    prep = _Prepared(a=a, v=v, w=w, fkeys=fkeys, row_real=row_real, rank=rank)
+    if kind == "raw":
+        prep.out = a
+        return prep
+    if causal:
+        # Every row has its own key set: one basis per (example, head, row).
+        u, c, col_mask = head_bases(
+            v.unsqueeze(2), w[None, :, None], keys[:, None].expand(b, h, m, n), rtol
+        )  # (B, H, m, N, r)
+    else:
+        u, c, col_mask = head_bases(v, w[None], keys.expand(b, h, n), rtol)
+    if kind == "effective":
+        rank = col_mask[..., :-1].sum(-1)
+        prep.rank = rank.amax(-1) if causal else rank
+        if causal:
+            coef = (a.unsqueeze(-2) @ u).squeeze(-2)
+            prep.out = (coef.unsqueeze(-2) @ u.transpose(-1, -2)).squeeze(-2)
+        else:
+            prep.out = (a @ u) @ u.transpose(-1, -2)
+        return prep
+    rank = col_mask.sum(-1)
+    prep.rank = rank.amax(-1) if causal else rank
+    # The softmax ran in the model's precision: renormalise the rows in
+    # ``dtype`` so that the answer is an exact distribution. The certificate
+    # is then measured against these rows.
+    prep.a = a / a.sum(-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+    prep.c, prep.col_mask = c, col_mask
+    return prep
+
+
+def _finish(
+    kind: str,
+    prep: _Prepared,
+    solved: Optional[Tuple[Tensor, Tensor, Tensor]],
+    tol: float,
+    objective: str,
+) -> Tuple[Tensor, Certificate]:
+    a, fkeys, row_real = prep.a, prep.fkeys, prep.row_real
+    b, h, m, n = a.shape
+    kkt = torch.zeros(b, h, dtype=a.dtype, device=a.device)
+    iters = torch.zeros(b, h, dtype=torch.long, device=a.device)
+    if kind == "efficient":
+        assert solved is not None and prep.c is not None
+        x, kkt_rows, its = solved
+        out = x.reshape(b, h, m, n)
+        kkt_rows = kkt_rows.reshape(b, h, m)
+        if objective == "sparse":
+            c = prep.c
+            cr = c if c.dim() == 5 else c.unsqueeze(2).expand(b, h, m, n, c.shape[-1])
+            out, _ = caratheodory_reduce(out, cr, a)
+            bb = (a.unsqueeze(-2) @ cr).squeeze(-2)
+            resid = ((out.unsqueeze(-2) @ cr).squeeze(-2) - bb).abs().amax(-1)
+            kkt_rows = torch.maximum(kkt_rows, resid)
+        rr = row_real[:, None, :].expand(b, h, m)
+        kkt = torch.where(rr, kkt_rows, 0.0).amax(-1)
+        iters = torch.where(rr, its.reshape(b, h, m), 0).amax(-1)
+    else:
+        assert prep.out is not None
+        out = prep.out
+    out = out * fkeys * row_real[:, None, :, None].to(out.dtype)
+    cert = _certificate(
+        out, a, prep.v, prep.w, fkeys, row_real, kkt, iters, prep.rank, tol
+    )
+    if kind == "efficient" and objective == "sparse":
+        # the sparse vertex is exact to rounding, not to the IPM tolerance
+        cert.converged = kkt <= max(tol, 1e-10)
+    return out, cert
+
+
+#: One layer's inputs to :func:`solve_layers`: ``(probs, values, w_out,
+#: key_mask, rows)`` as for :func:`solve_layer`.
+LayerInputs = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
+def solve_layers(
+    kind: str,
+    layers: Sequence[LayerInputs],
+    *,
+    causal: bool = False,
+    dtype: torch.dtype = torch.float64,
+    rtol: Optional[float] = None,
+    tol: float = 1e-12,
+    max_iter: int = DEFAULT_MAX_ITER,
+    objective: str = "min_norm",
+    joint: Optional[bool] = None,
+) -> List[Tuple[Tensor, Certificate]]:
+    r"""Raw, effective or efficient attention rows of several layers.
+
+    Same as :func:`solve_layer` on each layer, except that with ``joint``
+    the efficient-attention rows of all layers go through the solver in one
+    call: on GPU, where a solve costs kernel launches and synchronisations
+    per interior-point iteration whatever the number of rows, this runs the
+    iterations once instead of once per layer. On CPU the layers are solved
+    one after the other, which keeps one layer's work in memory at a time.
+
+    Args:
+        kind (str): ``"raw"``, ``"effective"`` or ``"efficient"``.
+        layers (sequence of tuples): ``(probs, values, w_out, key_mask, rows)``
+                    per layer, as the arguments of :func:`solve_layer`.
+        joint (bool, optional): solve all layers together. Default: True on
+                    CUDA, False otherwise.
+        causal, dtype, rtol, tol, max_iter, objective: as for
+                    :func:`solve_layer`.
+
+    Returns:
+        list of ``(rows, certificate)``, one per layer, as :func:`solve_layer`.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if not layers:
+        return []
+    if joint is None:
+        joint = layers[0][0].device.type == "cuda"
+
+    def solve(preps: Sequence[_Prepared]) -> List[Tuple[Tensor, Tensor, Tensor]]:
+        problems = [p.problem() for p in preps]
+        if len({(pr[0].shape[1:], pr[1].shape[1:]) for pr in problems}) > 1:
+            return [out for p in preps for out in solve([p])]  # unequal shapes
+        cg, bg, cm = (torch.cat(parts) for parts in zip(*problems))
+        x, _, info = min_norm_simplex_solve(cg, bg, cm, tol=tol, max_iter=max_iter)
+        sizes = [pr[1].shape[0] * pr[1].shape[1] for pr in problems]
+        parts = (
+            x.reshape(-1, x.shape[-1]).split(sizes),
+            info.kkt_residual.reshape(-1).split(sizes),
+            info.iterations.reshape(-1).split(sizes),
+        )
+        return list(zip(*parts))
+
+    results = []
+    if kind == "efficient" and joint:
+        preps = [
+            _prepare(kind, *inputs, causal=causal, dtype=dtype, rtol=rtol)
+            for inputs in layers
+        ]
+        for prep, solved in zip(preps, solve(preps)):
+            results.append(_finish(kind, prep, solved, tol, objective))
+        return results
+    for inputs in layers:
+        prep = _prepare(kind, *inputs, causal=causal, dtype=dtype, rtol=rtol)
+        solved = solve([prep])[0] if kind == "efficient" else None
+        results.append(_finish(kind, prep, solved, tol, objective))
+        del prep
+    return results
+
+
 def solve_layer(
     kind: str,
     probs: Tensor,
@@ -265,82 +465,16 @@ def solve_layer(
         (rows (B, H, m, N) in ``dtype``, per-(example, head) :class:`Certificate`).
         Rows at padded query positions and columns at padded keys are 0.
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    b, h, n, _ = probs.shape
-    m = rows.shape[1]
-    v = expand_kv(values, h).to(dtype)
-    w = w_out.to(device=v.device, dtype=dtype)
-    a = probs.gather(2, rows[:, None, :, None].expand(b, h, m, n)).to(dtype)
-    row_real = key_mask.gather(1, rows)  # (B, m)
-    if causal:
-        pos = torch.arange(n, device=key_mask.device)
-        keys = key_mask[:, None, :] & (pos[None, None, :] <= rows[:, :, None])
-    else:
-        keys = key_mask[:, None, :]  # (B, 1, N)
-    fkeys = keys[:, None].to(dtype)  # (B, 1, m|1, N)
-    a = a * fkeys
-    zeros_bh = torch.zeros(b, h, dtype=dtype, device=v.device)
-    kkt, iters = zeros_bh, torch.zeros(b, h, dtype=torch.long, device=v.device)
-    rank = torch.zeros(b, h, dtype=torch.long, device=v.device)
-    if kind == "raw":
-        out = a
-    else:
-        if causal:
-            # Every row has its own key set: one basis per (example, head, row).
-            u, c, col_mask = head_bases(
-                v.unsqueeze(2), w[None, :, None], keys[:, None].expand(b, h, m, n), rtol
-            )
-            u, c, col_mask = u, c, col_mask  # (B, H, m, N, r)
-        else:
-            u, c, col_mask = head_bases(v, w[None], keys.expand(b, h, n), rtol)
-        if kind == "effective":
-            rank = col_mask[..., :-1].sum(-1)
-            rank = rank.amax(-1) if causal else rank
-            if causal:
-                coef = (a.unsqueeze(-2) @ u).squeeze(-2)
-                out = (coef.unsqueeze(-2) @ u.transpose(-1, -2)).squeeze(-2)
-            else:
-                out = (a @ u) @ u.transpose(-1, -2)
-        else:
-            rank = col_mask.sum(-1)
-            rank = rank.amax(-1) if causal else rank
-            r = c.shape[-1]
-            # The softmax ran in the model's precision: renormalise the rows
-            # in ``dtype`` so that the answer is an exact distribution. The
-            # certificate is then measured against these rows.
-            a = a / a.sum(-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
-            if causal:
-                cg = c.reshape(b * h * m, n, r)
-                bg = (a.unsqueeze(-2) @ c).reshape(b * h * m, 1, r)
-                x, _, info = min_norm_simplex_solve(
-                    cg, bg, col_mask.reshape(b * h * m, r), tol=tol, max_iter=max_iter
-                )
-            else:
-                cg = c.reshape(b * h, n, r)
-                bg = (a @ c).reshape(b * h, m, r)
-                x, _, info = min_norm_simplex_solve(
-                    cg, bg, col_mask.reshape(b * h, r), tol=tol, max_iter=max_iter
-                )
-            out = x.reshape(b, h, m, n)
-            kkt_rows = info.kkt_residual.reshape(b, h, m)
-            if objective == "sparse":
-                cr = c if causal else c.unsqueeze(2).expand(b, h, m, n, r)
-                out, _ = caratheodory_reduce(out, cr, a)
-                bb = (a.unsqueeze(-2) @ cr).squeeze(-2)
-                resid = ((out.unsqueeze(-2) @ cr).squeeze(-2) - bb).abs().amax(-1)
-                kkt_rows = torch.maximum(kkt_rows, resid)
-            rr = row_real[:, None, :].expand(b, h, m)
-            kkt = torch.where(rr, kkt_rows, 0.0).amax(-1)
-            iters = torch.where(rr, info.iterations.reshape(b, h, m), 0).amax(-1)
-    out = out * fkeys * row_real[:, None, :, None].to(dtype)
-    cert = _certificate(out, a, v, w, fkeys, row_real, kkt, iters, rank, tol)
-    if kind == "efficient" and objective == "sparse":
-        # the sparse vertex is exact to rounding, not to the IPM tolerance
-        cert.converged = kkt <= max(tol, 1e-10)
-    return out, cert
+    return solve_layers(
+        kind,
+        [(probs, values, w_out, key_mask, rows)],
+        causal=causal,
+        dtype=dtype,
+        rtol=rtol,
+        tol=tol,
+        max_iter=max_iter,
+        objective=objective,
+    )[0]
 
 
 def _certificate(
@@ -464,28 +598,45 @@ def _matrices(
     device = torch.device(device) if device is not None else model_device
     result: Optional[Tensor] = None
     certs = []
-    for pos, layer in enumerate(idx):
-        got = caps.pop(layer)  # free each layer's capture once it is used
-        out, cert = solve_layer(
+    # On CUDA the efficient rows of all layers are solved together (one run
+    # of the interior-point loop); on CPU layer by layer, freeing each
+    # layer's capture once it is used.
+    joint = device.type == "cuda" and kind == "efficient"
+    groups = [list(idx)] if joint else [[layer] for layer in idx]
+    pos = 0
+    for group in groups:
+        inputs = []
+        for layer in group:
+            got = caps.pop(layer)
+            inputs.append(
+                (
+                    got["weights"].detach().to(device),
+                    got["values"].detach().to(device),
+                    adapter.output_weights(layer).detach().to(device),
+                    mask.to(device),
+                    row_idx.to(device),
+                )
+            )
+            del got
+        outs = solve_layers(
             kind,
-            got["weights"].detach().to(device),
-            got["values"].detach().to(device),
-            adapter.output_weights(layer).detach().to(device),
-            mask.to(device),
-            row_idx.to(device),
+            inputs,
             causal=adapter.causal,
             dtype=dtype,
             rtol=rtol,
             tol=tol,
             max_iter=max_iter,
             objective=objective,
+            joint=joint,
         )
-        del got
-        if result is None:  # filled layer by layer: no second copy by stacking
-            result = out.new_empty((len(idx),) + tuple(out.shape))
-        result[pos] = out
-        del out
-        certs.append(cert)
+        del inputs
+        for out, cert in outs:
+            if result is None:  # filled layer by layer: no second copy by stacking
+                result = out.new_empty((len(idx),) + tuple(out.shape))
+            result[pos] = out
+            pos += 1
+            certs.append(cert)
+        del outs
     assert result is not None
     if return_certificate:
         return result, Certificate.stack(certs)

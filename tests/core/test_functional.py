@@ -252,3 +252,37 @@ def test_real_minilm_document(minilm, real_batch):
         with adapter.replace_attention({i: e[i] for i in range(e.shape[0])}):
             swapped = model(input_ids=ids, attention_mask=mask).logits
     assert torch.allclose(base, swapped, atol=1e-5)
+
+
+def _layer_inputs(seed: int, b: int = 2, h: int = 3, n: int = 24, dh: int = 4):
+    g = torch.Generator().manual_seed(seed)
+    key_mask = torch.ones(b, n, dtype=torch.bool)
+    key_mask[1, n - 6 :] = False
+    logits = torch.randn(b, h, n, n, generator=g) * 3
+    probs = torch.softmax(logits.masked_fill(~key_mask[:, None, None], -1e9), -1)
+    values = torch.randn(b, h, n, dh, generator=g)
+    w_out = torch.randn(h, dh, h * dh, generator=g)
+    rows = torch.arange(n).expand(b, n)
+    return probs, values, w_out, key_mask, rows
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_joint_solve_of_layers_equals_layer_by_layer(causal):
+    # the path CUDA takes by default (all layers in one solver call) gives
+    # each layer's own answer and certificate
+    from captum_effattn._core.functional import solve_layer, solve_layers
+
+    layers = [_layer_inputs(seed) for seed in range(3)]
+    joint = solve_layers("efficient", layers, causal=causal, joint=True)
+    assert len(joint) == 3
+    for inputs, (out, cert) in zip(layers, joint):
+        ref, ref_cert = solve_layer("efficient", *inputs, causal=causal)
+        assert cert.ok(rtol=1e-9), str(cert)
+        torch.testing.assert_close(out, ref, atol=1e-10, rtol=0)
+        assert bool((cert.rank == ref_cert.rank).all())
+    # raw and effective attention ignore ``joint``
+    for kind in ("raw", "effective"):
+        both = solve_layers(kind, layers, causal=causal, joint=True)
+        for inputs, (out, _) in zip(layers, both):
+            ref, _ = solve_layer(kind, *inputs, causal=causal)
+            torch.testing.assert_close(out, ref, atol=0, rtol=0)

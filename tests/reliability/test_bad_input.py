@@ -391,7 +391,7 @@ def test_functional_left_as_found_on_errors(tiny_model, monkeypatch):
     def fail(*args, **kwargs):
         raise _Boom("the algebra failed")
 
-    monkeypatch.setattr(functional, "solve_layer", fail)  # after the forward
+    monkeypatch.setattr(functional, "solve_layers", fail)  # after the forward
     with pytest.warns(UserWarning, match="training mode"):
         with pytest.raises(_Boom):
             efficient_attention(model, ids, mask)
