@@ -82,7 +82,7 @@ def head_bases(
     # values and, through Q_M, the same left singular vectors, and on GPU many
     # times faster than a batched SVD of tall matrices.
     q_m, r_m = torch.linalg.qr(m)
-    u_r, s, _ = torch.linalg.svd(r_m)
+    u_r, s, _ = torch.linalg.svd(r_m, full_matrices=False)
     u = q_m @ u_r
     n, dh = m.shape[-2], m.shape[-1]
     tol = rtol if rtol is not None else _default_rtol(n, dh, dtype)
