@@ -402,7 +402,10 @@ def solve_layers(
         problems = [p.problem() for p in preps]
         if len({(pr[0].shape[1:], pr[1].shape[1:]) for pr in problems}) > 1:
             return [out for p in preps for out in solve([p])]  # unequal shapes
-        cg, bg, cm = (torch.cat(parts) for parts in zip(*problems))
+        if len(problems) == 1:
+            cg, bg, cm = problems[0]
+        else:
+            cg, bg, cm = (torch.cat(parts) for parts in zip(*problems))
         x, _, info = min_norm_simplex_solve(cg, bg, cm, tol=tol, max_iter=max_iter)
         sizes = [pr[1].shape[0] * pr[1].shape[1] for pr in problems]
         parts = (
