@@ -356,6 +356,13 @@ def _finish(
 LayerInputs = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 
 
+def _joint_by_default(device: torch.device) -> bool:
+    r"""Whether :func:`solve_layers` solves all layers in one call on
+    ``device`` by default: on CUDA, where a solve costs launches per
+    iteration; not on CPU, where one layer at a time keeps memory low."""
+    return device.type == "cuda"
+
+
 def solve_layers(
     kind: str,
     layers: Sequence[LayerInputs],
@@ -396,7 +403,7 @@ def solve_layers(
     if not layers:
         return []
     if joint is None:
-        joint = layers[0][0].device.type == "cuda"
+        joint = _joint_by_default(layers[0][0].device)
 
     def solve(preps: Sequence[_Prepared]) -> List[Tuple[Tensor, Tensor, Tensor]]:
         problems = [p.problem() for p in preps]
@@ -604,7 +611,7 @@ def _matrices(
     # On CUDA the efficient rows of all layers are solved together (one run
     # of the interior-point loop); on CPU layer by layer, freeing each
     # layer's capture once it is used.
-    joint = device.type == "cuda" and kind == "efficient"
+    joint = kind == "efficient" and _joint_by_default(device)
     groups = [list(idx)] if joint else [[layer] for layer in idx]
     pos = 0
     for group in groups:
