@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from captum_effattn._core.adapters import ModelAdapter, expand_kv
 from captum_effattn._core.solver import (
@@ -592,6 +593,7 @@ def _matrices(
     return_certificate: bool,
     model_kwargs: Dict[str, Any],
     objective: str = "min_norm",
+    show_progress: bool = False,
 ) -> Union[Tensor, Tuple[Tensor, Certificate]]:
     check_algebra_dtype(dtype)
     adapter = ModelAdapter(model)
@@ -614,6 +616,13 @@ def _matrices(
     joint = kind == "efficient" and _joint_by_default(device)
     groups = [list(idx)] if joint else [[layer] for layer in idx]
     pos = 0
+    bar = tqdm(
+        total=len(idx),
+        desc=f"{kind} attention",
+        unit="layer",
+        disable=not show_progress,
+        leave=False,
+    )
     for group in groups:
         inputs = []
         for layer in group:
@@ -647,6 +656,8 @@ def _matrices(
             pos += 1
             certs.append(cert)
         del outs
+        bar.update(len(group))
+    bar.close()
     assert result is not None
     if return_certificate:
         return result, Certificate.stack(certs)
@@ -700,11 +711,13 @@ def efficient_attention(
     device: Optional[Union[str, torch.device]] = None,
     return_certificate: bool = False,
     objective: str = "min_norm",
+    show_progress: bool = False,
     **model_kwargs: Any,
 ) -> Union[Tensor, Tuple[Tensor, Certificate]]:
     return _matrices(
         "efficient", model, input_ids, attention_mask, layers, rows, dtype, rtol,
         tol, max_iter, device, return_certificate, model_kwargs, objective,
+        show_progress,
     )  # fmt: skip
 
 
@@ -724,6 +737,9 @@ efficient_attention.__doc__ = (
         "        **model_kwargs:",
         '        objective (str, optional): ``"min_norm"`` or ``"sparse"``.\n'
         '                    Default: ``"min_norm"``\n'
+        "        show_progress (bool, optional): show a tqdm bar over the layers\n"
+        "                    (all rows of all layers of long inputs take\n"
+        "                    minutes on a CPU). Default: False\n"
         "        **model_kwargs:",
     )
     + r"""

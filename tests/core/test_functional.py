@@ -153,6 +153,17 @@ def test_rows_and_layers_subset(tiny_model):
     assert torch.allclose(got[0, 1, :, 0], full[0, 1, :, 19], atol=1e-8)
 
 
+def test_progress_bar_over_layers(tiny_model, capsys):
+    model = tiny_model("bert")
+    ids, mask = random_batch(1, 30, seed=8)
+    quiet = efficient_attention(model, ids, mask)
+    assert "efficient attention" not in capsys.readouterr().err
+    shown = efficient_attention(model, ids, mask, show_progress=True)
+    err = capsys.readouterr().err
+    assert "efficient attention" in err and "/2 [" in err  # the tiny BERT has 2 layers
+    assert torch.equal(quiet, shown)
+
+
 def test_float32_algebra(tiny_model):
     model = tiny_model("bert")
     ids, mask = random_batch(1, 30, seed=7)
