@@ -616,48 +616,47 @@ def _matrices(
     joint = kind == "efficient" and _joint_by_default(device)
     groups = [list(idx)] if joint else [[layer] for layer in idx]
     pos = 0
-    bar = tqdm(
+    with tqdm(
         total=len(idx),
         desc=f"{kind} attention",
         unit="layer",
         disable=not show_progress,
         leave=False,
-    )
-    for group in groups:
-        inputs = []
-        for layer in group:
-            got = caps.pop(layer)
-            inputs.append(
-                (
-                    got["weights"].detach().to(device),
-                    got["values"].detach().to(device),
-                    adapter.output_weights(layer).detach().to(device),
-                    mask.to(device),
-                    row_idx.to(device),
+    ) as bar:
+        for group in groups:
+            inputs = []
+            for layer in group:
+                got = caps.pop(layer)
+                inputs.append(
+                    (
+                        got["weights"].detach().to(device),
+                        got["values"].detach().to(device),
+                        adapter.output_weights(layer).detach().to(device),
+                        mask.to(device),
+                        row_idx.to(device),
+                    )
                 )
+                del got
+            outs = solve_layers(
+                kind,
+                inputs,
+                causal=adapter.causal,
+                dtype=dtype,
+                rtol=rtol,
+                tol=tol,
+                max_iter=max_iter,
+                objective=objective,
+                joint=joint,
             )
-            del got
-        outs = solve_layers(
-            kind,
-            inputs,
-            causal=adapter.causal,
-            dtype=dtype,
-            rtol=rtol,
-            tol=tol,
-            max_iter=max_iter,
-            objective=objective,
-            joint=joint,
-        )
-        del inputs
-        for out, cert in outs:
-            if result is None:  # filled layer by layer: no second copy by stacking
-                result = out.new_empty((len(idx),) + tuple(out.shape))
-            result[pos] = out
-            pos += 1
-            certs.append(cert)
-        del outs
-        bar.update(len(group))
-    bar.close()
+            del inputs
+            for out, cert in outs:
+                if result is None:  # filled layer by layer: no second copy by stacking
+                    result = out.new_empty((len(idx),) + tuple(out.shape))
+                result[pos] = out
+                pos += 1
+                certs.append(cert)
+            del outs
+            bar.update(len(group))
     assert result is not None
     if return_certificate:
         return result, Certificate.stack(certs)
