@@ -616,47 +616,43 @@ def _matrices(
     joint = kind == "efficient" and _joint_by_default(device)
     groups = [list(idx)] if joint else [[layer] for layer in idx]
     pos = 0
-    with tqdm(
-        total=len(idx),
-        desc=f"{kind} attention",
-        unit="layer",
-        disable=not show_progress,
-        leave=False,
-    ) as bar:
-        for group in groups:
-            inputs = []
-            for layer in group:
-                got = caps.pop(layer)
-                inputs.append(
-                    (
-                        got["weights"].detach().to(device),
-                        got["values"].detach().to(device),
-                        adapter.output_weights(layer).detach().to(device),
-                        mask.to(device),
-                        row_idx.to(device),
-                    )
+    # a step per layer on CPU; one step for all layers on CUDA (solved jointly)
+    steps = tqdm(
+        groups, desc=f"{kind} attention", disable=not show_progress, leave=False
+    )
+    for group in steps:
+        inputs = []
+        for layer in group:
+            got = caps.pop(layer)
+            inputs.append(
+                (
+                    got["weights"].detach().to(device),
+                    got["values"].detach().to(device),
+                    adapter.output_weights(layer).detach().to(device),
+                    mask.to(device),
+                    row_idx.to(device),
                 )
-                del got
-            outs = solve_layers(
-                kind,
-                inputs,
-                causal=adapter.causal,
-                dtype=dtype,
-                rtol=rtol,
-                tol=tol,
-                max_iter=max_iter,
-                objective=objective,
-                joint=joint,
             )
-            del inputs
-            for out, cert in outs:
-                if result is None:  # filled layer by layer: no second copy by stacking
-                    result = out.new_empty((len(idx),) + tuple(out.shape))
-                result[pos] = out
-                pos += 1
-                certs.append(cert)
-            del outs
-            bar.update(len(group))
+            del got
+        outs = solve_layers(
+            kind,
+            inputs,
+            causal=adapter.causal,
+            dtype=dtype,
+            rtol=rtol,
+            tol=tol,
+            max_iter=max_iter,
+            objective=objective,
+            joint=joint,
+        )
+        del inputs
+        for out, cert in outs:
+            if result is None:  # filled layer by layer: no second copy by stacking
+                result = out.new_empty((len(idx),) + tuple(out.shape))
+            result[pos] = out
+            pos += 1
+            certs.append(cert)
+        del outs
     assert result is not None
     if return_certificate:
         return result, Certificate.stack(certs)
@@ -736,9 +732,11 @@ efficient_attention.__doc__ = (
         "        **model_kwargs:",
         '        objective (str, optional): ``"min_norm"`` or ``"sparse"``.\n'
         '                    Default: ``"min_norm"``\n'
-        "        show_progress (bool, optional): show a tqdm bar over the layers\n"
-        "                    (all rows of all layers of long inputs take\n"
-        "                    minutes on a CPU). Default: False\n"
+        "        show_progress (bool, optional): show a tqdm bar, one step\n"
+        "                    per layer on CPU (one step on CUDA, where the\n"
+        "                    layers are solved together): all rows of all\n"
+        "                    layers of long inputs take minutes on a CPU.\n"
+        "                    Default: False\n"
         "        **model_kwargs:",
     )
     + r"""
