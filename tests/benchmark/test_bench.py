@@ -303,12 +303,31 @@ def test_bench_rejects_read_only_out(tiny, tmp_path, capsys):
 
 
 # ----------------------------------------------------------------- real model
-def _cached_rt_verdict() -> List[str]:
-    from captum_effattn.benchmark.models import cache_dir, find_cached_model
+def _rt_verdict_model(tmp_path: Path) -> List[str]:
+    r"""``--model`` for the real-model run: the user's cached rt-verdict model
+    when there is one, else a small fine-tune (200 documents of 128 tokens)
+    into the test's folder. The full fine-tune that ``bench`` would run takes
+    about four minutes on two cores; this test checks the bench on the real
+    model and data, not the model's accuracy (test_models.py does that)."""
+    from captum_effattn.benchmark.models import (
+        cache_dir,
+        find_cached_model,
+        get_or_finetune,
+    )
 
     root = Path(USER_CACHE).expanduser() if USER_CACHE is not None else cache_dir()
     found = find_cached_model("rt-verdict", root / "models")
-    return ["--model", str(found)] if found else []
+    if found is None:
+        _, _, report = get_or_finetune(
+            "rt-verdict",
+            cache=tmp_path / "models",
+            max_train=200,
+            max_test=50,
+            max_length=128,
+            show_progress=False,
+        )
+        found = report["path"]
+    return ["--model", str(found)]
 
 
 @pytest.mark.slow
@@ -326,7 +345,7 @@ def test_bench_real_model(tmp_path):
             "--out",
             str(out),
             "--quiet",
-            *_cached_rt_verdict(),  # else fine-tunes into the test's cache
+            *_rt_verdict_model(tmp_path),
         ]
     )
     assert code == 0
