@@ -50,7 +50,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-__all__ = ["main", "build_parser", "real_token_batch"]
+__all__ = [
+    "main",
+    "build_parser",
+    "real_token_batch",
+    "support_problems",
+    "solve_on_supports",
+]
 
 #: Targets of issue 7 (ratios measured in the same run).
 TARGET_FULL_VS_FORWARD = 5.0
@@ -284,23 +290,24 @@ def _time_methods(
 SUPPORT_SOLVE = "one float64 solve per row, final support given"
 
 
-def _time_support_solve(
-    model: nn.Module, ids: Tensor, mask: Tensor, device: torch.device, repeat: int
-) -> Row:
-    r"""The cost of *one* direct float64 solve per row of the full matrices on
-    the row's final support, handed over in advance (taken from a full
-    solve): the packed outer products ``c_j c_jᵀ`` of each basis, the normal
-    matrices ``C_Sᵀ C_S`` of all rows, their Cholesky factors, the solves and
-    ``x = C λ``. An exact method that finishes every row with a direct
-    float64 solve pays at least this, however it finds the support, so it
-    bounds from below what the full matrices can cost with such a method."""
+#: One layer's problems for :func:`solve_on_supports`: the solver's bases,
+#: right-hand sides, column masks and the rows' final supports (0/1 floats).
+SupportProblem = Tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+def support_problems(
+    model: nn.Module, ids: Tensor, mask: Tensor
+) -> List[SupportProblem]:
+    r"""Every layer's full-matrix problems of ``ids`` with their final
+    supports, taken from a full solve (the input of
+    :func:`solve_on_supports`)."""
     from captum_effattn._core.adapters import ModelAdapter
     from captum_effattn._core.functional import (
         _prepare,
         resolve_rows,
         run_with_capture,
     )
-    from captum_effattn._core.solver import _Bases, min_norm_simplex_solve
+    from captum_effattn._core.solver import min_norm_simplex_solve
 
     adapter = ModelAdapter(model)
     layers = adapter.layer_indices(None)
@@ -314,25 +321,54 @@ def _time_support_solve(
     for layer in layers:
         got = caps.pop(layer)
         prep = _prepare(
-            "efficient", got["weights"], got["values"], adapter.output_weights(layer),
-            mask, query, adapter.causal, torch.float64, None,
+            "efficient", got["weights"].detach(), got["values"].detach(),
+            adapter.output_weights(layer).detach(), mask, query, adapter.causal,
+            torch.float64, None,
         )  # fmt: skip
         c, b, col_mask = prep.problem()
         x, _, _ = min_norm_simplex_solve(c, b, col_mask)
         problems.append((c, b, col_mask, (x > 0).to(c.dtype)))
+    return problems
 
-    def solve() -> None:
-        for c, b, col_mask, support in problems:
-            g, m, r = b.shape
-            bases = _Bases(c, col_mask, c.dtype)
-            gram = support @ bases.outer(c.dtype)
-            gram = gram.index_select(-1, bases.unpack).view(g, m, r, r)
-            gram.diagonal(dim1=-2, dim2=-1).add_(bases.unused[:, None].to(c.dtype))
-            chol, _ = torch.linalg.cholesky_ex(gram)
-            lam = torch.cholesky_solve(b.unsqueeze(-1), chol).squeeze(-1)
-            torch.relu(lam @ c.transpose(-1, -2))
 
-    t = _time(solve, device, repeat) / ids.shape[0]
+def solve_on_supports(
+    problems: Sequence[SupportProblem],
+) -> List[Tuple[Tensor, Tensor]]:
+    r"""One direct solve per row on its given support, batched as the solver
+    does it: the packed outer products ``c_j c_jᵀ`` of each basis, the normal
+    matrices ``C_Sᵀ C_S`` of all rows, their Cholesky factors, the solves and
+    ``x = max(0, C λ)``. Returns ``(x, solved)`` per layer, shaped like the
+    solver's output; ``solved`` is False on rows whose normal matrix is
+    singular (a support smaller than the rank, or a failed factorisation),
+    where ``x`` is not the answer (the solver needs a regularised solve
+    there, which costs more)."""
+    from captum_effattn._core.solver import _Bases
+
+    out = []
+    for c, b, col_mask, support in problems:
+        g, m, r = b.shape
+        bases = _Bases(c, col_mask, c.dtype)
+        gram = support @ bases.outer(c.dtype)
+        gram = gram.index_select(-1, bases.unpack).view(g, m, r, r)
+        gram.diagonal(dim1=-2, dim2=-1).add_(bases.unused[:, None].to(c.dtype))
+        chol, info = torch.linalg.cholesky_ex(gram)
+        lam = torch.cholesky_solve(b.unsqueeze(-1), chol).squeeze(-1)
+        full = support.sum(-1) >= col_mask.sum(-1, keepdim=True)
+        out.append((torch.relu(lam @ c.transpose(-1, -2)), (info == 0) & full))
+    return out
+
+
+def _time_support_solve(
+    model: nn.Module, ids: Tensor, mask: Tensor, device: torch.device, repeat: int
+) -> Row:
+    r"""The cost of *one* direct float64 solve per row of the full matrices on
+    the row's final support, handed over in advance
+    (:func:`solve_on_supports`). An exact method that finishes every row
+    with a direct float64 solve pays at least this, however it finds the
+    support, so it bounds from below what the full matrices can cost with
+    such a method."""
+    problems = support_problems(model, ids, mask)
+    t = _time(lambda: solve_on_supports(problems), device, repeat) / ids.shape[0]
     return Row(
         SUPPORT_SOLVE,
         "all layers, heads, rows: the floor of methods that end in a direct solve",

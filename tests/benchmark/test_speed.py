@@ -1,0 +1,53 @@
+r"""``benchmarks/speed.py``'s floor row: one direct solve per row on the final
+support must give the solver's answer, or the floor would time the wrong
+computation. (The timings themselves are not tested.)"""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from effattn_testing import random_batch
+
+from captum_effattn import efficient_attention
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "speed.py"
+
+
+@pytest.fixture(scope="module")
+def speed() -> SimpleNamespace:
+    # as `captum-effattn speed` loads it
+    return SimpleNamespace(**runpy.run_path(str(SCRIPT), run_name="speed_under_test"))
+
+
+def _check_floor_solves(speed, model, ids, mask, min_solved: float) -> None:
+    want = efficient_attention(model, ids, mask)  # (L, B, H, n, n)
+    problems = speed.support_problems(model, ids, mask)
+    got = speed.solve_on_supports(problems)
+    assert len(got) == want.shape[0]
+    b, h, n = want.shape[1], want.shape[2], want.shape[3]
+    solved_rows = 0
+    for layer, (x, ok) in enumerate(got):
+        x = x.reshape(b, h, n, n)
+        ok = ok.reshape(b, h, n)
+        solved_rows += int(ok.sum())
+        # padded query rows are zero in the answer; the floor solves them anyway
+        real = ok & mask.bool()[:, None, :]
+        assert torch.allclose(x[real], want[layer][real], atol=1e-9, rtol=0)
+    assert solved_rows >= min_solved * want[:, :, :, :, 0].numel()
+
+
+def test_floor_solves_give_the_answer_tiny(speed, tiny_model):
+    model = tiny_model("bert")
+    ids, mask = random_batch(2, 24, lengths=[24, 17])
+    _check_floor_solves(speed, model, ids, mask, min_solved=0.5)
+
+
+@pytest.mark.slow
+def test_floor_solves_give_the_answer_real(speed, minilm, real_batch):
+    model, _ = minilm
+    ids, mask = real_batch
+    _check_floor_solves(speed, model, ids[:1, :64], mask[:1, :64], 0.9)
