@@ -698,8 +698,9 @@ def _report(
         floor = by[SUPPORT_SOLVE].per_example / fwd
         lines.append(
             f"- one float64 solve per row with the final support given: {floor:.2f}× "
-            "forward, the least that a method ending in a direct float64 solve "
-            "per row can cost (the full matrices' target is 5×)"
+            "forward, a floor for methods that end in a direct float64 solve per "
+            "row, before any time spent finding the support (the full matrices' "
+            "target is 5×)"
         )
     if scaling:
         lines += [
