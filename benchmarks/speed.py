@@ -334,27 +334,28 @@ def support_problems(
 def solve_on_supports(
     problems: Sequence[SupportProblem],
 ) -> List[Tuple[Tensor, Tensor]]:
-    r"""One direct solve per row on its given support, batched as the solver
-    does it: the packed outer products ``c_j c_jᵀ`` of each basis, the normal
-    matrices ``C_Sᵀ C_S`` of all rows, their Cholesky factors, the solves and
-    ``x = max(0, C λ)``. Returns ``(x, solved)`` per layer, shaped like the
-    solver's output; ``solved`` is False on rows whose normal matrix is
-    singular (a support smaller than the rank, or a failed factorisation),
-    where ``x`` is not the answer (the solver needs a regularised solve
-    there, which costs more)."""
-    from captum_effattn._core.solver import _Bases
+    r"""One direct solve per row on its given support, with the solver's own
+    batched pieces: the packed outer products ``c_j c_jᵀ`` of each basis, the
+    normal matrices ``C_Sᵀ C_S`` of all rows, their Cholesky factors, the
+    triangular solves and ``x = max(0, C λ)``. Returns ``(x, solved)`` per
+    layer, shaped like the solver's output; ``solved`` is False on rows whose
+    normal matrix is singular (a support smaller than the rank, or a failed
+    factorisation), where ``x`` is not the answer (the solver needs a
+    regularised solve there, which costs more)."""
+    from captum_effattn._core.solver import _Bases, _Blocks, _chol_solve
 
     out = []
     for c, b, col_mask, support in problems:
         g, m, r = b.shape
         bases = _Bases(c, col_mask, c.dtype)
-        gram = support @ bases.outer(c.dtype)
-        gram = gram.index_select(-1, bases.unpack).view(g, m, r, r)
-        gram.diagonal(dim1=-2, dim2=-1).add_(bases.unused[:, None].to(c.dtype))
+        grp = torch.arange(g, device=c.device).repeat_interleave(m)
+        blocks = _Blocks(grp, bases, (c.dtype,), c.dtype)
+        gram = blocks.gram(support.reshape(g * m, -1), bases.unused[grp])
         chol, info = torch.linalg.cholesky_ex(gram)
-        lam = torch.cholesky_solve(b.unsqueeze(-1), chol).squeeze(-1)
+        lam = _chol_solve(chol, b.reshape(g * m, r))
+        x = torch.relu(blocks.left(lam)).view(g, m, -1)
         full = support.sum(-1) >= col_mask.sum(-1, keepdim=True)
-        out.append((torch.relu(lam @ c.transpose(-1, -2)), (info == 0) & full))
+        out.append((x, (info.view(g, m) == 0) & full))
     return out
 
 
