@@ -25,7 +25,7 @@ def speed() -> SimpleNamespace:
 
 def _check_floor_solves(speed, model, ids, mask, min_solved: float) -> None:
     want = efficient_attention(model, ids, mask)  # (L, B, H, n, n)
-    problems = speed.support_problems(model, ids, mask)
+    problems = speed.support_problems(model, ids, mask, want)
     got = speed.solve_on_supports(problems)
     assert len(got) == want.shape[0]
     b, h, n = want.shape[1], want.shape[2], want.shape[3]
