@@ -51,3 +51,14 @@ def test_floor_solves_give_the_answer_real(speed, minilm, real_batch):
     model, _ = minilm
     ids, mask = real_batch
     _check_floor_solves(speed, model, ids[:1, :64], mask[:1, :64], 0.9)
+
+
+def test_floor_row_times_the_factorisations(speed, tiny_model):
+    model = tiny_model("bert")
+    ids, mask = random_batch(2, 24, lengths=[24, 17])
+    want = efficient_attention(model, ids, mask)
+    row = speed._time_support_solve(model, ids, mask, want, torch.device("cpu"), 1)
+    layers, b, h, n = want.shape[:4]
+    assert row.examples == b
+    assert row.extra["rows"] == layers * b * h * n
+    assert row.extra["cholesky_float64"] > 0 and row.extra["cholesky_float32"] > 0
