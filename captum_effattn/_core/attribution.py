@@ -9,6 +9,7 @@ score per input token.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -29,6 +30,7 @@ from captum_effattn._core.functional import (
     OBJECTIVES,
     Certificate,
     check_algebra_dtype,
+    check_solver_options,
     check_token_inputs,
     run_with_capture,
     solve_layers,
@@ -88,7 +90,7 @@ class _AttentionAttribution(Attribution):
         *,
         dtype: torch.dtype = torch.float64,
         rtol: Optional[float] = None,
-        tol: float = 1e-12,
+        tol: Optional[float] = None,
         max_iter: int = DEFAULT_MAX_ITER,
     ) -> None:
         r"""
@@ -104,8 +106,9 @@ class _AttentionAttribution(Attribution):
                         Default: ``torch.float64``
             rtol (float, optional): relative tolerance of the numerical rank.
                         Default: ``max(n, d_h) * eps(dtype)``
-            tol (float, optional): solver tolerance (efficient attention).
-                        Default: 1e-12
+            tol (float, optional): solver tolerance on the KKT residual
+                        (efficient attention). Default: 1e-12 in float64,
+                        1e-6 in float32
             max_iter (int, optional): solver iterations at most. Default: 100
         """
         Attribution.__init__(self, forward_func)
@@ -117,6 +120,7 @@ class _AttentionAttribution(Attribution):
                 )
             model = forward_func
         check_algebra_dtype(dtype)
+        check_solver_options(tol, max_iter, rtol)
         self.model = model
         self.adapter = ModelAdapter(model)
         self.dtype = dtype
@@ -169,12 +173,16 @@ class _AttentionAttribution(Attribution):
                         ``R ← R + mean_h((∇A ⊙ M)⁺) R``).
                         Default: the class's default (-1, or ``"rollout"``
                         for :class:`AttentionRollout`).
-            heads (str or list of int, optional): ``"mean"``, ``"max"`` or a
-                        list of heads to average. Default: ``"mean"``
+            heads (str, int or list of int, optional): ``"mean"``, ``"max"``,
+                        a head index, or a list of heads to average (also
+                        with ``layer="gradient_rollout"``, whose per-head
+                        terms are averaged). Default: ``"mean"``
             query (int or str, optional): the attention row read: a position,
                         or ``"all"`` for the attention each token receives
-                        (mean over real query rows). Default: 0 ([CLS]) for
-                        encoders, the last real token for decoders.
+                        (mean over real query rows). Default: the first
+                        real token ([CLS]; position 0 unless the batch is
+                        left-padded) for encoders, the last real token for
+                        decoders.
             weighting (str, optional): ``"none"``, ``"value_norm"`` (times
                         ``‖t_j‖ = ‖v_j W_O,h‖``, Kobayashi et al., 2020) or
                         ``"gradient"`` (times the gradient of the target output
@@ -191,7 +199,18 @@ class _AttentionAttribution(Attribution):
             ``(attributions, AttentionResult)``.
         """
         layer = self._default_layer if layer is None else layer
-        self._check_options(layer, heads, weighting)
+        heads = self._check_options(layer, heads, weighting)
+        needs_grad = weighting == "gradient" or layer == "gradient_rollout"
+        if needs_grad and torch.is_inference_mode_enabled():
+            # Tensors made under torch.inference_mode() cannot enter autograd:
+            # leave it, with ordinary copies of the tensor arguments.
+            with torch.inference_mode(False):
+                return self.attribute(
+                    _copy_tensors(inputs), _copy_tensors(target),
+                    _copy_tensors(additional_forward_args), layer=layer,
+                    heads=heads, query=query, weighting=weighting,
+                    return_matrices=return_matrices,
+                )  # fmt: skip
         if not isinstance(inputs, (Tensor, tuple)):
             raise TypeError(
                 "inputs must be a tensor of token ids (batch, seq) or a tuple "
@@ -211,7 +230,6 @@ class _AttentionAttribution(Attribution):
             if isinstance(layer, int)
             else list(range(adapter.num_layers))
         )
-        needs_grad = weighting == "gradient" or layer == "gradient_rollout"
 
         def call() -> Any:
             return self.forward_func(*formatted, *extra)
@@ -237,9 +255,7 @@ class _AttentionAttribution(Attribution):
             logits = output.logits if hasattr(output, "logits") else output
             if not isinstance(logits, Tensor):
                 raise TypeError("forward_func must return a tensor of logits")
-            if target is None:
-                target = logits.argmax(-1)
-            selected = _select_targets(logits, target)
+            selected = _target_scores(logits, target, ids.shape[0], layer, weighting)
             if not bool(torch.isfinite(selected).all()):
                 raise ValueError(
                     "forward_func returned NaN or inf for the target output; "
@@ -247,7 +263,9 @@ class _AttentionAttribution(Attribution):
                     "check the model's weights and dtype, or use weighting='none'"
                 )
             weights = [caps[idx]["weights"] for idx in layers]
-            for idx, g in zip(layers, torch.autograd.grad(selected.sum(), weights)):
+            with torch.enable_grad():  # also under the caller's torch.no_grad()
+                wgrads = torch.autograd.grad(selected.sum(), weights)
+            for idx, g in zip(layers, wgrads):
                 if not bool(torch.isfinite(g).all()):
                     raise ValueError(
                         "the gradient of the target output with respect to the "
@@ -286,7 +304,7 @@ class _AttentionAttribution(Attribution):
             certs.append(cert)
             if layer == "gradient_rollout":
                 g = _gather_rows(grads[idx], row_idx).to(m.dtype)
-                per_layer[idx] = (g * m).clamp(min=0).mean(1)
+                per_layer[idx] = _reduce_heads((g * m).clamp(min=0), heads)
             else:
                 w = self._weights(weighting, idx, caps, grads, row_idx, m)
                 per_layer[idx] = _reduce_heads(m * w if w is not None else m, heads)
@@ -308,29 +326,32 @@ class _AttentionAttribution(Attribution):
     # ---------------------------------------------------------------- helpers
     def _check_options(
         self, layer: LayerType, heads: HeadsType, weighting: str
-    ) -> None:
+    ) -> HeadsType:
+        r"""Validate the options; return ``heads`` normalised (a mode string,
+        or a list of ints)."""
         if isinstance(layer, str):
             if layer not in LAYER_MODES:
                 raise ValueError(
                     f"layer must be an int or one of {LAYER_MODES}, got {layer!r}"
                 )
-        elif not isinstance(layer, int):
-            raise TypeError(f"layer must be an int or a string, got {type(layer)}")
+        elif isinstance(layer, bool) or not isinstance(layer, int):
+            raise TypeError(
+                f"layer must be an int or one of {LAYER_MODES}, got {layer!r}"
+            )
         else:
             self.adapter.layer_indices([layer])
+        num = self.adapter.num_heads
         if isinstance(heads, str):
             if heads not in HEAD_MODES:
                 raise ValueError(
-                    f"heads must be one of {HEAD_MODES} or a list, got {heads!r}"
+                    f"heads must be one of {HEAD_MODES} or a list of head "
+                    f"indices, got {heads!r}"
                 )
         else:
-            heads = list(heads)
-            if not heads or any(
-                not isinstance(h, int) or not 0 <= h < self.adapter.num_heads
-                for h in heads
-            ):
+            heads = _index_list(heads, "heads")
+            if not heads or any(not 0 <= h < num for h in heads):
                 raise ValueError(
-                    f"heads must be indices in [0, {self.adapter.num_heads}), "
+                    f"heads must be {HEAD_MODES} or indices in [0, {num}), "
                     f"got {heads}"
                 )
         if weighting not in WEIGHTINGS:
@@ -342,17 +363,23 @@ class _AttentionAttribution(Attribution):
                 "layer='gradient_rollout' is already gradient-weighted; use "
                 "weighting='none'"
             )
+        return heads
 
     def _rows(self, query: QueryType, key_mask: Tensor, layer: LayerType) -> Tensor:
         b, n = key_mask.shape
         if query is None:
-            if self.adapter.causal:
-                pos = torch.arange(n, device=key_mask.device).expand(b, n)
-                last = torch.where(key_mask, pos, -1).amax(1)
-                return last.unsqueeze(1)
-            return torch.zeros(b, 1, dtype=torch.long, device=key_mask.device)
-        if query == "all":
+            pos = torch.arange(n, device=key_mask.device).expand(b, n)
+            if self.adapter.causal:  # the last real token
+                return torch.where(key_mask, pos, -1).amax(1).unsqueeze(1)
+            # the first real token: [CLS], with right or left padding
+            return torch.where(key_mask, pos, n).amin(1).unsqueeze(1)
+        if isinstance(query, str) and query == "all":
             return torch.arange(n, device=key_mask.device).expand(b, n)
+        if not isinstance(query, (str, bool)):
+            try:
+                query = operator.index(query)  # numpy and 0-d torch integers
+            except TypeError:
+                pass
         if isinstance(query, int) and not isinstance(query, bool):
             if not -n <= query < n:
                 raise ValueError(
@@ -412,6 +439,69 @@ class _AttentionAttribution(Attribution):
         return (picked * row_real.unsqueeze(-1)).sum(1) / row_real.sum(1, keepdim=True)
 
 
+def _copy_tensors(value: Any) -> Any:
+    r"""``value`` with every tensor (also inside tuples and lists) cloned."""
+    if isinstance(value, Tensor):
+        return value.clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_copy_tensors(v) for v in value)
+    return value
+
+
+def _target_scores(
+    logits: Tensor, target: TargetType, batch: int, layer: Any, weighting: str
+) -> Tensor:
+    r"""The output that gradient weighting differentiates: one score per
+    example, picked by ``target`` as in Captum (None: the predicted class of
+    ``(batch, classes)`` logits, or the output itself when ``forward_func``
+    returns one score per example)."""
+    need = f"weighting={weighting!r}, layer={layer!r} needs a gradient"
+    if logits.dim() == 0 or logits.shape[0] != batch:
+        raise ValueError(
+            f"forward_func returned an output of shape {tuple(logits.shape)} for "
+            f"a batch of {batch}; {need} of one output per example: return "
+            "logits of shape (batch, classes)"
+        )
+    with torch.enable_grad():  # also under the caller's torch.no_grad()
+        if logits.dim() == 1:
+            if target is not None:
+                raise ValueError(
+                    "forward_func returns one score per example (shape "
+                    f"{tuple(logits.shape)}); pass target=None"
+                )
+            return logits
+        if target is None:
+            if logits.dim() != 2:
+                raise ValueError(
+                    f"forward_func returned an output of shape "
+                    f"{tuple(logits.shape)}; {need} of one output per example: "
+                    "pass a target that picks one (as in Captum, e.g. a tuple of "
+                    "indices), or return (batch, classes) logits (for a causal "
+                    "LM, e.g. the logits of the last real token)"
+                )
+            target = logits.argmax(-1)
+        elif logits.dim() == 2 and not isinstance(target, tuple):
+            t = torch.as_tensor(
+                target if not isinstance(target, list) else list(target)
+            )
+            if t.is_floating_point() or t.dtype == torch.bool:
+                raise TypeError(f"target must hold class indices, got {target!r}")
+            classes = logits.shape[1]
+            if t.numel() and bool(((t < 0) | (t >= classes)).any()):
+                raise ValueError(
+                    f"target {target!r} out of range for {classes} classes "
+                    f"(forward_func's output has shape {tuple(logits.shape)})"
+                )
+        selected = _select_targets(logits, target)
+    if selected.shape != (batch,):
+        raise ValueError(
+            f"target {target!r} picks outputs of shape {tuple(selected.shape)} "
+            f"from forward_func's output of shape {tuple(logits.shape)}; {need} "
+            "of one output per example"
+        )
+    return selected
+
+
 def _gather_rows(mat: Tensor, rows: Tensor) -> Tensor:
     b, h, n, _ = mat.shape
     return mat.gather(2, rows[:, None, :, None].expand(b, h, rows.shape[1], n))
@@ -420,6 +510,28 @@ def _gather_rows(mat: Tensor, rows: Tensor) -> Tensor:
 def _pick_rows(mat: Tensor, rows: Tensor) -> Tensor:
     b, n, _ = mat.shape
     return mat.gather(1, rows[:, :, None].expand(b, rows.shape[1], n))
+
+
+def _index_list(values: Any, name: str) -> List[int]:
+    r"""A list of ints from an int, a sequence or an integer tensor; a
+    ``TypeError`` for anything else (bools included)."""
+    if isinstance(values, Tensor):
+        if values.is_floating_point() or values.dtype == torch.bool:
+            raise TypeError(f"{name} must hold integer indices, got {values.dtype}")
+        values = values.reshape(-1).tolist()
+    elif not isinstance(values, Sequence):
+        values = [values]
+    out = []
+    for v in values:
+        try:
+            if isinstance(v, bool):
+                raise TypeError
+            out.append(operator.index(v))
+        except TypeError:
+            raise TypeError(
+                f"{name} must be integer indices, got {v!r} in {values!r}"
+            ) from None
+    return out
 
 
 def _reduce_heads(mat: Tensor, heads: HeadsType) -> Tensor:

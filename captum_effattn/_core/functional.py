@@ -8,6 +8,7 @@ of every example and only for the query rows asked for.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -38,6 +39,52 @@ KINDS = ("raw", "effective", "efficient")
 #: Objectives of efficient attention: the minimum-norm distribution, or a
 #: vertex of the output-equivalent polytope (at most rank([T, 1]) non-zeros).
 OBJECTIVES = ("min_norm", "sparse")
+
+
+#: Default solver tolerance per algebra dtype: float64 certifies to 1e-12;
+#: float32 rounding (eps 1.2e-7) cannot go below about 1e-7, so float32
+#: stops at the package's certificate tolerance of 1e-6.
+DEFAULT_TOL = {torch.float64: 1e-12, torch.float32: 1e-6}
+
+
+def resolve_tol(tol: Optional[float], dtype: torch.dtype) -> float:
+    r"""The solver tolerance: ``tol``, or the default of ``dtype``
+    (:data:`DEFAULT_TOL`) when it is None."""
+    return DEFAULT_TOL.get(dtype, 1e-6) if tol is None else tol
+
+
+def check_solver_options(
+    tol: Optional[float] = None,
+    max_iter: int = DEFAULT_MAX_ITER,
+    rtol: Optional[float] = None,
+) -> None:
+    r"""Raise a clear error for solver options that cannot give an answer:
+    ``tol`` not a positive finite number, ``max_iter`` not a positive
+    integer, ``rtol`` outside (0, 1)."""
+    if tol is not None and (
+        isinstance(tol, bool)
+        or not isinstance(tol, (int, float))
+        or not math.isfinite(tol)
+        or tol <= 0
+    ):
+        raise ValueError(
+            f"tol must be a positive number (the solver's KKT tolerance, e.g. "
+            f"1e-12 in float64 or 1e-6 in float32), got {tol!r}"
+        )
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(
+            f"max_iter must be a positive int (default {DEFAULT_MAX_ITER}), got "
+            f"{max_iter!r}"
+        )
+    if rtol is not None and (
+        isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not 0 < rtol < 1
+    ):
+        raise ValueError(
+            f"rtol must be a number in (0, 1) (the relative singular-value "
+            f"tolerance of the numerical rank), got {rtol!r}"
+        )
+
+
 RowsType = Union[None, int, Sequence[int], Tensor]
 
 
@@ -143,6 +190,11 @@ def check_token_inputs(
             "LayerIntegratedGradients; to perturb tokens use "
             "captum_effattn.metrics.token_perturb_func."
         )
+    if input_ids.dtype not in (torch.long, torch.int32):
+        raise TypeError(
+            f"input_ids must be torch.long (or torch.int32) token ids, got "
+            f"{input_ids.dtype}; convert them with input_ids.long()"
+        )
     if input_ids.dim() != 2:
         raise ValueError(
             f"input_ids must have shape (batch, seq), got {tuple(input_ids.shape)}; "
@@ -216,6 +268,8 @@ def resolve_rows(rows: RowsType, mask: Tensor) -> Tensor:
         return torch.arange(n, device=device).expand(b, n)
     if isinstance(rows, int):
         rows = [rows]
+    if isinstance(rows, (list, tuple)) and len(rows) == 0:
+        raise ValueError("rows is empty: name at least one query position, or None")
     t = torch.as_tensor(rows, device=device)
     if t.is_floating_point():
         raise TypeError("rows must be integer positions")
@@ -371,7 +425,7 @@ def solve_layers(
     causal: bool = False,
     dtype: torch.dtype = torch.float64,
     rtol: Optional[float] = None,
-    tol: float = 1e-12,
+    tol: Optional[float] = None,
     max_iter: int = DEFAULT_MAX_ITER,
     objective: str = "min_norm",
     joint: Optional[bool] = None,
@@ -403,6 +457,7 @@ def solve_layers(
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if not layers:
         return []
+    tol = resolve_tol(tol, dtype)
     if joint is None:
         joint = _joint_by_default(layers[0][0].device)
 
@@ -451,7 +506,7 @@ def solve_layer(
     causal: bool = False,
     dtype: torch.dtype = torch.float64,
     rtol: Optional[float] = None,
-    tol: float = 1e-12,
+    tol: Optional[float] = None,
     max_iter: int = DEFAULT_MAX_ITER,
     objective: str = "min_norm",
 ) -> Tuple[Tensor, Certificate]:
@@ -467,7 +522,8 @@ def solve_layer(
         causal (bool, optional): row i may only use keys j <= i. Default: False
         dtype (torch.dtype, optional): dtype of the algebra. Default: float64
         rtol (float, optional): relative tolerance of the numerical rank.
-        tol (float, optional): solver tolerance on ``‖Cᵀx − b‖∞``. Default: 1e-12
+        tol (float, optional): solver tolerance on the KKT residual.
+                    Default: 1e-12 in float64, 1e-6 in float32
         max_iter (int, optional): solver iterations at most. Default: 100
         objective (str, optional): ``"min_norm"`` or ``"sparse"`` (efficient
                     attention only). Default: ``"min_norm"``
@@ -530,17 +586,22 @@ def run_with_capture(
 ) -> Tuple[Any, Dict[int, Dict[str, Tensor]], Optional[Any]]:
     r"""Run ``call()`` with hooks on ``layers``; return (output, captures,
     bound arguments of the model's forward call)."""
-    with adapter.capture(layers) as rec:
+    with adapter.capture(layers, grad=grad) as rec:
         with torch.set_grad_enabled(grad):
             output = call()
-    if rec.calls == 0:
+    calls, call_args = rec.calls, rec.call_args
+    if calls == 0 and rec.base_calls > 0:
+        # forward_func called model.forward(...) directly, which skips the
+        # model's hooks but still calls its base model
+        calls, call_args = rec.base_calls, rec.base_call_args
+    if calls == 0:
         raise ValueError(
             "forward_func never called the model whose attention is read; pass "
             "model= the Hugging Face model that forward_func runs"
         )
-    if rec.calls > 1:
+    if calls > 1:
         raise ValueError(
-            f"forward_func called the model {rec.calls} times; attention "
+            f"forward_func called the model {calls} times; attention "
             "attribution needs exactly one forward pass per call: make "
             "forward_func run the model once, e.g. "
             "lambda ids, mask: model(ids, attention_mask=mask).logits"
@@ -564,7 +625,7 @@ def run_with_capture(
                 "weights (torch.isfinite(p).all() for p in model.parameters()) "
                 "and its dtype (float16 overflow?)"
             )
-    return output, rec.layers, rec.call_args
+    return output, rec.layers, call_args
 
 
 def check_algebra_dtype(dtype: Any) -> None:
@@ -587,7 +648,7 @@ def _matrices(
     rows: RowsType,
     dtype: torch.dtype,
     rtol: Optional[float],
-    tol: float,
+    tol: Optional[float],
     max_iter: int,
     device: Optional[Union[str, torch.device]],
     return_certificate: bool,
@@ -675,8 +736,9 @@ _COMMON_DOC = r"""
                     Default: ``torch.float64``
         rtol (float, optional): relative singular-value tolerance of the
                     numerical rank. Default: ``max(n, d_h) * eps(dtype)``
-        tol (float, optional): solver tolerance on the constraint residual
-                    (efficient attention only). Default: 1e-12
+        tol (float, optional): solver tolerance on the KKT residual
+                    (efficient attention only). Default: 1e-12 in float64,
+                    1e-6 in float32
         max_iter (int, optional): solver iterations at most. Default: 100
         device (str or torch.device, optional): where the algebra runs.
                     Default: the model's device.
@@ -701,7 +763,7 @@ def efficient_attention(
     rows: RowsType = None,
     dtype: torch.dtype = torch.float64,
     rtol: Optional[float] = None,
-    tol: float = 1e-12,
+    tol: Optional[float] = None,
     max_iter: int = DEFAULT_MAX_ITER,
     device: Optional[Union[str, torch.device]] = None,
     return_certificate: bool = False,
@@ -709,6 +771,7 @@ def efficient_attention(
     show_progress: bool = False,
     **model_kwargs: Any,
 ) -> Union[Tensor, Tuple[Tensor, Certificate]]:
+    check_solver_options(tol, max_iter, rtol)
     return _matrices(
         "efficient", model, input_ids, attention_mask, layers, rows, dtype, rtol,
         tol, max_iter, device, return_certificate, model_kwargs, objective,
@@ -768,6 +831,7 @@ def effective_attention(
     return_certificate: bool = False,
     **model_kwargs: Any,
 ) -> Union[Tensor, Tuple[Tensor, Certificate]]:
+    check_solver_options(rtol=rtol)
     return _matrices(
         "effective", model, input_ids, attention_mask, layers, rows, dtype, rtol,
         0.0, 0, device, return_certificate, model_kwargs,
@@ -780,8 +844,9 @@ effective_attention.__doc__ = (
     to ``A`` but in general not a probability distribution.
 """
     + _COMMON_DOC.replace(
-        """        tol (float, optional): solver tolerance on the constraint residual
-                    (efficient attention only). Default: 1e-12
+        """        tol (float, optional): solver tolerance on the KKT residual
+                    (efficient attention only). Default: 1e-12 in float64,
+                    1e-6 in float32
         max_iter (int, optional): solver iterations at most. Default: 100
 """,
         "",

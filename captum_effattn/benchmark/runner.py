@@ -294,13 +294,31 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     Returns:
         torch.device: the device.
     """
+    requested = device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"--device {requested!r} is not a device: use auto, cpu, cuda or cuda:K"
+        ) from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(
+            f"--device {requested!r}: only cpu and cuda are supported (auto, cpu, "
+            "cuda or cuda:K)"
+        )
+    if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("--device cuda, but CUDA is not available")
-        device = f"cuda:{local_rank}"
-    return torch.device(device)
+            raise ValueError(f"--device {requested}, but CUDA is not available")
+        if resolved.index is None:
+            resolved = torch.device(f"cuda:{local_rank}")
+        elif resolved.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"--device {requested}: this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s)"
+            )
+    return resolved
 
 
 def init_distributed(device: str = "auto") -> Tuple[int, int, int]:

@@ -136,3 +136,64 @@ def test_python_dash_m(tmp_path):
     assert proc.returncode == 2 and "must be at least 1" in proc.stderr
     assert "usage: captum-effattn bench" in proc.stderr
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["bench", "--seed", "-1", "--out", "x"], "must be an integer in"),
+        (["bench", "--device", "gpu", "--out", "x"], "not a device"),
+        (["bench", "--device", "mps", "--out", "x"], "only cpu and cuda"),
+        (["finetune", "--seed", "-3"], "must be an integer in"),
+    ],
+)
+def test_bad_bench_arguments_are_usage_errors(
+    tmp_path, capsys, monkeypatch, argv, match
+):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_index_without_cuda_is_a_usage_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "--device", "cuda:0", "--out", "x"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_model_folder_that_cannot_be_loaded(tiny_model_dir, tmp_path):
+    from captum_effattn.cli import CLIError, _load_model
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CLIError, match="cannot load a sequence classifier"):
+        _load_model(empty, 2, "cpu")
+    with pytest.raises(CLIError, match="with 3 labels"):
+        _load_model(tiny_model_dir, 3, "cpu")  # a 2-label classifier
+    model, _ = _load_model(tiny_model_dir, 2, "cpu")
+    assert model.config.num_labels == 2
+
+
+def test_sigterm_removes_the_staging_folder(tmp_path):
+    # a bench killed by SIGTERM (timeout, Slurm) leaves no partial output
+    script = (
+        "import os, signal, sys\n"
+        "from captum_effattn import cli\n"
+        "def stuck(*a, **k):\n"
+        "    print('running', flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    raise AssertionError('SIGTERM was ignored')\n"
+        "cli._bench = stuck\n"
+        "sys.exit(cli.main(['bench', '--methods', 'random', '--out', sys.argv[1]]))\n"
+    )
+    out = tmp_path / "run" / "out"
+    out.parent.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert "running" in proc.stdout, proc.stderr
+    assert proc.returncode == 143, proc.stderr
+    assert list(out.parent.iterdir()) == []  # no output, no staging folder

@@ -36,8 +36,9 @@ TargetLike = Union[None, int, Sequence[int], Tensor]
 MODES = ("delete", "mask", "pad")
 
 #: Tolerance of ``k = ceil(fraction * n)`` against float rounding
-#: (``0.07 * 100 == 7.000000000000001`` must give 7, not 8).
-_CEIL_EPS = 1e-9
+#: (``0.07 * 100 == 7.000000000000001`` must give 7, not 8, and a float32
+#: fraction ``0.2``, which is 0.2000000030, must give the same k as 0.2).
+_CEIL_EPS = 1e-6
 
 
 def _check_ids(input_ids: Any, name: str = "inputs") -> None:
@@ -141,6 +142,18 @@ def _format_additional_forward_args(args: Any) -> Tuple[Any, ...]:
     return (args,)
 
 
+def _looks_like_mask(arg: Any, input_ids: Tensor, pad_token_id: int) -> bool:
+    r"""A (B, N) tensor of 0 and 1 that is 0 exactly where the ids are the
+    padding id (and somewhere is)."""
+    if not isinstance(arg, Tensor) or arg.shape != input_ids.shape:
+        return False
+    arg = arg.to(input_ids.device)
+    zero = arg == 0
+    pad = input_ids == pad_token_id
+    binary = bool((zero | (arg == 1)).all())
+    return binary and bool(zero.any()) and bool(torch.equal(zero, pad))
+
+
 def _validate_token_inputs(
     inputs: Any,
     attributions: Any,
@@ -148,10 +161,35 @@ def _validate_token_inputs(
     special_tokens_mask: Any,
     mode: Any,
     mask_token_id: Any,
+    pad_token_id: Any = 0,
+    additional_forward_args: Any = None,
 ) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
-    r"""Common checks of the metrics; returns (ids, attributions, mask, special)."""
+    r"""Common checks of the metrics; returns (ids, attributions, mask, special).
+
+    Also checks ``pad_token_id`` and, when no ``attention_mask`` is given,
+    that no tensor of ``additional_forward_args`` is the attention mask
+    (Captum's way of passing it), which the metrics would neither honour
+    (padding counted as content) nor re-pack with the ids."""
     _check_ids(inputs)
+    if inputs.shape[0] == 0:
+        raise ValueError("inputs is an empty batch: pass at least one example")
     _check_mode(mode, mask_token_id)
+    if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, Integral):
+        raise TypeError(
+            f"pad_token_id must be an int, got {pad_token_id!r}; a tokenizer "
+            "without a pad token (GPT-2) needs one, e.g. tokenizer.pad_token = "
+            "tokenizer.eos_token, then pass tokenizer.pad_token_id"
+        )
+    if attention_mask is None:
+        for arg in _format_additional_forward_args(additional_forward_args):
+            if _looks_like_mask(arg, inputs, int(pad_token_id)):
+                raise ValueError(
+                    "additional_forward_args holds the attention mask (0 exactly "
+                    "at the padding tokens); pass it as attention_mask= instead: "
+                    "the metrics call forward_func(ids, attention_mask, *rest), "
+                    "never remove or count padding, and rebuild the mask for "
+                    "every perturbed input"
+                )
     attributions = _check_attributions(attributions, inputs)
     if attention_mask is not None:
         if not isinstance(attention_mask, Tensor):
@@ -235,7 +273,9 @@ def _erase(
                     are always left alone whatever ``keep`` says.
         mode (str): ``"delete"``: drop the tokens and re-pack each row (kept
                     tokens shift left in their order, new padding with
-                    ``pad_token_id`` and mask 0 on the right, the width N is kept);
+                    ``pad_token_id`` and mask 0 on the right, the width N is
+                    kept; in a left-padded batch they shift right and the
+                    padding stays on the left);
                     ``"mask"``: replace them by ``mask_token_id``;
                     ``"pad"``: replace them by ``pad_token_id`` with attention
                     mask 0.
@@ -252,10 +292,18 @@ def _erase(
         kept = real & ~erase
         n = input_ids.shape[1]
         positions = torch.arange(n, device=input_ids.device).expand_as(input_ids)
-        # kept tokens first, in their order; everything else after them
-        order = torch.argsort(positions + (~kept).long() * n, dim=1)
         count = kept.sum(dim=1, keepdim=True)
-        new_real = positions < count
+        # A left-padded batch (some row starts with padding; a right-padded
+        # one never does) stays left-padded, so that the positions of the
+        # kept tokens are those the tokenizer would give the shorter text.
+        if bool((~real[:, 0]).any()):
+            # kept tokens last, in their order; everything else before them
+            order = torch.argsort(positions + kept.long() * n, dim=1)
+            new_real = positions >= n - count
+        else:
+            # kept tokens first, in their order; everything else after them
+            order = torch.argsort(positions + (~kept).long() * n, dim=1)
+            new_real = positions < count
         pad = torch.full_like(input_ids, pad_token_id)
         ids = torch.where(new_real, input_ids.gather(1, order), pad)
         if attention_mask is None:
@@ -293,6 +341,13 @@ def _check_logits(out: Any, rows: int) -> Tensor:
         raise ValueError(
             "forward_func must return logits of shape (batch, classes); for a batch "
             f"of {rows} it returned {tuple(out.shape)}"
+        )
+    if out.shape[1] < 2:
+        raise ValueError(
+            "forward_func must return logits of at least 2 classes (the metrics "
+            "compare softmax probabilities, and a softmax over one class is "
+            f"always 1), got shape {tuple(out.shape)}; for a single-logit binary "
+            "model return torch.cat([-z, z], dim=1) / 2 (the same sigmoid)"
         )
     return out
 

@@ -151,8 +151,9 @@ def _erasure_curve(
     removes them (necessity). Examples without content tokens give NaN.
     """
     ids, attributions, attention_mask, special = _validate_token_inputs(
-        inputs, attributions, attention_mask, special_tokens_mask, mode, mask_token_id
-    )
+        inputs, attributions, attention_mask, special_tokens_mask, mode,
+        mask_token_id, pad_token_id, additional_forward_args,
+    )  # fmt: skip
     _check_batch_size(batch_size)
     args = _format_additional_forward_args(additional_forward_args)
     n_examples, seq_len = ids.shape
@@ -276,7 +277,8 @@ def sufficiency(
                     kept, in (0, 1]. Default: 0.2
         mode (str, optional): ``"delete"`` removes the tokens and re-packs the
                     row (ERASER; remaining tokens shift left, new padding with
-                    ``pad_token_id`` and mask 0 on the right); ``"mask"`` replaces
+                    ``pad_token_id`` and mask 0 on the right, or on the left in
+                    a left-padded batch); ``"mask"`` replaces
                     them by ``mask_token_id``; ``"pad"`` replaces them by
                     ``pad_token_id`` with attention mask 0.
                     Default: ``"delete"``
@@ -392,7 +394,8 @@ def necessity(
                     removed, in (0, 1]. Default: 0.2
         mode (str, optional): ``"delete"`` removes the tokens and re-packs the
                     row (ERASER; remaining tokens shift left, new padding with
-                    ``pad_token_id`` and mask 0 on the right); ``"mask"`` replaces
+                    ``pad_token_id`` and mask 0 on the right, or on the left in
+                    a left-padded batch); ``"mask"`` replaces
                     them by ``mask_token_id``; ``"pad"`` replaces them by
                     ``pad_token_id`` with attention mask 0.
                     Default: ``"delete"``
@@ -523,7 +526,8 @@ def aopc_sufficiency(
                     Default: (0.01, 0.05, 0.1, 0.2, 0.5)
         mode (str, optional): ``"delete"`` removes the tokens and re-packs the
                     row (ERASER; remaining tokens shift left, new padding with
-                    ``pad_token_id`` and mask 0 on the right); ``"mask"`` replaces
+                    ``pad_token_id`` and mask 0 on the right, or on the left in
+                    a left-padded batch); ``"mask"`` replaces
                     them by ``mask_token_id``; ``"pad"`` replaces them by
                     ``pad_token_id`` with attention mask 0.
                     Default: ``"delete"``
@@ -627,7 +631,8 @@ def aopc_necessity(
                     Default: (0.01, 0.05, 0.1, 0.2, 0.5)
         mode (str, optional): ``"delete"`` removes the tokens and re-packs the
                     row (ERASER; remaining tokens shift left, new padding with
-                    ``pad_token_id`` and mask 0 on the right); ``"mask"`` replaces
+                    ``pad_token_id`` and mask 0 on the right, or on the left in
+                    a left-padded batch); ``"mask"`` replaces
                     them by ``mask_token_id``; ``"pad"`` replaces them by
                     ``pad_token_id`` with attention mask 0.
                     Default: ``"delete"``

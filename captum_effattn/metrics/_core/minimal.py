@@ -67,8 +67,9 @@ def _minimal_size(
     show_progress: bool,
 ) -> Tuple[Tensor, Tensor]:
     ids, attributions, attention_mask, special = _validate_token_inputs(
-        inputs, attributions, attention_mask, special_tokens_mask, mode, mask_token_id
-    )
+        inputs, attributions, attention_mask, special_tokens_mask, mode,
+        mask_token_id, pad_token_id, additional_forward_args,
+    )  # fmt: skip
     if search not in _SEARCHES:
         raise ValueError(f"Unknown search {search!r}; expected one of {_SEARCHES}")
     if (
@@ -85,19 +86,21 @@ def _minimal_size(
     n_examples = ids.shape[0]
     n_content = _content_mask(ids, attention_mask, special).sum(dim=1)
 
+    # the unperturbed logits: the predicted class, and the number of classes
+    # that a given target must lie within
+    logits = _forward_rows(
+        forward_func,
+        ids,
+        attention_mask,
+        torch.arange(n_examples, device=ids.device),
+        args,
+        n_examples,
+        batch_size,
+    )
     if target is None:
-        logits = _forward_rows(
-            forward_func,
-            ids,
-            attention_mask,
-            torch.arange(n_examples, device=ids.device),
-            args,
-            n_examples,
-            batch_size,
-        )
         targets = logits.argmax(dim=1).cpu()
     else:
-        targets = _format_target(target, n_examples, n_classes=None)
+        targets = _format_target(target, n_examples, n_classes=logits.shape[1])
 
     has_mask = attention_mask is not None
 

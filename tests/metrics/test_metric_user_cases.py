@@ -1,0 +1,135 @@
+r"""Metric calls that once gave silently wrong answers: a left-padded batch in
+``"delete"`` mode, float32 fractions, a target out of range for the minimal
+sizes, a single-logit model, and the attention mask passed Captum's way."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from metrics_toy import CLS, PAD, SEP
+
+from captum_effattn.metrics import (
+    aopc_necessity,
+    minimal_necessary_size,
+    minimal_sufficient_size,
+    necessity,
+    sufficiency,
+    token_removal_attack,
+)
+
+
+def _left_padded():
+    ids = torch.tensor(
+        [[CLS, 4, 5, 6, 7, SEP], [PAD, PAD, CLS, 8, 9, SEP]]
+    )  # fmt: skip
+    mask = (ids != PAD).long()
+    special = ((ids == CLS) | (ids == SEP) | (ids == PAD)).long()
+    attr = torch.tensor([[0.0, 0.4, 0.3, 0.2, 0.1, 0.0], [0, 0, 0, 0.9, 0.1, 0]])
+    return ids, mask, special, attr
+
+
+def test_delete_keeps_a_left_padded_batch_left_padded():
+    ids, mask, special, attr = _left_padded()
+    (kept, kept_mask), _ = (
+        token_removal_attack(
+            (ids, mask), 0, attributions=attr, special_tokens_mask=special
+        ),
+        None,
+    )
+    assert torch.equal(kept, ids) and torch.equal(kept_mask, mask)  # k=0: nothing
+    removed, new_mask = token_removal_attack(
+        (ids, mask), 1, attributions=attr, special_tokens_mask=special
+    )
+    assert removed.tolist() == [[PAD, CLS, 5, 6, 7, SEP], [PAD, PAD, PAD, CLS, 9, SEP]]
+    assert new_mask.tolist() == [[0, 1, 1, 1, 1, 1], [0, 0, 0, 1, 1, 1]]
+
+
+def test_left_padded_batch_equals_examples_alone(make_bow):
+    # an order-sensitive model: position weights counted from the right end,
+    # as a left-padded decoder sees them
+    pos = torch.linspace(0.5, 1.5, 6)
+    model = make_bow(position_weights=pos)
+    ids, mask, special, attr = _left_padded()
+    kw = dict(attention_mask=mask, special_tokens_mask=special)
+    batch = necessity(model, ids, attr, fraction=0.5, **kw)
+    assert float(sufficiency(model, ids, attr, fraction=1.0, **kw).abs().max()) == 0
+    one = {k: v[1:] for k, v in kw.items()}
+    alone = necessity(model, ids[1:], attr[1:], fraction=0.5, **one)
+    assert torch.allclose(batch[1], alone[0])
+    # a row without padding has no side of its own: it follows its batch, so
+    # alone it equals the batch's answer once given one padding on the left
+    left = {k: torch.cat([v[:1, :1] * 0 + (k != "attention_mask"), v[:1]], 1)
+            for k, v in kw.items()}  # fmt: skip
+    ids0 = torch.cat([torch.tensor([[PAD]]), ids[:1]], 1)
+    attr0 = torch.cat([torch.zeros(1, 1), attr[:1]], 1)
+    model0 = make_bow(position_weights=torch.cat([pos[:1], pos]))
+    alone0 = necessity(model0, ids0, attr0, fraction=0.5, **left)
+    assert torch.allclose(batch[0], alone0[0])
+
+
+@pytest.mark.parametrize(
+    "fraction", [0.2, np.float32(0.2), torch.tensor(0.2, dtype=torch.float32).item()]
+)
+def test_float32_fractions_remove_as_many_tokens_as_their_decimal(make_bow, fraction):
+    model = make_bow()
+    ids = torch.arange(2, 12).view(1, 10)  # 10 content tokens, no specials
+    attr = torch.arange(10, 0, -1).double().view(1, 10)
+    removed = token_removal_attack(ids, None, attributions=attr, fraction=fraction)
+    assert int((removed == PAD).sum()) == 2
+    want = necessity(model, ids, attr, fraction=0.2)
+    assert torch.equal(necessity(model, ids, attr, fraction=fraction), want)
+    curve = aopc_necessity(
+        model, ids, attr, fractions=torch.tensor([0.2, 0.3], dtype=torch.float32)
+    )
+    assert torch.allclose(
+        curve.curve, aopc_necessity(model, ids, attr, fractions=[0.2, 0.3]).curve
+    )
+
+
+@pytest.mark.parametrize("fn", [minimal_necessary_size, minimal_sufficient_size])
+def test_minimal_sizes_check_the_target(make_bow, hand_batch, fn):
+    model = make_bow()
+    with pytest.raises(ValueError, match="target classes must lie in"):
+        fn(model, hand_batch["ids"], hand_batch["attr"], target=7,
+           attention_mask=hand_batch["mask"])  # fmt: skip
+
+
+def test_single_logit_model_is_refused(hand_batch):
+    w = torch.randn(12, 1, dtype=torch.float64)
+
+    def one_logit(ids, mask):
+        return (w[ids] * mask.unsqueeze(-1)).sum(1)
+
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        necessity(one_logit, hand_batch["ids"], hand_batch["attr"],
+                  attention_mask=hand_batch["mask"])  # fmt: skip
+
+
+def test_attention_mask_passed_the_captum_way_is_refused(make_bow, hand_batch):
+    model = make_bow()
+    ids, mask, attr = hand_batch["ids"], hand_batch["mask"], hand_batch["attr"]
+    with pytest.raises(ValueError, match="pass it as attention_mask="):
+        necessity(model, ids, attr, additional_forward_args=(mask,))
+    # the same call with attention_mask= works; a (B, N) tensor that is not
+    # the mask (token type ids of a pair) is passed through
+    necessity(model, ids, attr, attention_mask=mask)
+    segments = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1], [0, 0, 0, 0, 1, 1, 1, 1]])
+    out = necessity(
+        lambda i, m, s: model(i, m), ids, attr, attention_mask=mask,
+        additional_forward_args=(segments,),
+    )  # fmt: skip
+    assert out.shape == (2,)
+
+
+def test_pad_token_id_and_empty_batch(make_bow, hand_batch):
+    model = make_bow()
+    ids, mask, attr = hand_batch["ids"], hand_batch["mask"], hand_batch["attr"]
+    with pytest.raises(TypeError, match="pad_token_id must be an int"):
+        necessity(model, ids, attr, attention_mask=mask, pad_token_id=None)
+    with pytest.raises(TypeError, match="pad_token_id must be an int"):
+        necessity(model, ids, attr, attention_mask=mask, pad_token_id=0.5)
+    with pytest.raises(ValueError, match="empty batch"):
+        necessity(model, ids[:0], attr[:0], attention_mask=mask[:0])
+    with pytest.raises(ValueError, match="empty batch"):
+        minimal_necessary_size(model, ids[:0], attr[:0], attention_mask=mask[:0])

@@ -1,0 +1,287 @@
+r"""Ways users call the package that once gave wrong answers or obscure errors:
+left-padded encoder batches, gradient weighting under ``torch.no_grad()`` or
+with frozen parameters, forward functions that return one score per example
+or call ``model.forward`` directly, ``heads`` with ``gradient_rollout``,
+the order of ``layers``, float32 with the default tolerance, and option
+values that cannot give an answer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from effattn_testing import random_batch
+
+from captum_effattn import (
+    AttentionRollout,
+    AttentionWeights,
+    EfficientAttention,
+    attention_weights,
+    effective_attention,
+    efficient_attention,
+)
+
+
+def _forward(model):
+    return lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits
+
+
+# ------------------------------------------------------------ left padding
+@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert"])
+@pytest.mark.parametrize("layer", [-1, "rollout"])
+def test_left_padded_encoder_batch_reads_the_first_real_token(
+    tiny_model, family, layer
+):
+    model = tiny_model(family)
+    lengths = [24, 13, 19]
+    ids, mask = random_batch(3, 24, lengths=lengths, seed=2, left=True)
+    explainer = EfficientAttention(_forward(model), model=model)
+    got, res = explainer.attribute(
+        ids, additional_forward_args=(mask,), layer=layer, return_matrices=True
+    )
+    if layer == -1:
+        assert res.rows[:, 0].tolist() == [24 - k for k in lengths]
+    for b, k in enumerate(lengths):
+        # the same example and padding alone, with its [CLS] named explicitly
+        # (a model with absolute positions sees left padding, so the
+        # unpadded example is a different input)
+        alone = explainer.attribute(
+            ids[b : b + 1], additional_forward_args=(mask[b : b + 1],),
+            layer=layer, query=24 - k,
+        )  # fmt: skip
+        assert float(alone.abs().sum()) > 0
+        assert torch.allclose(got[b], alone[0], atol=1e-6)
+        assert float(got[b, : 24 - k].abs().sum()) == 0.0
+
+
+# --------------------------------------------------------- gradient weighting
+def _grad_scores(model, ids, mask, **kw):
+    explainer = EfficientAttention(_forward(model), model=model)
+    return explainer.attribute(
+        ids, target=1, additional_forward_args=(mask,), **kw
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "options", [dict(weighting="gradient"), dict(layer="gradient_rollout")]
+)
+def test_gradient_weighting_under_no_grad_and_inference_mode(tiny_model, options):
+    model = tiny_model("bert")
+    ids, mask = random_batch(2, 24, lengths=[24, 15], seed=3)
+    want = _grad_scores(model, ids, mask, **options)
+    assert float(want.abs().sum()) > 0
+    with torch.no_grad():
+        got = _grad_scores(model, ids, mask, **options)
+    assert torch.equal(got, want)
+    with torch.inference_mode():
+        ids_i, mask_i = ids.clone(), mask.clone()  # inference tensors
+        got = _grad_scores(model, ids_i, mask_i, **options)
+    assert torch.allclose(got, want, atol=1e-7)
+
+
+def test_gradient_weighting_with_frozen_parameters(tiny_model):
+    model = tiny_model("bert", seed=4)
+    ids, mask = random_batch(2, 24, lengths=[24, 15], seed=3)
+    want = _grad_scores(model, ids, mask, weighting="gradient")
+    model.requires_grad_(False)
+    try:
+        got = _grad_scores(model, ids, mask, weighting="gradient")
+        rollout = _grad_scores(model, ids, mask, layer="gradient_rollout")
+    finally:
+        model.requires_grad_(True)
+    assert torch.allclose(got, want, atol=1e-7)
+    assert float(rollout.abs().sum()) > 0
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_forward_func_with_one_score_per_example(tiny_model):
+    model = tiny_model("bert")
+    ids, mask = random_batch(2, 24, lengths=[24, 15], seed=3)
+    want = _grad_scores(model, ids, mask, weighting="gradient")  # target=1
+    one = lambda i, m: model(input_ids=i, attention_mask=m).logits[:, 1]  # noqa
+    explainer = EfficientAttention(one, model=model)
+    got = explainer.attribute(
+        ids, additional_forward_args=(mask,), weighting="gradient"
+    )
+    assert torch.allclose(got, want, atol=1e-7)
+    with pytest.raises(ValueError, match="target=None"):
+        explainer.attribute(
+            ids, target=1, additional_forward_args=(mask,), weighting="gradient"
+        )
+
+
+@pytest.mark.parametrize("target", [2, -1, [0, 5], torch.tensor([0, 2])])
+def test_target_out_of_range(tiny_model, target):
+    model = tiny_model("bert")
+    ids, mask = random_batch(2, 24, lengths=[24, 15], seed=3)
+    explainer = EfficientAttention(_forward(model), model=model)
+    with pytest.raises(ValueError, match="out of range for 2 classes"):
+        explainer.attribute(
+            ids, target=target, additional_forward_args=(mask,), weighting="gradient"
+        )
+
+
+def test_causal_lm_logits_need_a_target(tiny_model):
+    model = tiny_model("gpt2")
+    ids, mask = random_batch(2, 12, lengths=[12, 8], seed=3)
+    lm = lambda i, m: model(input_ids=i, attention_mask=m).logits  # noqa: E731
+    base = model.base_model
+    assert base is not model  # a classification head on GPT-2
+    seq = lambda i, m: lm(i, m).unsqueeze(1).expand(-1, 3, -1)  # noqa: E731
+    with pytest.raises(ValueError, match="one output per example"):
+        EfficientAttention(seq, model=model).attribute(
+            ids, additional_forward_args=(mask,), weighting="gradient"
+        )
+
+
+def test_gradient_rollout_honours_heads(tiny_model):
+    model = tiny_model("bert")
+    ids, mask = random_batch(2, 24, lengths=[24, 15], seed=3)
+    explainer = AttentionWeights(_forward(model), model=model)
+
+    def rollout(heads):
+        return explainer.attribute(
+            ids, target=1, additional_forward_args=(mask,),
+            layer="gradient_rollout", heads=heads,
+        )  # fmt: skip
+
+    # independent: the recurrence with only head 0's term
+    out = model(input_ids=ids, attention_mask=mask, output_attentions=True)
+    grads = torch.autograd.grad(out.logits[:, 1].sum(), list(out.attentions))
+    want = []
+    for b in range(2):
+        n = int(mask[b].sum())
+        joint = torch.eye(n, dtype=torch.float64)
+        for a, g in zip(out.attentions, grads):
+            term = (g[b, 0, :n, :n] * a[b, 0, :n, :n]).clamp(min=0).double()
+            joint = joint + term @ joint
+        row = torch.zeros(24, dtype=torch.float64)
+        row[:n] = joint[0]
+        want.append(row)
+    got = rollout([0])
+    assert torch.allclose(got.double(), torch.stack(want), atol=1e-6)
+    assert torch.equal(rollout(0), got)
+    assert not torch.allclose(rollout("mean"), got)
+    assert not torch.allclose(rollout("max"), rollout("mean"))
+
+
+# ------------------------------------------------------------ call patterns
+def test_forward_func_calling_model_forward_directly(tiny_model):
+    model = tiny_model("bert")
+    ids, mask = random_batch(2, 24, lengths=[24, 15], seed=3)
+    want = EfficientAttention(_forward(model), model=model).attribute(
+        ids, additional_forward_args=(mask,), weighting="gradient", target=0
+    )
+    direct = lambda i, m: model.forward(input_ids=i, attention_mask=m).logits  # noqa
+    got = EfficientAttention(direct, model=model).attribute(
+        ids, additional_forward_args=(mask,), weighting="gradient", target=0
+    )
+    assert torch.equal(got, want)
+    twice = lambda i, m: direct(i, m) + direct(i, m)  # noqa: E731
+    with pytest.raises(ValueError, match="2 times"):
+        EfficientAttention(twice, model=model).attribute(
+            ids, additional_forward_args=(mask,)
+        )
+
+
+@pytest.mark.parametrize("fn", [efficient_attention, effective_attention])
+def test_layers_come_back_in_the_order_given(tiny_model, fn):
+    model = tiny_model("bert")  # 2 layers
+    ids, mask = random_batch(1, 30, seed=5)
+    full = fn(model, ids, mask)
+    got = fn(model, ids, mask, layers=[1, 0])
+    assert torch.equal(got[0], full[1]) and torch.equal(got[1], full[0])
+    assert torch.equal(fn(model, ids, mask, layers=[-1])[0], full[1])
+    assert torch.equal(fn(model, ids, mask, layers=np.int64(0))[0], full[0])
+
+
+@pytest.mark.parametrize(
+    "layers, error, match",
+    [
+        ([1, -1], ValueError, "named twice"),
+        ([0, 0], ValueError, "named twice"),
+        ([], ValueError, "empty"),
+        ("all", TypeError, "None for all layers"),
+        ([0.5], TypeError, "must be ints"),
+        ([True], TypeError, "must be ints"),
+        ([2], ValueError, "out of range"),
+    ],
+)
+def test_bad_layers(tiny_model, layers, error, match):
+    model = tiny_model("bert")
+    ids, mask = random_batch(1, 12, seed=5)
+    with pytest.raises(error, match=match):
+        attention_weights(model, ids, mask, layers=layers)
+
+
+# ---------------------------------------------------------------- options
+def test_float32_converges_with_the_default_tolerance(tiny_model):
+    model = tiny_model("bert")
+    ids, mask = random_batch(2, 40, lengths=[40, 31], seed=6)
+    _, cert = efficient_attention(
+        model, ids, mask, dtype=torch.float32, return_certificate=True
+    )
+    assert bool(cert.converged.all()) and cert.ok()
+    explainer = EfficientAttention(_forward(model), model=model, dtype=torch.float32)
+    _, res = explainer.attribute(
+        ids, additional_forward_args=(mask,), query="all", return_matrices=True
+    )
+    assert res.certificate.ok()
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        (dict(max_iter=0), "max_iter must be a positive int"),
+        (dict(max_iter=2.5), "max_iter must be a positive int"),
+        (dict(tol=-1e-9), "tol must be a positive number"),
+        (dict(tol=float("nan")), "tol must be a positive number"),
+        (dict(tol=0.0), "tol must be a positive number"),
+        (dict(rtol=1.5), r"rtol must be a number in \(0, 1\)"),
+        (dict(rtol=0.0), r"rtol must be a number in \(0, 1\)"),
+    ],
+)
+def test_solver_options_that_cannot_give_an_answer(tiny_model, options, match):
+    model = tiny_model("bert")
+    ids, mask = random_batch(1, 40, seed=6)
+    with pytest.raises(ValueError, match=match):
+        efficient_attention(model, ids, mask, **options)
+    with pytest.raises(ValueError, match=match):
+        EfficientAttention(_forward(model), model=model, **options)
+
+
+def test_heads_query_and_layer_forms(tiny_model):
+    model = tiny_model("bert")  # 4 heads
+    ids, mask = random_batch(2, 24, lengths=[24, 15], seed=3)
+    explainer = AttentionWeights(_forward(model), model=model)
+
+    def run(**kw):
+        return explainer.attribute(ids, additional_forward_args=(mask,), **kw)
+
+    assert torch.equal(run(heads=3), run(heads=[3]))
+    assert torch.equal(run(heads=torch.tensor([0, 1])), run(heads=[0, 1]))
+    assert torch.equal(run(heads=(np.int64(2),)), run(heads=[2]))
+    assert torch.equal(run(query=np.int64(5)), run(query=5))
+    assert torch.equal(run(query=torch.tensor(5)), run(query=5))
+    with pytest.raises(TypeError, match="integer indices"):
+        run(heads=[True])
+    with pytest.raises(TypeError, match="integer indices"):
+        run(heads=torch.tensor([0.0]))
+    with pytest.raises(TypeError, match="layer must be an int"):
+        run(layer=True)
+    with pytest.raises(ValueError, match="rows is empty"):
+        attention_weights(model, ids, mask, rows=[])
+    with pytest.raises(ValueError, match="heads must be"):
+        run(heads=[])
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16])
+def test_narrow_integer_ids_are_refused(tiny_model, dtype):
+    model = tiny_model("bert")
+    ids, mask = random_batch(1, 12, seed=5)
+    with pytest.raises(TypeError, match=r"input_ids.long\(\)"):
+        efficient_attention(model, ids.to(dtype), mask)
+    with pytest.raises(TypeError, match=r"input_ids.long\(\)"):
+        AttentionRollout(_forward(model), model=model).attribute(
+            ids.to(dtype), additional_forward_args=(mask,)
+        )
