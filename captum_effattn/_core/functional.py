@@ -59,16 +59,17 @@ def check_solver_options(
     rtol: Optional[float] = None,
 ) -> None:
     r"""Raise a clear error for solver options that cannot give an answer:
-    ``tol`` not a positive finite number, ``max_iter`` not a positive
-    integer, ``rtol`` outside (0, 1)."""
+    ``tol`` negative or not finite, ``max_iter`` not a positive
+    integer, ``rtol`` outside (0, 1). (``tol=0`` is allowed: the solver
+    then runs ``max_iter`` iterations and the certificate flags the rows.)"""
     if tol is not None and (
         isinstance(tol, bool)
         or not isinstance(tol, (int, float))
         or not math.isfinite(tol)
-        or tol <= 0
+        or tol < 0
     ):
         raise ValueError(
-            f"tol must be a positive number (the solver's KKT tolerance, e.g. "
+            f"tol must be a non-negative number (the solver's KKT tolerance, e.g. "
             f"1e-12 in float64 or 1e-6 in float32), got {tol!r}"
         )
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:

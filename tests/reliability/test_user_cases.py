@@ -234,9 +234,9 @@ def test_float32_converges_with_the_default_tolerance(tiny_model):
     [
         (dict(max_iter=0), "max_iter must be a positive int"),
         (dict(max_iter=2.5), "max_iter must be a positive int"),
-        (dict(tol=-1e-9), "tol must be a positive number"),
-        (dict(tol=float("nan")), "tol must be a positive number"),
-        (dict(tol=0.0), "tol must be a positive number"),
+        (dict(tol=-1e-9), "tol must be a non-negative number"),
+        (dict(tol=float("nan")), "tol must be a non-negative number"),
+        (dict(tol=float("inf")), "tol must be a non-negative number"),
         (dict(rtol=1.5), r"rtol must be a number in \(0, 1\)"),
         (dict(rtol=0.0), r"rtol must be a number in \(0, 1\)"),
     ],
