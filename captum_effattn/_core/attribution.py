@@ -481,9 +481,7 @@ def _target_scores(
                 )
             target = logits.argmax(-1)
         elif logits.dim() == 2 and not isinstance(target, tuple):
-            t = torch.as_tensor(
-                target if not isinstance(target, list) else list(target)
-            )
+            t = torch.as_tensor(target)
             if t.is_floating_point() or t.dtype == torch.bool:
                 raise TypeError(f"target must hold class indices, got {target!r}")
             classes = logits.shape[1]
