@@ -64,6 +64,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def _folder(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a folder, got an empty string")
+    return text
+
+
 def _seed(text: str) -> int:
     value = _integer(text)
     if not 0 <= value < 2**32:
@@ -197,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated method names (default: all default methods)",
     )
-    bench.add_argument("--out", required=True, help="output folder")
+    bench.add_argument("--out", required=True, type=_folder, help="output folder")
     bench.add_argument(
         "--device", default="auto", help="auto, cpu, cuda or cuda:K"
     )  # fmt: skip
@@ -259,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--html-examples",
-        type=int,
+        type=_non_negative_int,
         default=4,
         help="examples shown in examples.html",
     )

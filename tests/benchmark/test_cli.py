@@ -145,6 +145,8 @@ def test_python_dash_m(tmp_path):
         (["bench", "--device", "gpu", "--out", "x"], "not a device"),
         (["bench", "--device", "mps", "--out", "x"], "only cpu and cuda"),
         (["finetune", "--seed", "-3"], "must be an integer in"),
+        (["bench", "--out", " "], "must name a folder"),
+        (["bench", "--html-examples", "-1", "--out", "x"], "must be at least 0"),
     ],
 )
 def test_bad_bench_arguments_are_usage_errors(
