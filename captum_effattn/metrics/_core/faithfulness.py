@@ -25,9 +25,10 @@ ERASER (DeYoung et al., ACL 2020; github.com/jayded/eraserbenchmark,
   *deleted* (``mode="delete"``, the default).
 - *Differ*: ERASER's scorer only reads probabilities that the user computed
   with their own removal code; it does not say how k is rounded. We fix
-  k = ceil(fraction x n), at least 1, computed with a 1e-9 tolerance against
+  k = ceil(fraction x n), at least 1, computed with a 1e-6 tolerance against
   float rounding, and n counts only content tokens: special tokens ([CLS],
-  [SEP], ...) and padding are never removed and never counted, and they stay
+  [SEP], ... as given by ``special_tokens_mask``) and padding are never
+  removed and never counted, and they stay
   in the sufficiency input (ERASER's m(r) is the rationale alone). We return
   one value per example (ERASER reports dataset means), and ``target`` may
   name another class, as in Captum.
@@ -38,7 +39,8 @@ ferret (Attanasio et al., EACL 2023 demo; github.com/g8a9/ferret,
 - *Follow*: the same probability differences; the optional grid 0.1, 0.2, ...,
   1.0 (``fractions="ferret"``, ferret's default ``np.arange(0.1, 1.1, 0.1)``
   with ``based_on="perc"``); deletion by default, [MASK] replacement as an
-  option; [CLS]/[SEP] are never removed (ferret's ``remove_first_last``).
+  option; [CLS]/[SEP] marked in ``special_tokens_mask`` are never removed
+  (ferret's ``remove_first_last``).
 - *Differ*: ferret decodes the perturbed ids to text and re-tokenizes, which
   can shift token boundaries; we perturb ``input_ids`` and ``attention_mask``
   directly. ferret evaluates one text at a time; we batch. ferret's two
@@ -241,7 +243,8 @@ def sufficiency(
         \mathrm{suff}(x) = p(x)_j - p(x_{\text{top-}k})_j,
 
     with k = ceil(``fraction`` x number of content tokens), at least 1. Special
-    tokens and padding are never removed and never counted; ties in the
+    tokens (``special_tokens_mask``) and padding are never removed and never
+    counted; ties in the
     attributions break by position (earlier first). Lower is better; the value
     is negative when the top tokens alone make the model surer.
 
@@ -310,8 +313,8 @@ def sufficiency(
         >>> suff = sufficiency(forward, ids, attr, target=0,
         ...                    attention_mask=mask,
         ...                    special_tokens_mask=enc["special_tokens_mask"])
-        >>> suff.shape
-        torch.Size([len(texts)])
+        >>> suff.shape  # one value per text
+        torch.Size([2])
     """
     fraction = _check_fraction(fraction)
     return _erasure_curve(
@@ -358,7 +361,8 @@ def necessity(
         \mathrm{nec}(x) = p(x)_j - p(x \setminus x_{\text{top-}k})_j,
 
     with k = ceil(``fraction`` x number of content tokens), at least 1. Special
-    tokens and padding are never removed and never counted; ties in the
+    tokens (``special_tokens_mask``) and padding are never removed and never
+    counted; ties in the
     attributions break by position (earlier first). Higher is better.
     :func:`comprehensiveness` is this same function.
 
