@@ -202,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="n",
         type=_positive_int,
         default=10,
-        help="number of test examples (seeded, label-balanced)",
+        help="number of test examples (seeded, label-balanced); under torchrun "
+        "write --num-examples (torchrun's own parser rejects --n as ambiguous)",
     )
     bench.add_argument(
         "--methods",
@@ -468,6 +469,15 @@ def _bench(
     )
     if args.model is not None:
         model, tokenizer = _load_model(args.model, splits.num_labels, device)
+        aligned = splits.aligned_to(dict(model.config.id2label))
+        if aligned is not splits:
+            if rank == 0:
+                _err(
+                    f"note: data set labels {list(splits.label_names)} renumbered "
+                    f"as the model's {list(aligned.label_names)}"
+                )
+            splits = aligned
+            meta["label_names"] = list(splits.label_names)
         report = _held_out_report(Path(args.model))
         meta["model"] = str(Path(args.model).resolve())
     else:

@@ -153,6 +153,39 @@ class DatasetSplits:
         r"""Number of classes."""
         return len(self.label_names)
 
+    def aligned_to(self, id2label: Dict[int, str]) -> "DatasetSplits":
+        r"""These splits with the classes numbered as a model numbers them.
+
+        A classifier fine-tuned elsewhere names its classes in
+        ``config.id2label``; when those names are this data set's label names
+        in another order (compared case-insensitively), the examples are
+        relabelled to the model's numbering. Otherwise (generic ``LABEL_k``
+        names, other names) the splits come back unchanged.
+
+        Args:
+            id2label (dict): class index -> name, as in ``model.config``.
+
+        Returns:
+            DatasetSplits: relabelled splits, or ``self``.
+        """
+        names = [str(id2label.get(i, "")) for i in range(len(id2label))]
+        ours = [str(n).strip().lower() for n in self.label_names]
+        theirs = [n.strip().lower() for n in names]
+        if theirs == ours or sorted(theirs) != sorted(ours):
+            return self
+        new = {i: theirs.index(name) for i, name in enumerate(ours)}
+
+        def relabel(examples: Sequence[Example]) -> List[Example]:
+            return [ex._replace(label=new[ex.label]) for ex in examples]
+
+        return DatasetSplits(
+            name=self.name,
+            train=relabel(self.train),
+            test=relabel(self.test),
+            label_names=[self.label_names[ours.index(n)] for n in theirs],
+            options=dict(self.options),
+        )
+
     def summary(self) -> Dict[str, Any]:
         r"""Sizes, label counts and group counts of both splits.
 
@@ -545,7 +578,9 @@ def load_csv(
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"No CSV file at {path}")
-    frame = pd.read_csv(path)
+    # keep_default_na=False: a text "NA" or a label "None" is data, not a
+    # missing value; only empty cells are missing
+    frame = pd.read_csv(path, keep_default_na=False)
     missing = [c for c in ("text", "label") if c not in frame.columns]
     if missing:
         raise ValueError(
@@ -553,8 +588,10 @@ def load_csv(
             f"and 'label' (and optionally 'group'); it has {list(frame.columns)}"
         )
     before = len(frame)
-    frame = frame.dropna(subset=["text", "label"])
-    frame = frame[frame["text"].astype(str).str.strip() != ""]
+    frame = frame[
+        (frame["text"].astype(str).str.strip() != "")
+        & (frame["label"].astype(str).str.strip() != "")
+    ]
     if len(frame) < before:
         warnings.warn(
             f"{path}: dropped {before - len(frame)} row(s) with an empty text or "
@@ -562,6 +599,13 @@ def load_csv(
             stacklevel=2,
         )
     values = frame["label"].tolist()
+    if frame["label"].dtype == object:
+        # a numeric column with an empty cell is read as strings: labels
+        # "0" and "1" rather than "0.0" and "1.0", in numeric order
+        try:
+            values = [int(v) for v in values]
+        except (TypeError, ValueError):
+            values = [str(v).strip() for v in values]
     try:
         distinct = sorted(set(values))
     except TypeError:  # mixed types: order by their string forms
@@ -571,7 +615,7 @@ def load_csv(
         raise ValueError(f"{path}: needs at least two distinct labels, got {distinct}")
     index = {v: i for i, v in enumerate(distinct)}
     if "group" in frame.columns:
-        groups = [("" if pd.isna(g) else str(g)) for g in frame["group"]]
+        groups = [str(g) for g in frame["group"]]
     else:
         groups = [""] * len(frame)
     examples = [

@@ -234,8 +234,15 @@ def summarize(result: BenchResult, n_boot: int = 1000) -> Dict[str, Any]:
     times: Dict[str, float] = {}
     for name in result.config.methods:
         sub = frame[frame["method"] == name]
-        per_example = sub.drop_duplicates("example")["seconds"]
-        times[name] = float(per_example.mean()) if len(per_example) else math.nan
+        # the examples carry the times, also when no metric was computed
+        secs = [
+            ex["seconds"][name]
+            for ex in result.examples
+            if name in ex.get("seconds", {})
+        ]
+        if not secs:  # results written before the examples carried them
+            secs = sub.drop_duplicates("example")["seconds"].tolist()
+        times[name] = float(sum(secs) / len(secs)) if secs else math.nan
         metrics: Dict[str, Any] = {}
         for metric, group in sub.groupby("metric", sort=False):
             mean, low, high, n = bootstrap_ci(group["value"].tolist(), seed, n_boot)
@@ -295,18 +302,18 @@ def _markdown(summary: Dict[str, Any]) -> str:
         for m in SUMMARY_METRICS
         if any(m in entry["metrics"] for entry in methods.values())
     ]
-    best: Dict[str, Optional[str]] = {}
+    best: Dict[str, List[str]] = {}  # every method tied for the best mean
     for metric in present:
         spec = METRICS[metric]
-        scored = [
-            (entry["metrics"][metric]["mean"], name)
+        scored = {
+            name: entry["metrics"][metric]["mean"]
             for name, entry in methods.items()
             if metric in entry["metrics"]
             and math.isfinite(entry["metrics"][metric]["mean"])
-        ]
+        }
         if scored:
-            pick = max if spec.higher_is_better else min
-            best[metric] = pick(scored)[1]
+            top = (max if spec.higher_is_better else min)(scored.values())
+            best[metric] = [name for name, mean in scored.items() if mean == top]
     arrow = {True: "↑", False: "↓"}
     head = ["method"]
     head += [
@@ -330,13 +337,13 @@ def _markdown(summary: Dict[str, Any]) -> str:
             )
             if stats["n"] < meta.get("n", stats["n"]):
                 cell += f" (n={stats['n']})"
-            if best.get(metric) == name:
+            if name in best.get(metric, ()):
                 cell = f"**{cell}**"
             cells.append(cell)
         sec = entry["seconds_per_example"]
         cells.append(_fmt(sec, 4) if sec < 1 else _fmt(sec, 2))
         ratio = entry["time_ratio_to_efficient"]
-        cells.append("–" if ratio is None else f"{ratio:.2g}")
+        cells.append("–" if ratio is None else _fmt_ratio(ratio))
         lines.append("| " + " | ".join(cells) + " |")
 
     acc = meta.get("heldout_accuracy")
@@ -521,22 +528,45 @@ def _color(score: float, scale: float) -> str:
     return f"rgba(37, 99, 235, {a:.3f})"
 
 
+def _fmt_ratio(ratio: float) -> str:
+    r"""A time ratio in plain digits (337, 12, 1.3, 0.048), never in
+    scientific notation."""
+    if not math.isfinite(ratio):
+        return "–"
+    if ratio >= 100:
+        return f"{ratio:,.0f}"
+    if ratio >= 10:
+        return f"{ratio:.0f}"
+    return f"{ratio:.2g}" if ratio >= 0.001 else f"{ratio:.1e}"
+
+
 def _is_special(token: str) -> bool:
     return (token.startswith("[") and token.endswith("]")) or (
         token.startswith("<") and token.endswith(">")
     )
 
 
-def _token_html(tokens: Sequence[str], scores: Sequence[float]) -> str:
+def _token_html(
+    tokens: Sequence[str],
+    scores: Sequence[float],
+    special: Optional[Sequence[bool]] = None,
+) -> str:
+    # ``special``: the tokenizer's special-tokens mask; results written
+    # before it was recorded fall back to the tokens' spelling
+    flags = (
+        [bool(f) for f in special]
+        if special is not None
+        else [_is_special(t) for t in tokens]
+    )
     # normalise by the content tokens: [CLS]/[SEP] often take most attention
-    content = [abs(s) for t, s in zip(tokens, scores) if not _is_special(t)]
+    content = [abs(s) for s, f in zip(scores, flags) if not f]
     scale = max(content or [abs(s) for s in scores] or [0.0])
     out = []
-    for tok, score in zip(tokens, scores):
+    for tok, score, flag in zip(tokens, scores, flags):
         cont = tok.startswith("##")
         text = html.escape(tok[2:] if cont else tok)
         cls = "t" + (" c" if cont else "")
-        if _is_special(tok):
+        if flag:
             cls += " s"
         out.append(
             f'<span class="{cls}" style="background:{_color(score, scale)}" '
@@ -582,9 +612,10 @@ def _examples_html(result: BenchResult, summary: Dict[str, Any]) -> str:
             note = (
                 f"<br><small>AOPC nec. {_fmt(nec)}</small>" if nec is not None else ""
             )
+            tokens = _token_html(ex["tokens"], scores, ex.get("special"))
             parts.append(
                 f'<tr><td class="method">{html.escape(METHODS[method].label)}'
-                f"{note}</td><td>{_token_html(ex['tokens'], scores)}</td></tr>"
+                f"{note}</td><td>{tokens}</td></tr>"
             )
         parts.append("</table>")
     if not shown:

@@ -235,9 +235,11 @@ class BenchResult:
                     ``example, test_index, method, metric, value, label,
                     prediction, n_tokens, seconds``.
         examples (list of dict): per example ``example, test_index, label,
-                    prediction, correct, n_tokens, tokens`` (tokens only for
-                    the first ``html_examples``) and ``scores`` (method ->
-                    list, same examples).
+                    prediction, correct, n_tokens``, ``seconds`` (method ->
+                    seconds per example of its attribution), ``tokens`` and
+                    ``special`` (the tokenizer's special-tokens mask; both
+                    only for the first ``html_examples``) and ``scores``
+                    (method -> list, same examples).
         meta (dict): data set, label names, model, accuracy, device,
                     processes, fractions.
     """
@@ -644,12 +646,16 @@ def run_benchmark(
                 n_tokens=int(n_tokens[j]),
                 probability=float(torch.softmax(logits[j], -1)[target[j]]),
                 scores={},
+                seconds={},
             )
             if i < config.html_examples:
                 length = int(n_tokens[j])
                 info["tokens"] = tokenizer.convert_ids_to_tokens(
                     ids[j, :length].tolist()
                 )
+                # the tokenizer's own special tokens (not an [UNK], nor a
+                # "[CLS]" typed in the text), as the metrics see them
+                info["special"] = special[j, :length].cpu().tolist()
             batch_info.append(info)
         for name in config.methods:
             torch.manual_seed(_seed_for(config.seed, bi, name))
@@ -673,6 +679,7 @@ def run_benchmark(
                 bi,
             )
             for j, info in enumerate(batch_info):
+                info["seconds"][name] = seconds
                 if "tokens" in info:
                     length = info["n_tokens"]
                     info["scores"][name] = attr[j, :length].float().cpu().tolist()

@@ -1,0 +1,133 @@
+r"""Report details that once misled: ties in the best mean, times lost when
+no metric was computed, ratios in scientific notation, heat maps that took
+content tokens spelled like "[UNK]" for special tokens, and CSV data whose
+labels pandas read as missing values or that a model numbers differently."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from captum_effattn.benchmark.data import Example, load_dataset
+from captum_effattn.benchmark.report import (
+    _examples_html,
+    _fmt_ratio,
+    _markdown,
+    summarize,
+)
+from captum_effattn.benchmark.runner import BenchConfig, BenchResult
+
+
+def _result(values, seconds, metrics=("necessity",)):
+    r"""A BenchResult of two examples: ``values[method]`` per example."""
+    methods = list(seconds)
+    rows = [
+        dict(example=e, test_index=e, method=m, metric=metric, value=v,
+             label=0, prediction=0, n_tokens=5, seconds=seconds[m])
+        for m in methods for metric in metrics
+        for e, v in enumerate(values.get(m, []))
+    ]  # fmt: skip
+    examples = [
+        dict(example=e, test_index=e, label=0, prediction=0, correct=True,
+             n_tokens=5, probability=0.9, seconds=dict(seconds),
+             tokens=["[CLS]", "[UNK]", "[MASK]", "film", "[SEP]"],
+             special=[True, False, False, False, True],
+             scores={m: [0.5, 0.9, 0.1, 0.2, 0.5] for m in methods})
+        for e in range(2)
+    ]  # fmt: skip
+    config = BenchConfig(dataset="rt-verdict", n=2, methods=methods)
+    return BenchResult(config=config, rows=rows, examples=examples, meta={"n": 2})
+
+
+def _bold_methods(table: str, column: int) -> set:
+    out = set()
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells and cells[0].startswith("`") and cells[column].startswith("**"):
+            out.add(cells[0].strip("`"))
+    return out
+
+
+def test_ties_are_all_bold():
+    result = _result(
+        {"efficient": [0.1, 0.3], "attention": [0.1, 0.3], "random": [0.0, 0.1]},
+        {"efficient": 0.5, "attention": 0.1, "random": 0.01},
+    )
+    table = _markdown(summarize(result, n_boot=50))
+    assert _bold_methods(table, 1) == {"efficient", "attention"}
+
+
+def test_times_survive_when_no_metric_is_computed():
+    seconds = {"efficient": 0.5, "lime": 168.5}
+    summary = summarize(_result({}, seconds), n_boot=10)
+    for name, sec in seconds.items():
+        assert summary["methods"][name]["seconds_per_example"] == pytest.approx(sec)
+    assert summary["methods"]["lime"]["time_ratio_to_efficient"] == pytest.approx(337)
+    table = _markdown(summary)
+    assert "| 337 |" in table and "e+" not in table
+
+
+@pytest.mark.parametrize(
+    "ratio, text",
+    [(337.0, "337"), (1234.5, "1,234"), (12.4, "12"), (1.26, "1.3"), (0.048, "0.048"),
+     (0.0002, "2.0e-04")],
+)  # fmt: skip
+def test_ratio_format(ratio, text):
+    assert _fmt_ratio(ratio) == text
+
+
+def test_heat_map_uses_the_tokenizers_special_mask():
+    result = _result({"efficient": [0.1, 0.2]}, {"efficient": 0.5})
+    page = _examples_html(result, summarize(result, n_boot=10))
+    spans = re.findall(r'<span class="([^"]*)"[^>]*>([^<]*)</span>', page)
+    classes = {text: cls for cls, text in spans}
+    assert classes["[CLS]"].endswith(" s") and classes["[SEP]"].endswith(" s")
+    # an [UNK] or a literal "[MASK]" typed in the text is content
+    assert not classes["[UNK]"].endswith(" s")
+    assert not classes["[MASK]"].endswith(" s")
+    # the colour scale comes from the content tokens: [UNK] (0.9) is the
+    # strongest, at full opacity
+    unk = re.search(r'style="background:rgba\([^)]*\)"[^>]*>\[UNK\]', page)
+    assert unk and "1.000)" in unk.group(0)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_csv_keeps_none_and_na_as_data(tmp_path):
+    rows = ["text,label"]
+    for i in range(30):
+        rows.append(f"review {i},{['Positive', 'Negative', 'None'][i % 3]}")
+    rows += ["NA,Positive", "null,Negative"]
+    splits = load_dataset(f"csv:{_write(tmp_path / 'na.csv', chr(10).join(rows))}")
+    assert splits.label_names == ["Negative", "None", "Positive"]
+    texts = {e.text for e in splits.train + splits.test}
+    assert len(texts) == 32 and {"NA", "null"} <= texts
+
+
+def test_csv_numeric_labels_with_an_empty_cell(tmp_path):
+    body = "text,label\n" + "".join(f"t{i},{i % 2}\n" for i in range(20)) + "x,\n"
+    with pytest.warns(UserWarning, match="dropped 1"):
+        splits = load_dataset(f"csv:{_write(tmp_path / 'num.csv', body)}")
+    assert splits.label_names == ["0", "1"]
+
+
+def test_labels_aligned_to_the_models_numbering(tmp_path):
+    body = "text,label\n" + "".join(
+        f"t{i},{['fresh', 'rotten'][i % 2]}\n" for i in range(20)
+    )
+    splits = load_dataset(f"csv:{_write(tmp_path / 'fr.csv', body)}")
+    assert splits.label_names == ["fresh", "rotten"]
+    aligned = splits.aligned_to({0: "rotten", 1: "fresh"})
+    assert aligned.label_names == ["rotten", "fresh"]
+    name = {e.text: splits.label_names[e.label] for e in splits.test}
+    assert all(aligned.label_names[e.label] == name[e.text] for e in aligned.test)
+    assert [e.text for e in aligned.test] == [e.text for e in splits.test]
+    # generic names or other names: unchanged
+    assert splits.aligned_to({0: "LABEL_0", 1: "LABEL_1"}) is splits
+    assert splits.aligned_to({0: "Fresh", 1: "Rotten"}) is splits
+    assert isinstance(aligned.test[0], Example)
