@@ -111,14 +111,43 @@ def test_attention_mask_passed_the_captum_way_is_refused(make_bow, hand_batch):
     ids, mask, attr = hand_batch["ids"], hand_batch["mask"], hand_batch["attr"]
     with pytest.raises(ValueError, match="pass it as attention_mask="):
         necessity(model, ids, attr, additional_forward_args=(mask,))
-    # the same call with attention_mask= works; a (B, N) tensor that is not
-    # the mask (token type ids of a pair) is passed through
+    # recognised whatever the padding id (here 1, and pad_token_id not given)
+    ids1 = torch.where(mask == 0, torch.ones_like(ids), ids + 1)
+    with pytest.raises(ValueError, match="pass it as attention_mask="):
+        necessity(model, ids1, attr, additional_forward_args=(mask,))
+    with pytest.raises(ValueError, match="given twice"):
+        necessity(
+            lambda i, m, m2: model(i, m), ids, attr, attention_mask=mask,
+            additional_forward_args=(mask,),
+        )  # fmt: skip
     necessity(model, ids, attr, attention_mask=mask)
+
+
+def test_per_position_arguments_in_delete_mode(make_bow, hand_batch):
+    model = make_bow()
+    ids, mask, attr = hand_batch["ids"], hand_batch["mask"], hand_batch["attr"]
     segments = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1], [0, 0, 0, 0, 1, 1, 1, 1]])
-    out = necessity(
-        lambda i, m, s: model(i, m), ids, attr, attention_mask=mask,
-        additional_forward_args=(segments,),
-    )  # fmt: skip
+
+    def fwd(i, m, s):
+        return model(i, m)
+
+    kw = dict(attention_mask=mask, additional_forward_args=(segments,))
+    with pytest.raises(ValueError, match="varies along the positions"):
+        necessity(fwd, ids, attr, **kw)
+    # not a mask (the zeros hold different ids): passed through in the
+    # modes that keep positions, and constant rows are fine in delete mode
+    assert necessity(fwd, ids, attr, mode="pad", **kw).shape == (2,)
+    zeros = dict(kw, additional_forward_args=(torch.zeros_like(ids),))
+    assert necessity(fwd, ids, attr, **zeros).shape == (2,)
+
+
+def test_padding_id_must_match_the_padding(make_bow, hand_batch):
+    model = make_bow()
+    ids, mask, attr = hand_batch["ids"], hand_batch["mask"], hand_batch["attr"]
+    ids1 = torch.where(mask == 0, torch.full_like(ids, 3), ids)
+    with pytest.raises(ValueError, match="hold token id 3 but pad_token_id is 0"):
+        necessity(model, ids1, attr, attention_mask=mask)
+    out = necessity(model, ids1, attr, attention_mask=mask, pad_token_id=3)
     assert out.shape == (2,)
 
 

@@ -133,10 +133,7 @@ def test_mismatched_attributions_for_a_metric(tiny_model):
         ids, additional_forward_args=(mask,)
     )
     with pytest.raises(ValueError, match=r"shape of the token ids \(2, 12\)"):
-        sufficiency(
-            _forward(model), ids, scores[:, :-1], additional_forward_args=(mask,),
-            attention_mask=mask,
-        )  # fmt: skip
+        sufficiency(_forward(model), ids, scores[:, :-1], attention_mask=mask)
 
 
 @pytest.mark.parametrize("api", APIS)

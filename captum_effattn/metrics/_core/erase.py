@@ -142,16 +142,32 @@ def _format_additional_forward_args(args: Any) -> Tuple[Any, ...]:
     return (args,)
 
 
-def _looks_like_mask(arg: Any, input_ids: Tensor, pad_token_id: int) -> bool:
-    r"""A (B, N) tensor of 0 and 1 that is 0 exactly where the ids are the
-    padding id (and somewhere is)."""
+def _looks_like_mask(arg: Any, input_ids: Tensor) -> bool:
+    r"""A (B, N) tensor of 0 and 1 whose zeros look like padding: in every
+    row a block at one end, holding one and the same token id across the
+    batch (the padding id, whatever it is). Token type ids of sentence
+    pairs (zeros over [CLS] and the first segment) do not qualify."""
     if not isinstance(arg, Tensor) or arg.shape != input_ids.shape:
         return False
     arg = arg.to(input_ids.device)
     zero = arg == 0
-    pad = input_ids == pad_token_id
-    binary = bool((zero | (arg == 1)).all())
-    return binary and bool(zero.any()) and bool(torch.equal(zero, pad))
+    if not bool((zero | (arg == 1)).all()) or not bool(zero.any()):
+        return False
+    if input_ids[zero].unique().numel() != 1:
+        return False
+    n = zero.shape[1]
+    count = zero.sum(1, keepdim=True)
+    pos = torch.arange(n, device=zero.device).expand_as(zero)
+    left = zero == (pos < count)
+    right = zero == (pos >= n - count)
+    return bool((left.all(1) | right.all(1)).all())
+
+
+def _per_position(arg: Any, input_ids: Tensor) -> bool:
+    r"""A (B, N) tensor that varies along the positions of some row."""
+    if not isinstance(arg, Tensor) or arg.shape != input_ids.shape:
+        return False
+    return bool((arg != arg[:, :1]).any())
 
 
 def _validate_token_inputs(
@@ -180,16 +196,36 @@ def _validate_token_inputs(
             "without a pad token (GPT-2) needs one, e.g. tokenizer.pad_token = "
             "tokenizer.eos_token, then pass tokenizer.pad_token_id"
         )
-    if attention_mask is None:
-        for arg in _format_additional_forward_args(additional_forward_args):
-            if _looks_like_mask(arg, inputs, int(pad_token_id)):
-                raise ValueError(
-                    "additional_forward_args holds the attention mask (0 exactly "
-                    "at the padding tokens); pass it as attention_mask= instead: "
-                    "the metrics call forward_func(ids, attention_mask, *rest), "
-                    "never remove or count padding, and rebuild the mask for "
-                    "every perturbed input"
-                )
+    extra = _format_additional_forward_args(additional_forward_args)
+    for arg in extra:
+        if attention_mask is None and _looks_like_mask(arg, inputs):
+            raise ValueError(
+                "additional_forward_args holds the attention mask (0 and 1, the "
+                "0s a padding block); pass it as attention_mask= instead: the "
+                "metrics call forward_func(ids, attention_mask, *rest), never "
+                "remove or count padding, and rebuild the mask for every "
+                "perturbed input"
+            )
+        if (
+            isinstance(attention_mask, Tensor)
+            and isinstance(arg, Tensor)
+            and arg.shape == attention_mask.shape
+            and bool(torch.equal(arg.to(attention_mask.device), attention_mask))
+        ):
+            raise ValueError(
+                "the attention mask is given twice, as attention_mask= and in "
+                "additional_forward_args; the metrics pass attention_mask to "
+                "forward_func themselves: leave it out of additional_forward_args"
+            )
+        if mode == "delete" and _per_position(arg, inputs):
+            raise ValueError(
+                "additional_forward_args holds a (batch, seq) tensor that varies "
+                "along the positions (position_ids, token type ids of pairs?); "
+                'mode="delete" shifts the tokens, so it would no longer line up. '
+                "Compute it inside forward_func from the ids and mask (e.g. "
+                'position_ids = mask.cumsum(-1) - 1), or use mode="mask" or '
+                '"pad"'
+            )
     attributions = _check_attributions(attributions, inputs)
     if attention_mask is not None:
         if not isinstance(attention_mask, Tensor):
@@ -204,6 +240,14 @@ def _validate_token_inputs(
             )
         attention_mask = attention_mask.to(device=inputs.device)
     special = _check_mask(special_tokens_mask, inputs, "special_tokens_mask")
+    if attention_mask is not None and mode in ("delete", "pad"):
+        padded = inputs[attention_mask == 0].unique()
+        if padded.numel() == 1 and int(padded) != int(pad_token_id):
+            raise ValueError(
+                f"the padding positions hold token id {int(padded)} but "
+                f"pad_token_id is {int(pad_token_id)}; pass "
+                "pad_token_id=tokenizer.pad_token_id, the id new padding gets"
+            )
     return inputs, attributions, attention_mask, special
 
 
