@@ -162,3 +162,34 @@ def test_pad_token_id_and_empty_batch(make_bow, hand_batch):
         necessity(model, ids[:0], attr[:0], attention_mask=mask[:0])
     with pytest.raises(ValueError, match="empty batch"):
         minimal_necessary_size(model, ids[:0], attr[:0], attention_mask=mask[:0])
+
+
+def test_padding_side_for_examples_without_padding(make_bow):
+    pos = torch.linspace(0.5, 1.5, 6)
+    model = make_bow(position_weights=pos)
+    ids, mask, special, attr = _left_padded()
+    kw = dict(attention_mask=mask, special_tokens_mask=special)
+    batch = necessity(model, ids, attr, fraction=0.5, **kw)
+    one = {k: v[:1] for k, v in kw.items()}  # row 0 has no padding
+    inferred = necessity(model, ids[:1], attr[:1], fraction=0.5, **one)
+    left = necessity(model, ids[:1], attr[:1], fraction=0.5, padding_side="left", **one)
+    assert torch.allclose(left[0], batch[0])
+    assert not torch.allclose(inferred[0], batch[0])  # re-padded on the right
+    with pytest.raises(ValueError, match="padding_side must be"):
+        necessity(model, ids, attr, padding_side="middle", **kw)
+
+
+@pytest.mark.parametrize("fn", [minimal_necessary_size, minimal_sufficient_size])
+def test_minimal_sizes_keep_the_batch_padding_side(make_bow, fn):
+    # the search runs one example at a time: the unpadded row of a
+    # left-padded batch must still be re-padded on the left
+    pos = torch.linspace(3.0, 0.2, 6)
+    model = make_bow(position_weights=pos)
+    ids, mask, special, attr = _left_padded()
+    kw = dict(attention_mask=mask, special_tokens_mask=special)
+    batch, _ = fn(model, ids, attr, **kw)
+    one = {k: v[:1] for k, v in kw.items()}
+    left, _ = fn(model, ids[:1], attr[:1], padding_side="left", **one)
+    right, _ = fn(model, ids[:1], attr[:1], padding_side="right", **one)
+    assert bool(torch.isfinite(batch[:1]).all()) and torch.equal(batch[:1], left)
+    assert not torch.equal(right, left)  # the side matters to this model

@@ -299,6 +299,21 @@ def _keep_mask(ranks: Tensor, k: Tensor, content: Tensor, keep_top: bool) -> Ten
     return ~content | top if keep_top else ~top
 
 
+PADDING_SIDES = ("right", "left")
+
+
+def _padding_side(padding_side: Optional[str], real: Tensor) -> str:
+    r"""``padding_side``, or the side inferred from the real-token mask:
+    ``"left"`` when some row starts with padding, else ``"right"``."""
+    if padding_side is None:
+        return "left" if bool((~real[:, 0]).any()) else "right"
+    if padding_side not in PADDING_SIDES:
+        raise ValueError(
+            f"padding_side must be 'right', 'left' or None, got {padding_side!r}"
+        )
+    return padding_side
+
+
 def _erase(
     input_ids: Tensor,
     attention_mask: Optional[Tensor],
@@ -307,6 +322,7 @@ def _erase(
     mode: str,
     mask_token_id: Optional[int] = None,
     pad_token_id: int = 0,
+    padding_side: Optional[str] = None,
 ) -> Tuple[Tensor, Optional[Tensor]]:
     r"""Remove the tokens where ``keep`` is False: the one erase function.
 
@@ -325,6 +341,9 @@ def _erase(
                     mask 0.
         mask_token_id (int, optional): needed for ``"mask"``.
         pad_token_id (int, optional): id of the padding token. Default: 0
+        padding_side (str, optional): ``"right"`` or ``"left"``: where
+                    ``"delete"`` puts new padding. Default: ``"left"`` when a
+                    row of the batch starts with padding, else ``"right"``.
 
     Returns:
         (ids, attention_mask): the perturbed ids (same dtype) and mask (same
@@ -340,7 +359,7 @@ def _erase(
         # A left-padded batch (some row starts with padding; a right-padded
         # one never does) stays left-padded, so that the positions of the
         # kept tokens are those the tokenizer would give the shorter text.
-        if bool((~real[:, 0]).any()):
+        if _padding_side(padding_side, real) == "left":
             # kept tokens last, in their order; everything else before them
             order = torch.argsort(positions + kept.long() * n, dim=1)
             new_real = positions >= n - count

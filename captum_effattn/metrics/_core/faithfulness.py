@@ -76,6 +76,7 @@ from captum_effattn.metrics._core.erase import (
     _forward_rows,
     _keep_mask,
     _num_tokens,
+    _padding_side,
     _rank_positions,
     _validate_token_inputs,
 )
@@ -144,6 +145,7 @@ def _erasure_curve(
     mode: str,
     mask_token_id: Optional[int],
     pad_token_id: int,
+    padding_side: Optional[str],
     batch_size: Optional[int],
     show_progress: bool,
 ) -> Tensor:
@@ -157,6 +159,10 @@ def _erasure_curve(
         mask_token_id, pad_token_id, additional_forward_args,
     )  # fmt: skip
     _check_batch_size(batch_size)
+    real = torch.ones_like(ids, dtype=torch.bool)
+    side = _padding_side(
+        padding_side, real if attention_mask is None else real & (attention_mask != 0)
+    )
     args = _format_additional_forward_args(additional_forward_args)
     n_examples, seq_len = ids.shape
     n_fracs = len(fractions)
@@ -182,6 +188,7 @@ def _erasure_curve(
         mode=mode,
         mask_token_id=mask_token_id,
         pad_token_id=pad_token_id,
+        padding_side=side,
     )
 
     # the original inputs go through the model with the perturbed ones
@@ -231,6 +238,7 @@ def sufficiency(
     mode: str = "delete",
     mask_token_id: Optional[int] = None,
     pad_token_id: int = 0,
+    padding_side: Optional[str] = None,
     batch_size: Optional[int] = DEFAULT_BATCH_SIZE,
     show_progress: bool = False,
 ) -> Tensor:
@@ -288,6 +296,11 @@ def sufficiency(
         mask_token_id (int, optional): the [MASK] id, required for
                     ``mode="mask"``. Default: None
         pad_token_id (int, optional): the padding id. Default: 0
+        padding_side (str, optional): ``"right"`` or ``"left"``, where
+                    ``mode="delete"`` puts the new padding. Default:
+                    inferred from the batch (``"left"`` when a row starts
+                    with padding, else ``"right"``); pass
+                    ``tokenizer.padding_side`` for a batch without padding.
         batch_size (int, optional): at most this many rows (original and
                     perturbed inputs together) per forward call; ``None`` sends
                     all at once. Default: 64
@@ -330,6 +343,7 @@ def sufficiency(
         mode=mode,
         mask_token_id=mask_token_id,
         pad_token_id=pad_token_id,
+        padding_side=padding_side,
         batch_size=batch_size,
         show_progress=show_progress,
     )[:, 0]
@@ -348,6 +362,7 @@ def necessity(
     mode: str = "delete",
     mask_token_id: Optional[int] = None,
     pad_token_id: int = 0,
+    padding_side: Optional[str] = None,
     batch_size: Optional[int] = DEFAULT_BATCH_SIZE,
     show_progress: bool = False,
 ) -> Tensor:
@@ -406,6 +421,11 @@ def necessity(
         mask_token_id (int, optional): the [MASK] id, required for
                     ``mode="mask"``. Default: None
         pad_token_id (int, optional): the padding id. Default: 0
+        padding_side (str, optional): ``"right"`` or ``"left"``, where
+                    ``mode="delete"`` puts the new padding. Default:
+                    inferred from the batch (``"left"`` when a row starts
+                    with padding, else ``"right"``); pass
+                    ``tokenizer.padding_side`` for a batch without padding.
         batch_size (int, optional): at most this many rows (original and
                     perturbed inputs together) per forward call; ``None`` sends
                     all at once. Default: 64
@@ -439,6 +459,7 @@ def necessity(
         mode=mode,
         mask_token_id=mask_token_id,
         pad_token_id=pad_token_id,
+        padding_side=padding_side,
         batch_size=batch_size,
         show_progress=show_progress,
     )[:, 0]
@@ -485,6 +506,7 @@ def aopc_sufficiency(
     mode: str = "delete",
     mask_token_id: Optional[int] = None,
     pad_token_id: int = 0,
+    padding_side: Optional[str] = None,
     batch_size: Optional[int] = DEFAULT_BATCH_SIZE,
     show_progress: bool = False,
 ) -> AOPCResult:
@@ -538,6 +560,11 @@ def aopc_sufficiency(
         mask_token_id (int, optional): the [MASK] id, required for
                     ``mode="mask"``. Default: None
         pad_token_id (int, optional): the padding id. Default: 0
+        padding_side (str, optional): ``"right"`` or ``"left"``, where
+                    ``mode="delete"`` puts the new padding. Default:
+                    inferred from the batch (``"left"`` when a row starts
+                    with padding, else ``"right"``); pass
+                    ``tokenizer.padding_side`` for a batch without padding.
         batch_size (int, optional): at most this many rows (original and
                     perturbed inputs together) per forward call; ``None`` sends
                     all at once. Default: 64
@@ -571,6 +598,7 @@ def aopc_sufficiency(
         mode=mode,
         mask_token_id=mask_token_id,
         pad_token_id=pad_token_id,
+        padding_side=padding_side,
         batch_size=batch_size,
         show_progress=show_progress,
     )
@@ -589,6 +617,7 @@ def aopc_necessity(
     mode: str = "delete",
     mask_token_id: Optional[int] = None,
     pad_token_id: int = 0,
+    padding_side: Optional[str] = None,
     batch_size: Optional[int] = DEFAULT_BATCH_SIZE,
     show_progress: bool = False,
 ) -> AOPCResult:
@@ -643,6 +672,11 @@ def aopc_necessity(
         mask_token_id (int, optional): the [MASK] id, required for
                     ``mode="mask"``. Default: None
         pad_token_id (int, optional): the padding id. Default: 0
+        padding_side (str, optional): ``"right"`` or ``"left"``, where
+                    ``mode="delete"`` puts the new padding. Default:
+                    inferred from the batch (``"left"`` when a row starts
+                    with padding, else ``"right"``); pass
+                    ``tokenizer.padding_side`` for a batch without padding.
         batch_size (int, optional): at most this many rows (original and
                     perturbed inputs together) per forward call; ``None`` sends
                     all at once. Default: 64
@@ -676,6 +710,7 @@ def aopc_necessity(
         mode=mode,
         mask_token_id=mask_token_id,
         pad_token_id=pad_token_id,
+        padding_side=padding_side,
         batch_size=batch_size,
         show_progress=show_progress,
     )

@@ -28,6 +28,7 @@ from captum_effattn.metrics._core.erase import (
     _format_additional_forward_args,
     _format_target,
     _forward_rows,
+    _padding_side,
     _select_rows,
     _validate_token_inputs,
 )
@@ -61,6 +62,7 @@ def _minimal_size(
     mode: str,
     mask_token_id: Optional[int],
     pad_token_id: int,
+    padding_side: Optional[str],
     search: str,
     perturbations_per_eval: int,
     batch_size: Optional[int],
@@ -103,6 +105,10 @@ def _minimal_size(
         targets = _format_target(target, n_examples, n_classes=logits.shape[1])
 
     has_mask = attention_mask is not None
+    # one padding side for the whole batch: the search sends one example at
+    # a time, and the longest example of a left-padded batch has no padding
+    real = attention_mask != 0 if has_mask else torch.ones_like(ids, dtype=torch.bool)
+    side = _padding_side(padding_side, real)
 
     def search_forward(inp: Any, *forward_args: Any) -> Tensor:
         if has_mask:
@@ -146,6 +152,7 @@ def _minimal_size(
                     mode=mode,
                     mask_token_id=mask_token_id,
                     pad_token_id=pad_token_id,
+                    padding_side=side,
                 ),
             )
         if k is not None:
@@ -167,6 +174,7 @@ def minimal_necessary_size(
     mode: str = "delete",
     mask_token_id: Optional[int] = None,
     pad_token_id: int = 0,
+    padding_side: Optional[str] = None,
     search: str = "linear",
     perturbations_per_eval: int = 16,
     batch_size: Optional[int] = 64,
@@ -204,6 +212,11 @@ def minimal_necessary_size(
                     :func:`necessity`. Default: ``"delete"``
         mask_token_id (int, optional): required for ``"mask"``. Default: None
         pad_token_id (int, optional): the padding id. Default: 0
+        padding_side (str, optional): ``"right"`` or ``"left"``, where
+                    ``mode="delete"`` puts the new padding. Default:
+                    inferred from the batch (``"left"`` when a row starts
+                    with padding, else ``"right"``); pass
+                    ``tokenizer.padding_side`` for a batch without padding.
         search (str, optional): ``"linear"`` (exact: the first k that flips)
                     or ``"binary"`` (fewer forward calls; exact only when the
                     prediction stays flipped once flipped, i.e. when flipping is
@@ -244,6 +257,7 @@ def minimal_necessary_size(
         mode=mode,
         mask_token_id=mask_token_id,
         pad_token_id=pad_token_id,
+        padding_side=padding_side,
         search=search,
         perturbations_per_eval=perturbations_per_eval,
         batch_size=batch_size,
@@ -263,6 +277,7 @@ def minimal_sufficient_size(
     mode: str = "delete",
     mask_token_id: Optional[int] = None,
     pad_token_id: int = 0,
+    padding_side: Optional[str] = None,
     search: str = "linear",
     perturbations_per_eval: int = 16,
     batch_size: Optional[int] = 64,
@@ -301,6 +316,11 @@ def minimal_sufficient_size(
                     :func:`sufficiency`. Default: ``"delete"``
         mask_token_id (int, optional): required for ``"mask"``. Default: None
         pad_token_id (int, optional): the padding id. Default: 0
+        padding_side (str, optional): ``"right"`` or ``"left"``, where
+                    ``mode="delete"`` puts the new padding. Default:
+                    inferred from the batch (``"left"`` when a row starts
+                    with padding, else ``"right"``); pass
+                    ``tokenizer.padding_side`` for a batch without padding.
         search (str, optional): ``"linear"`` (exact) or ``"binary"`` (exact
                     only when sufficiency is monotone in k). Default: ``"linear"``
         perturbations_per_eval (int, optional): perturbed inputs of one example
@@ -335,6 +355,7 @@ def minimal_sufficient_size(
         mode=mode,
         mask_token_id=mask_token_id,
         pad_token_id=pad_token_id,
+        padding_side=padding_side,
         search=search,
         perturbations_per_eval=perturbations_per_eval,
         batch_size=batch_size,

@@ -375,6 +375,7 @@ def token_removal_attack(
     mode: str = "delete",
     mask_token_id: Optional[int] = None,
     pad_token_id: int = 0,
+    padding_side: Optional[str] = None,
 ) -> TokenInputs:
     r"""
     Remove (``keep=False``) or keep only (``keep=True``) the ``k`` top-ranked
@@ -414,6 +415,11 @@ def token_removal_attack(
                     :func:`necessity`. Default: ``"delete"``
         mask_token_id (int, optional): required for ``"mask"``. Default: None
         pad_token_id (int, optional): the padding id. Default: 0
+        padding_side (str, optional): ``"right"`` or ``"left"``, where
+                    ``mode="delete"`` puts the new padding. Default:
+                    inferred from the batch (``"left"`` when a row starts
+                    with padding, else ``"right"``); pass
+                    ``tokenizer.padding_side`` for a batch without padding.
 
     Returns:
         Tensor or tuple of Tensor: the perturbed ids (B, N), or
@@ -482,6 +488,7 @@ def token_removal_attack(
         mode=mode,
         mask_token_id=mask_token_id,
         pad_token_id=pad_token_id,
+        padding_side=padding_side,
     )
     if is_tuple:
         return new_ids, new_mask  # type: ignore[return-value]
