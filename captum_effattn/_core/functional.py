@@ -142,9 +142,18 @@ class Certificate:
             "max_support": int(self.support_size.max()),
         }
 
-    def ok(self, rtol: float = 1e-6, atol: float = 1e-9) -> bool:
+    def ok(self, rtol: Optional[float] = None, atol: float = 1e-9) -> bool:
         r"""True when every head is output-equivalent within ``rtol`` and is a
-        probability distribution within ``atol`` (and the solver converged)."""
+        probability distribution within ``atol`` (and the solver converged).
+
+        Args:
+            rtol (float, optional): bound on the relative output residual.
+                        Default: 1e-6 for float64 algebra, 1e-5 for float32
+                        (whose rounding alone leaves residuals of about 1e-6).
+            atol (float, optional): bound on negative entries. Default: 1e-9
+        """
+        if rtol is None:
+            rtol = 1e-6 if self.output_residual.dtype == torch.float64 else 1e-5
         w = self.worst()
         return (
             w["all_converged"]

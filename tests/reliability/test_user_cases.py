@@ -285,3 +285,18 @@ def test_narrow_integer_ids_are_refused(tiny_model, dtype):
         AttentionRollout(_forward(model), model=model).attribute(
             ids.to(dtype), additional_forward_args=(mask,)
         )
+
+
+@pytest.mark.parametrize("dtype, ok", [(torch.float32, True), (torch.float64, False)])
+def test_certificate_tolerance_follows_the_algebra_dtype(dtype, ok):
+    from captum_effattn import Certificate
+
+    one = torch.ones(1, 1, dtype=dtype)
+    cert = Certificate(
+        output_residual=one * 5e-6, min_entry=one * 0, row_sum_error=one * 1e-7,
+        kkt_residual=one * 1e-7, iterations=torch.ones(1, 1, dtype=torch.long),
+        converged=torch.ones(1, 1, dtype=torch.bool), rank=torch.ones(1, 1),
+        support_size=torch.ones(1, 1),
+    )  # fmt: skip
+    assert cert.ok() is ok
+    assert cert.ok(rtol=1e-5) and not cert.ok(rtol=1e-6)
