@@ -187,6 +187,23 @@ class ModelAdapter:
         ) or getattr(model.config, "n_positions", None)
         self.vocab_size: Optional[int] = getattr(model.config, "vocab_size", None)
 
+    @property
+    def sliding_window(self) -> Optional[int]:
+        r"""The attention window of a decoder with sliding-window attention
+        (Mistral, Qwen2 with ``use_sliding_window``) in some layer, else None.
+        Efficient attention lets row i use every key j <= i, so inputs longer
+        than the window are refused (:func:`check_token_inputs`)."""
+        cfg = self.model.config
+        window = getattr(cfg, "sliding_window", None)
+        if not self.causal or not window:
+            return None
+        if getattr(cfg, "use_sliding_window", True) is False:
+            return None
+        types = getattr(cfg, "layer_types", None)
+        if types is not None and "sliding_attention" not in types:
+            return None
+        return int(window)
+
     # ------------------------------------------------------------------ weights
     def output_weights(self, layer: int) -> Tensor:
         r"""Per-head output projections ``W_O,h`` of a layer, (heads, d_h, d)."""

@@ -262,6 +262,15 @@ def check_token_inputs(
             f"example(s) {empty} are all padding (attention_mask all 0); remove "
             "them from the batch"
         )
+    window = adapter.sliding_window
+    longest = int(mask.sum(1).max())
+    if window is not None and longest > window:
+        raise ValueError(
+            f"an example has {longest} tokens, more than the model's sliding "
+            f"attention window of {window}: sliding-window attention is not "
+            f"supported (row i would be allowed keys outside its window); "
+            f"truncate the inputs to {window} tokens"
+        )
     return input_ids, mask
 
 

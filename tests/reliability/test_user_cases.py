@@ -300,3 +300,19 @@ def test_certificate_tolerance_follows_the_algebra_dtype(dtype, ok):
     )  # fmt: skip
     assert cert.ok() is ok
     assert cert.ok(rtol=1e-5) and not cert.ok(rtol=1e-6)
+
+
+def test_inputs_longer_than_a_sliding_window_are_refused(tiny_model):
+    model = tiny_model("mistral", sliding_window=8)
+    ids, mask = random_batch(2, 12, lengths=[12, 6], seed=3)
+    with pytest.raises(ValueError, match="sliding attention window of 8"):
+        efficient_attention(model, ids, mask)
+    with pytest.raises(ValueError, match="sliding attention window of 8"):
+        EfficientAttention(_forward(model), model=model).attribute(
+            ids, additional_forward_args=(mask,)
+        )
+    # within the window: the usual answer
+    _, cert = efficient_attention(
+        model, ids[:, :8], mask[:, :8], return_certificate=True
+    )
+    assert cert.ok()
