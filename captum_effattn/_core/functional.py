@@ -41,9 +41,10 @@ KINDS = ("raw", "effective", "efficient")
 OBJECTIVES = ("min_norm", "sparse")
 
 
-#: Default solver tolerance per algebra dtype: float64 certifies to 1e-12;
-#: float32 rounding (eps 1.2e-7) cannot go below about 1e-7, so float32
-#: stops at the package's certificate tolerance of 1e-6.
+#: Default solver tolerance (KKT residual, in the coordinates of the basis)
+#: per algebra dtype: float64 certifies to 1e-12; float32 rounding (eps
+#: 1.2e-7) cannot go below about 1e-7, so float32 stops at 1e-6 (see
+#: :meth:`Certificate.ok` for what that means for sums and outputs).
 DEFAULT_TOL = {torch.float64: 1e-12, torch.float32: 1e-6}
 
 
@@ -142,24 +143,39 @@ class Certificate:
             "max_support": int(self.support_size.max()),
         }
 
-    def ok(self, rtol: Optional[float] = None, atol: float = 1e-9) -> bool:
-        r"""True when every head is output-equivalent within ``rtol`` and is a
-        probability distribution within ``atol`` (and the solver converged).
+    def ok(
+        self,
+        rtol: Optional[float] = None,
+        atol: float = 1e-9,
+        sum_tol: Optional[float] = None,
+    ) -> bool:
+        r"""True when every head is output-equivalent within ``rtol``, is a
+        probability distribution within ``atol`` (entries) and ``sum_tol``
+        (row sums), and the solver converged.
+
+        The defaults follow the algebra's dtype. In float64: ``rtol`` 1e-6
+        and ``sum_tol`` 1e-6. In float32, whose solver tolerance is 1e-6 on
+        the basis coordinates, a row sum is off by up to ``sqrt(n)`` times
+        that and a head output by more where it is small: ``rtol`` 1e-3 and
+        ``sum_tol`` 1e-4 (measured on 107 to 158-token MiniLM documents:
+        output residuals up to 1.1e-4, row sums within 1.3e-5).
 
         Args:
             rtol (float, optional): bound on the relative output residual.
-                        Default: 1e-6 for float64 algebra, 1e-5 for float32
-                        (whose rounding alone leaves residuals of about 1e-6).
+                        Default: 1e-6 in float64, 1e-3 in float32
             atol (float, optional): bound on negative entries. Default: 1e-9
+            sum_tol (float, optional): bound on ``|row sum - 1|``.
+                        Default: 1e-6 in float64, 1e-4 in float32
         """
-        if rtol is None:
-            rtol = 1e-6 if self.output_residual.dtype == torch.float64 else 1e-5
+        wide = self.output_residual.dtype == torch.float64
+        rtol = (1e-6 if wide else 1e-3) if rtol is None else rtol
+        sum_tol = (1e-6 if wide else 1e-4) if sum_tol is None else sum_tol
         w = self.worst()
         return (
             w["all_converged"]
             and w["output_residual"] <= rtol
             and w["min_entry"] >= -atol
-            and w["row_sum_error"] <= max(atol, 1e-6)
+            and w["row_sum_error"] <= max(atol, sum_tol)
         )
 
     def __str__(self) -> str:
