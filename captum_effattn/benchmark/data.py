@@ -602,10 +602,14 @@ def load_csv(
     if frame["label"].dtype == object:
         # a numeric column with an empty cell is read as strings: labels
         # "0" and "1" rather than "0.0" and "1.0", in numeric order
+        values = [str(v).strip() for v in values]
         try:
-            values = [int(v) for v in values]
-        except (TypeError, ValueError):
-            values = [str(v).strip() for v in values]
+            numbers = [int(v) for v in values]
+        except ValueError:
+            numbers = []
+        # only canonical integers ("7", not "07" next to "7")
+        if numbers and all(str(k) == v for k, v in zip(numbers, values)):
+            values = numbers
     try:
         distinct = sorted(set(values))
     except TypeError:  # mixed types: order by their string forms

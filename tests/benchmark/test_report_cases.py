@@ -131,3 +131,11 @@ def test_labels_aligned_to_the_models_numbering(tmp_path):
     assert splits.aligned_to({0: "LABEL_0", 1: "LABEL_1"}) is splits
     assert splits.aligned_to({0: "Fresh", 1: "Rotten"}) is splits
     assert isinstance(aligned.test[0], Example)
+
+
+def test_csv_labels_that_only_look_alike_stay_apart(tmp_path):
+    body = "text,label\n" + "".join(f"t{i},{['7', '07'][i % 2]}\n" for i in range(20))
+    body += "x,\n"
+    with pytest.warns(UserWarning, match="dropped 1"):
+        splits = load_dataset(f"csv:{_write(tmp_path / 'z.csv', body)}")
+    assert splits.label_names == ["07", "7"]

@@ -182,10 +182,13 @@ def _validate_token_inputs(
 ) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
     r"""Common checks of the metrics; returns (ids, attributions, mask, special).
 
-    Also checks ``pad_token_id`` and, when no ``attention_mask`` is given,
-    that no tensor of ``additional_forward_args`` is the attention mask
-    (Captum's way of passing it), which the metrics would neither honour
-    (padding counted as content) nor re-pack with the ids."""
+    Also checks ``pad_token_id`` (an int, and the id the padding holds in
+    the modes that write padding) and the tensors of
+    ``additional_forward_args``: none may be the attention mask when no
+    ``attention_mask`` is given (Captum's way of passing it: the metrics
+    would count padding as content and not rebuild it) or a second copy of
+    it, and in ``"delete"`` mode none may vary along the positions (it would
+    no longer line up with the re-packed ids)."""
     _check_ids(inputs)
     if inputs.shape[0] == 0:
         raise ValueError("inputs is an empty batch: pass at least one example")
