@@ -22,6 +22,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
+import torch
 from torch import Tensor, nn
 
 __all__ = [
@@ -124,14 +125,59 @@ class LayerCapture:
 
 
 @dataclass
+class _CallLog:
+    r"""How often a module was called, and the arguments of its last call."""
+
+    count: int = 0
+    args: Optional[inspect.BoundArguments] = None
+
+    def hook(self, module: nn.Module) -> Any:
+        r"""A forward pre-hook (``with_kwargs=True``) that logs ``module``'s
+        calls, its arguments bound to the signature of its ``forward``."""
+        signature = inspect.signature(module.forward)
+
+        def pre_hook(_m: nn.Module, args: Any, kwargs: Any) -> None:
+            self.count += 1
+            try:
+                self.args = signature.bind(*args, **kwargs)
+            except TypeError:
+                self.args = None
+
+        return pre_hook
+
+
+@dataclass
 class _Recording:
     layers: Dict[int, Dict[str, Tensor]] = field(default_factory=dict)
-    call_args: Optional[inspect.BoundArguments] = None
-    calls: int = 0
-    # the same for the inner base model (``model.bert`` ...), which a
-    # forward_func calling ``model.forward(...)`` directly still calls
-    base_call_args: Optional[inspect.BoundArguments] = None
-    base_calls: int = 0
+    model: _CallLog = field(default_factory=_CallLog)
+    # the inner base model (``model.bert`` ...), which a forward_func
+    # calling ``model.forward(...)`` directly still calls
+    base: _CallLog = field(default_factory=_CallLog)
+
+
+def index_list(values: Any, name: str) -> List[int]:
+    r"""A list of ints from an int, a sequence or an integer tensor (numpy
+    and 0-d torch integers too); a ``TypeError`` that names ``name`` for
+    anything else, bools included."""
+    if isinstance(values, Tensor):
+        if values.is_floating_point() or values.dtype == torch.bool:
+            raise TypeError(
+                f"{name} must be ints (integer indices), got dtype {values.dtype}"
+            )
+        values = values.reshape(-1).tolist()
+    elif not isinstance(values, Sequence):
+        values = [values]
+    out = []
+    for v in values:
+        try:
+            if isinstance(v, bool):
+                raise TypeError
+            out.append(operator.index(v))
+        except TypeError:
+            raise TypeError(
+                f"{name} must be ints (integer indices), got {v!r} in {values!r}"
+            ) from None
+    return out
 
 
 def _get(module: nn.Module, path: str) -> nn.Module:
@@ -227,22 +273,11 @@ class ModelAdapter:
                 f"layers must be an int or a list of ints, got {layers!r}; "
                 "use None for all layers"
             )
-        if isinstance(layers, Tensor):
-            layers = layers.tolist()
-        if not isinstance(layers, Sequence):
-            layers = [layers]  # one index (checked below)
-        if len(layers) == 0:
+        indices = index_list(layers, "layers")
+        if not indices:
             raise ValueError("layers is empty: name at least one layer, or None")
         out: List[int] = []
-        for layer in layers:
-            try:
-                if isinstance(layer, bool):
-                    raise TypeError
-                layer = operator.index(layer)
-            except TypeError:
-                raise TypeError(
-                    f"layer indices must be ints, got {layer!r} in {layers!r}"
-                ) from None
+        for layer in indices:
             if not -self.num_layers <= layer < self.num_layers:
                 raise ValueError(
                     f"layer {layer} out of range for a model with "
@@ -275,8 +310,8 @@ class ModelAdapter:
         Yields:
             a recording whose ``layers[l]`` holds ``"weights"`` and
             ``"values"`` after a forward pass, and ``call_args`` the arguments
-            of the model's own forward call (to read the attention mask);
-            ``base_call_args`` those of its inner base model.
+            ``model``, the calls of the model itself (its arguments give the
+            attention mask), and ``base``, those of its inner base model.
         """
         rec = _Recording()
         handles = []
@@ -293,26 +328,9 @@ class ModelAdapter:
                 stacklevel=3,
             )
             self.model.eval()
-        signature = inspect.signature(self.model.forward)
-
-        def model_pre_hook(_m: nn.Module, args: Any, kwargs: Any) -> None:
-            rec.calls += 1
-            try:
-                rec.call_args = signature.bind(*args, **kwargs)
-            except TypeError:
-                rec.call_args = None
-
         base = getattr(self.model, "base_model", None)
         if not isinstance(base, nn.Module) or base is self.model:
             base = None
-        base_signature = inspect.signature(base.forward) if base is not None else None
-
-        def base_pre_hook(_m: nn.Module, args: Any, kwargs: Any) -> None:
-            rec.base_calls += 1
-            try:
-                rec.base_call_args = base_signature.bind(*args, **kwargs)
-            except TypeError:
-                rec.base_call_args = None
 
         def embedding_hook(_m: nn.Module, _args: Any, output: Any) -> Any:
             if isinstance(output, Tensor) and not output.requires_grad:
@@ -342,13 +360,13 @@ class ModelAdapter:
             return hook
 
         try:
-            handles.append(
-                self.model.register_forward_pre_hook(model_pre_hook, with_kwargs=True)
-            )
-            if base is not None:
-                handles.append(
-                    base.register_forward_pre_hook(base_pre_hook, with_kwargs=True)
-                )
+            for module, log in ((self.model, rec.model), (base, rec.base)):
+                if module is not None:
+                    handles.append(
+                        module.register_forward_pre_hook(
+                            log.hook(module), with_kwargs=True
+                        )
+                    )
             embeddings = None
             if grad:
                 try:

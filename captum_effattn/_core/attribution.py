@@ -25,7 +25,7 @@ from captum_effattn._compat import (
     _is_tuple,
     _select_targets,
 )
-from captum_effattn._core.adapters import ModelAdapter, expand_kv
+from captum_effattn._core.adapters import ModelAdapter, expand_kv, index_list
 from captum_effattn._core.functional import (
     OBJECTIVES,
     Certificate,
@@ -263,7 +263,7 @@ class _AttentionAttribution(Attribution):
                     "check the model's weights and dtype, or use weighting='none'"
                 )
             weights = [caps[idx]["weights"] for idx in layers]
-            with torch.enable_grad():  # also under the caller's torch.no_grad()
+            with torch.enable_grad():  # the sum too, under a caller's no_grad()
                 wgrads = torch.autograd.grad(selected.sum(), weights)
             for idx, g in zip(layers, wgrads):
                 if not bool(torch.isfinite(g).all()):
@@ -348,7 +348,7 @@ class _AttentionAttribution(Attribution):
                     f"indices, got {heads!r}"
                 )
         else:
-            heads = _index_list(heads, "heads")
+            heads = index_list(heads, "heads")
             if not heads or any(not 0 <= h < num for h in heads):
                 raise ValueError(
                     f"heads must be {HEAD_MODES} or indices in [0, {num}), "
@@ -508,28 +508,6 @@ def _gather_rows(mat: Tensor, rows: Tensor) -> Tensor:
 def _pick_rows(mat: Tensor, rows: Tensor) -> Tensor:
     b, n, _ = mat.shape
     return mat.gather(1, rows[:, :, None].expand(b, rows.shape[1], n))
-
-
-def _index_list(values: Any, name: str) -> List[int]:
-    r"""A list of ints from an int, a sequence or an integer tensor; a
-    ``TypeError`` for anything else (bools included)."""
-    if isinstance(values, Tensor):
-        if values.is_floating_point() or values.dtype == torch.bool:
-            raise TypeError(f"{name} must hold integer indices, got {values.dtype}")
-        values = values.reshape(-1).tolist()
-    elif not isinstance(values, Sequence):
-        values = [values]
-    out = []
-    for v in values:
-        try:
-            if isinstance(v, bool):
-                raise TypeError
-            out.append(operator.index(v))
-        except TypeError:
-            raise TypeError(
-                f"{name} must be integer indices, got {v!r} in {values!r}"
-            ) from None
-    return out
 
 
 def _reduce_heads(mat: Tensor, heads: HeadsType) -> Tensor:

@@ -624,11 +624,10 @@ def run_with_capture(
     with adapter.capture(layers, grad=grad) as rec:
         with torch.set_grad_enabled(grad):
             output = call()
-    calls, call_args = rec.calls, rec.call_args
-    if calls == 0 and rec.base_calls > 0:
-        # forward_func called model.forward(...) directly, which skips the
-        # model's hooks but still calls its base model
-        calls, call_args = rec.base_calls, rec.base_call_args
+    # forward_func may call model.forward(...) directly, which skips the
+    # model's hooks but still calls its base model
+    log = rec.model if rec.model.count or not rec.base.count else rec.base
+    calls, call_args = log.count, log.args
     if calls == 0:
         raise ValueError(
             "forward_func never called the model whose attention is read; pass "

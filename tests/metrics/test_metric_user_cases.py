@@ -29,6 +29,15 @@ def _left_padded():
     return ids, mask, special, attr
 
 
+def _order_sensitive(make_bow, pos):
+    r"""A bag of words with position weights ``pos`` (deleting, which shifts
+    tokens, then matters) and the left-padded batch with the metrics'
+    keyword arguments."""
+    ids, mask, special, attr = _left_padded()
+    kw = dict(attention_mask=mask, special_tokens_mask=special)
+    return make_bow(position_weights=pos), ids, attr, kw
+
+
 def test_delete_keeps_a_left_padded_batch_left_padded():
     ids, mask, special, attr = _left_padded()
     (kept, kept_mask), _ = (
@@ -49,9 +58,7 @@ def test_left_padded_batch_equals_examples_alone(make_bow):
     # an order-sensitive model: position weights counted from the right end,
     # as a left-padded decoder sees them
     pos = torch.linspace(0.5, 1.5, 6)
-    model = make_bow(position_weights=pos)
-    ids, mask, special, attr = _left_padded()
-    kw = dict(attention_mask=mask, special_tokens_mask=special)
+    model, ids, attr, kw = _order_sensitive(make_bow, pos)
     batch = necessity(model, ids, attr, fraction=0.5, **kw)
     assert float(sufficiency(model, ids, attr, fraction=1.0, **kw).abs().max()) == 0
     one = {k: v[1:] for k, v in kw.items()}
@@ -166,9 +173,7 @@ def test_pad_token_id_and_empty_batch(make_bow, hand_batch):
 
 def test_padding_side_for_examples_without_padding(make_bow):
     pos = torch.linspace(0.5, 1.5, 6)
-    model = make_bow(position_weights=pos)
-    ids, mask, special, attr = _left_padded()
-    kw = dict(attention_mask=mask, special_tokens_mask=special)
+    model, ids, attr, kw = _order_sensitive(make_bow, pos)
     batch = necessity(model, ids, attr, fraction=0.5, **kw)
     one = {k: v[:1] for k, v in kw.items()}  # row 0 has no padding
     inferred = necessity(model, ids[:1], attr[:1], fraction=0.5, **one)
@@ -184,9 +189,7 @@ def test_minimal_sizes_keep_the_batch_padding_side(make_bow, fn):
     # the search runs one example at a time: the unpadded row of a
     # left-padded batch must still be re-padded on the left
     pos = torch.linspace(3.0, 0.2, 6)
-    model = make_bow(position_weights=pos)
-    ids, mask, special, attr = _left_padded()
-    kw = dict(attention_mask=mask, special_tokens_mask=special)
+    model, ids, attr, kw = _order_sensitive(make_bow, pos)
     batch, _ = fn(model, ids, attr, **kw)
     one = {k: v[:1] for k, v in kw.items()}
     left, _ = fn(model, ids[:1], attr[:1], padding_side="left", **one)
