@@ -31,6 +31,7 @@ __all__ = [
     "ModelAdapter",
     "LayerCapture",
     "supported_architectures",
+    "unwrap_model",
 ]
 
 
@@ -180,6 +181,17 @@ def index_list(values: Any, name: str) -> List[int]:
     return out
 
 
+def unwrap_model(model: Any) -> Any:
+    r"""The module inside ``torch.nn.DataParallel`` and
+    ``DistributedDataParallel`` wrappers (any depth); anything else as it is.
+    Hooks and forward passes then act on the model itself: a data-parallel
+    wrapper would scatter the batch over replicas, and the attention each
+    replica records would cover only its share of the examples."""
+    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        model = model.module
+    return model
+
+
 def _get(module: nn.Module, path: str) -> nn.Module:
     for part in path.split("."):
         module = getattr(module, part)
@@ -200,10 +212,17 @@ class ModelAdapter:
     """
 
     def __init__(self, model: nn.Module) -> None:
+        model = unwrap_model(model)
         if not isinstance(model, nn.Module) or not hasattr(model, "config"):
+            hint = ""
+            if isinstance(model, nn.Module):
+                hint = (
+                    "; for a module that wraps one, pass the Hugging Face model "
+                    "inside it as model="
+                )
             raise TypeError(
                 "expected a Hugging Face transformers model (a torch.nn.Module "
-                f"with a .config), got {type(model).__name__}"
+                f"with a .config), got {type(model).__name__}{hint}"
             )
         model_type = getattr(model.config, "model_type", None)
         if model_type not in ARCHITECTURES:

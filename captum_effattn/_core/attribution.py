@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from captum.attr import Attribution
+from captum.log import log_usage
 from torch import Tensor, nn
 
 from captum_effattn._compat import (
@@ -25,7 +26,12 @@ from captum_effattn._compat import (
     _is_tuple,
     _select_targets,
 )
-from captum_effattn._core.adapters import ModelAdapter, expand_kv, index_list
+from captum_effattn._core.adapters import (
+    ModelAdapter,
+    expand_kv,
+    index_list,
+    unwrap_model,
+)
 from captum_effattn._core.functional import (
     OBJECTIVES,
     Certificate,
@@ -100,7 +106,9 @@ class _AttentionAttribution(Attribution):
                         ``lambda ids, mask: model(ids, attention_mask=mask).logits``
                         (the same one given to ``LayerIntegratedGradients``).
             model (nn.Module, optional): the Hugging Face model whose attention
-                        is read (loaded with ``attn_implementation="eager"``).
+                        is read (loaded with ``attn_implementation="eager"``);
+                        a ``torch.nn.DataParallel`` or
+                        ``DistributedDataParallel`` wrapper is looked through.
                         Default: ``forward_func`` when it is an ``nn.Module``.
             dtype (torch.dtype, optional): dtype of the algebra.
                         Default: ``torch.float64``
@@ -119,6 +127,12 @@ class _AttentionAttribution(Attribution):
                     "Hugging Face model whose attention should be read"
                 )
             model = forward_func
+        if isinstance(forward_func, nn.Module) and unwrap_model(forward_func) is (
+            unwrap_model(model)
+        ):
+            # the wrapped model itself: run it directly, not scattered over
+            # DataParallel replicas whose attention the hooks would split
+            self.forward_func = unwrap_model(forward_func)
         check_algebra_dtype(dtype)
         check_solver_options(tol, max_iter, rtol)
         self.model = model
@@ -135,6 +149,7 @@ class _AttentionAttribution(Attribution):
     def has_convergence_delta(self) -> bool:
         return False
 
+    @log_usage()
     def attribute(
         self,
         inputs: Union[Tensor, Tuple[Tensor, ...]],

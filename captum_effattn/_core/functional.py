@@ -214,7 +214,10 @@ def check_token_inputs(
             "input_ids must hold integer token ids (torch.long), got "
             f"{input_ids.dtype}. To attribute to embeddings use "
             "LayerIntegratedGradients; to perturb tokens use "
-            "captum_effattn.metrics.token_perturb_func."
+            "captum_effattn.metrics.token_perturb_func. (Captum's NoiseTunnel "
+            "adds Gaussian noise to the inputs, which token ids cannot take: "
+            "average attribute() over inputs perturbed by "
+            "token_perturb_func('sensitivity', ...) instead.)"
         )
     if input_ids.dtype not in (torch.long, torch.int32):
         raise TypeError(
@@ -692,6 +695,7 @@ def _matrices(
 ) -> Union[Tensor, Tuple[Tensor, Certificate]]:
     check_algebra_dtype(dtype)
     adapter = ModelAdapter(model)
+    model = adapter.model  # without a DataParallel wrapper
     ids, mask = check_token_inputs(adapter, input_ids, attention_mask)
     model_device = next(model.parameters()).device
     ids, mask = ids.to(model_device), mask.to(model_device)

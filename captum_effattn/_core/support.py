@@ -107,6 +107,7 @@ def attention_support_test(
     )
     raw = attention_weights(model, input_ids, mask, dtype=e.dtype)
     adapter = ModelAdapter(model)
+    model = adapter.model  # without a DataParallel wrapper
     layers = range(e.shape[0])
 
     def probs(matrices: Optional[Tensor]) -> Tensor:
