@@ -23,11 +23,13 @@ its complement).
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from numbers import Integral, Real
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 #: Target classes as Captum accepts them for 2-D outputs.
@@ -418,6 +420,65 @@ def _check_logits(out: Any, rows: int) -> Tensor:
     return out
 
 
+def _probabilities(outputs: Tensor) -> Tensor:
+    r"""Class probabilities from ``forward_func``'s outputs (B, classes), in
+    float32 or wider: their softmax, unless they already are probabilities
+    (every row non-negative and summing to 1 within rounding, as
+    ``logits.softmax(-1)`` returns them), which are taken as they are. A
+    second softmax would silently squeeze every difference toward 0 (two
+    classes: ``softmax(p)_j = sigmoid(2 p_j - 1)``, about half the change)."""
+    out = outputs.to(torch.promote_types(outputs.dtype, torch.float32))
+    tol = 1e-3 if outputs.dtype in (torch.float16, torch.bfloat16) else 1e-4
+    if (
+        bool(torch.isfinite(out).all())
+        and bool((out >= 0).all())
+        and bool(((out.sum(dim=1) - 1).abs() <= tol).all())
+    ):
+        return out
+    return torch.softmax(out, dim=-1)
+
+
+@contextlib.contextmanager
+def _eval_mode() -> Iterator[None]:
+    r"""Run the forward calls inside in eval mode: a module that
+    ``forward_func`` calls while in training mode is switched to eval mode,
+    with all its submodules, and every flag is restored on exit. The metrics
+    see only ``forward_func``, not the model, so a process-wide forward
+    pre-hook finds the modules. When the switch turned off dropout or batch
+    statistics (which would make every probability random), a warning says
+    so, as the attribution classes do; a module without them (a plain
+    ``nn.Module`` is in training mode from birth) changes nothing."""
+    switched: List[Tuple[nn.Module, bool]] = []
+
+    def hook(module: nn.Module, _args: Any) -> None:
+        if module.training:
+            switched.extend((m, m.training) for m in module.modules())
+            module.eval()
+
+    handle = nn.modules.module.register_module_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+        for module, training in reversed(switched):
+            module.training = training
+        if any(_random_in_training(m) for m, training in switched if training):
+            warnings.warn(
+                "forward_func ran the model in training mode (dropout on); the "
+                "metric switched it to eval mode for its forward passes and "
+                "back afterwards. Call model.eval() to silence this warning.",
+                stacklevel=4,
+            )
+
+
+def _random_in_training(module: nn.Module) -> bool:
+    r"""Whether ``module`` behaves differently in training mode: dropout with
+    a positive rate, or batch normalisation."""
+    if isinstance(module, nn.modules.dropout._DropoutNd):
+        return module.p > 0
+    return isinstance(module, nn.modules.batchnorm._BatchNorm)
+
+
 def _forward_rows(
     forward_func: Callable[..., Tensor],
     input_ids: Tensor,
@@ -439,7 +500,7 @@ def _forward_rows(
     step = rows if batch_size is None else max(1, int(batch_size))
     outputs: List[Tensor] = []
     starts = range(0, rows, step)
-    with torch.no_grad():
+    with torch.no_grad(), _eval_mode():
         for start in tqdm(starts, desc=desc, disable=not show_progress, leave=False):
             chunk = slice(start, start + step)
             index = example_index[chunk]
@@ -458,7 +519,13 @@ def _format_target(
     target: TargetLike, n_examples: int, n_classes: Optional[int]
 ) -> Tensor:
     r"""Target classes as a (B,) long tensor (Captum's int / list / tensor forms);
-    ``n_classes=None`` checks only that they are not negative."""
+    ``n_classes=None`` checks only that they are not negative. As in Captum,
+    a tuple of one index, ``(j,)``, indexes the class dimension of every
+    example, and a list may hold such tuples (one per example)."""
+    if isinstance(target, tuple) and len(target) == 1:
+        target = target[0]
+    elif isinstance(target, list):
+        target = [x[0] if isinstance(x, tuple) and len(x) == 1 else x for x in target]
     if isinstance(target, bool):
         raise TypeError("target must be an int, a list of ints or a tensor")
     if isinstance(target, Integral):

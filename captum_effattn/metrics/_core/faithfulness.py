@@ -77,6 +77,7 @@ from captum_effattn.metrics._core.erase import (
     _keep_mask,
     _num_tokens,
     _padding_side,
+    _probabilities,
     _rank_positions,
     _validate_token_inputs,
 )
@@ -208,9 +209,7 @@ def _erasure_curve(
         show_progress=show_progress,
         desc="sufficiency" if keep_top else "necessity",
     )
-    probs = torch.softmax(
-        logits.to(torch.promote_types(logits.dtype, torch.float32)), -1
-    )
+    probs = _probabilities(logits)
     n_classes = probs.shape[1]
     p_orig = probs[:n_examples]
     if target is None:
@@ -259,6 +258,9 @@ def sufficiency(
     Args:
         forward_func (Callable): the model or a function of it that returns
                     logits of shape (B, classes); probabilities are their softmax.
+                    An output that already is probabilities (every row
+                    non-negative and summing to 1, e.g. ``logits.softmax(-1)``)
+                    is taken as it is, not passed through softmax again.
                     It is called as ``forward_func(ids, attention_mask,
                     *additional_forward_args)`` when ``attention_mask`` is given
                     (both rebuilt for the perturbed input) and as
@@ -384,6 +386,9 @@ def necessity(
     Args:
         forward_func (Callable): the model or a function of it that returns
                     logits of shape (B, classes); probabilities are their softmax.
+                    An output that already is probabilities (every row
+                    non-negative and summing to 1, e.g. ``logits.softmax(-1)``)
+                    is taken as it is, not passed through softmax again.
                     It is called as ``forward_func(ids, attention_mask,
                     *additional_forward_args)`` when ``attention_mask`` is given
                     (both rebuilt for the perturbed input) and as
@@ -520,6 +525,9 @@ def aopc_sufficiency(
     Args:
         forward_func (Callable): the model or a function of it that returns
                     logits of shape (B, classes); probabilities are their softmax.
+                    An output that already is probabilities (every row
+                    non-negative and summing to 1, e.g. ``logits.softmax(-1)``)
+                    is taken as it is, not passed through softmax again.
                     It is called as ``forward_func(ids, attention_mask,
                     *additional_forward_args)`` when ``attention_mask`` is given
                     (both rebuilt for the perturbed input) and as
@@ -632,6 +640,9 @@ def aopc_necessity(
     Args:
         forward_func (Callable): the model or a function of it that returns
                     logits of shape (B, classes); probabilities are their softmax.
+                    An output that already is probabilities (every row
+                    non-negative and summing to 1, e.g. ``logits.softmax(-1)``)
+                    is taken as it is, not passed through softmax again.
                     It is called as ``forward_func(ids, attention_mask,
                     *additional_forward_args)`` when ``attention_mask`` is given
                     (both rebuilt for the perturbed input) and as
