@@ -1,0 +1,94 @@
+r"""Model states, heads and configurations that Hugging Face users have: extra
+model inputs (``token_type_ids``, ``position_ids``) and training mode in
+:func:`attention_support_test`, regression and headless models."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from effattn_testing import make_tiny_model, random_batch
+
+from captum_effattn import attention_support_test
+
+
+def _probs(model, ids, mask, **kwargs):
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask, **kwargs).logits
+    return torch.softmax(logits.double(), -1)
+
+
+# ---------------------------------------------- attention_support_test
+def _with_segments():
+    r"""A BERT whose segment embeddings matter, and ids with two segments."""
+    model = copy.deepcopy(make_tiny_model("bert"))
+    with torch.no_grad():
+        model.bert.embeddings.token_type_embeddings.weight.mul_(10.0)
+        model.classifier.weight.mul_(100.0)
+    ids, mask = random_batch(2, 20, lengths=[20, 14], seed=7)
+    segments = torch.zeros_like(ids)
+    segments[:, 8:] = 1
+    return model, ids, mask, dict(token_type_ids=segments)
+
+
+def _left_padded_gpt2():
+    r"""GPT-2 (absolute positions) on a left-padded batch, with the
+    position ids that count real tokens only."""
+    model = make_tiny_model("gpt2")
+    ids, mask = random_batch(2, 20, lengths=[20, 14], seed=7, left=True)
+    return model, ids, mask, dict(position_ids=(mask.cumsum(-1) - 1).clamp_min(0))
+
+
+@pytest.mark.parametrize("make", [_with_segments, _left_padded_gpt2])
+def test_support_test_passes_model_inputs_to_every_forward_pass(make):
+    # token_type_ids / position_ids reached efficient attention's forward
+    # pass but not the test's own passes: p_full was the probability of
+    # another input, and swapping in efficient attention seemed to change it
+    model, ids, mask, kwargs = make()
+    res = attention_support_test(model, ids, mask, **kwargs)
+    probs = _probs(model, ids, mask, **kwargs)
+    assert not torch.allclose(probs, _probs(model, ids, mask), atol=1e-4)
+    assert res.target.tolist() == probs.argmax(-1).tolist()
+    torch.testing.assert_close(res.p_full, probs.max(-1).values, rtol=0, atol=1e-6)
+    torch.testing.assert_close(res.p_efficient, res.p_full, rtol=0, atol=1e-6)
+    assert res.certificate.ok(), str(res.certificate)
+
+
+def test_support_test_runs_a_training_model_without_dropout():
+    model = copy.deepcopy(make_tiny_model("bert"))
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.5
+    ids, mask = random_batch(2, 20, lengths=[20, 14], seed=7)
+    expected = _probs(model, ids, mask).max(-1).values  # eval mode
+    model.train()
+    with pytest.warns(UserWarning, match="training mode"):
+        res = attention_support_test(model, ids, mask)
+    torch.testing.assert_close(res.p_full, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(res.p_efficient, res.p_full, rtol=0, atol=1e-6)
+    assert all(m.training for m in model.modules())  # left as found
+
+
+def test_support_test_refuses_a_single_logit_model():
+    # softmax over one logit is 1: sufficiency and necessity were silently 0
+    model = make_tiny_model("bert", num_labels=1)
+    ids, mask = random_batch(2, 12, lengths=[12, 9], seed=1)
+    with pytest.raises(ValueError, match="single-logit.*2 or more classes"):
+        attention_support_test(model, ids, mask)
+
+
+def test_support_test_refuses_a_model_without_logits():
+    from transformers import AutoModel
+
+    model = AutoModel.from_config(make_tiny_model("bert").config).eval()
+    ids, mask = random_batch(2, 12, lengths=[12, 9], seed=1)
+    with pytest.raises(TypeError, match="ForSequenceClassification.*without .logits"):
+        attention_support_test(model, ids, mask)
+
+
+@pytest.mark.parametrize("name", ["layers", "rows"])
+def test_support_test_refuses_partial_matrices(tiny_model, name):
+    ids, mask = random_batch(2, 12, lengths=[12, 9], seed=1)
+    with pytest.raises(TypeError, match=f"no {name}= option"):
+        attention_support_test(tiny_model("bert"), ids, mask, **{name: 0})
