@@ -1,6 +1,7 @@
 r"""Model states, heads and configurations that Hugging Face users have: extra
 model inputs (``token_type_ids``, ``position_ids``) and training mode in
-:func:`attention_support_test`, regression and headless models."""
+:func:`attention_support_test`, regression and headless models, and
+RoBERTa's position offset."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ import pytest
 import torch
 from effattn_testing import make_tiny_model, random_batch
 
-from captum_effattn import attention_support_test
+from captum_effattn import (
+    attention_support_test,
+    attention_weights,
+    efficient_attention,
+)
 
 
 def _probs(model, ids, mask, **kwargs):
@@ -92,3 +97,19 @@ def test_support_test_refuses_partial_matrices(tiny_model, name):
     ids, mask = random_batch(2, 12, lengths=[12, 9], seed=1)
     with pytest.raises(TypeError, match=f"no {name}= option"):
         attention_support_test(tiny_model("bert"), ids, mask, **{name: 0})
+
+
+# ------------------------------------------------ RoBERTa's position offset
+@pytest.mark.parametrize("family", ["roberta", "xlm-roberta", "camembert"])
+def test_roberta_family_length_limit_counts_the_position_offset(tiny_model, family):
+    # max_position_embeddings 130 with pad_token_id 1: positions 2..129, so
+    # 128 tokens at most; 129 passed the check and failed inside the model
+    # with "index 130 is out of bounds"
+    model = tiny_model(family)
+    ids = torch.randint(3, 120, (1, 129), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="exceeds the model's 128 positions"):
+        efficient_attention(model, ids, layers=-1, rows=0)
+    with pytest.raises(ValueError, match="max_length=128"):
+        attention_weights(model, ids)
+    out = attention_weights(model, ids[:, :128], layers=-1, rows=0)
+    assert out.shape == (1, 1, 4, 1, 128)
