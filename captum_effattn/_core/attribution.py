@@ -254,7 +254,13 @@ class _AttentionAttribution(Attribution):
         if needs_grad:
             logits = output.logits if hasattr(output, "logits") else output
             if not isinstance(logits, Tensor):
-                raise TypeError("forward_func must return a tensor of logits")
+                raise TypeError(
+                    f"forward_func must return a tensor of logits, got "
+                    f"{type(output).__name__}; weighting={weighting!r}, "
+                    f"layer={layer!r} differentiates it. For a Hugging Face "
+                    "model return its .logits, e.g. lambda ids, mask: "
+                    "model(ids, attention_mask=mask).logits"
+                )
             selected = _target_scores(logits, target, ids.shape[0], layer, weighting)
             if not bool(torch.isfinite(selected).all()):
                 raise ValueError(
@@ -264,8 +270,24 @@ class _AttentionAttribution(Attribution):
                 )
             weights = [caps[idx]["weights"] for idx in layers]
             with torch.enable_grad():  # the sum too, under a caller's no_grad()
-                wgrads = torch.autograd.grad(selected.sum(), weights)
+                total = selected.sum()
+                wgrads = (
+                    torch.autograd.grad(total, weights, allow_unused=True)
+                    if total.requires_grad
+                    else [None] * len(weights)
+                )
             for idx, g in zip(layers, wgrads):
+                if g is None:
+                    raise ValueError(
+                        f"weighting={weighting!r}, layer={layer!r} needs the "
+                        "gradient of forward_func's output with respect to the "
+                        f"attention of layer {idx}, but the output is not "
+                        "connected to it: forward_func ran the model under "
+                        "torch.no_grad() or detached its output, or the model "
+                        "is torch.compile'd (its graph hides the attention). "
+                        "Return the model's logits with their graph and pass "
+                        "the uncompiled model, or use weighting='none'"
+                    )
                 if not bool(torch.isfinite(g).all()):
                     raise ValueError(
                         "the gradient of the target output with respect to the "

@@ -1,7 +1,8 @@
 r"""Model states, heads and configurations that Hugging Face users have: extra
 model inputs (``token_type_ids``, ``position_ids``) and training mode in
-:func:`attention_support_test`, regression and headless models, and
-RoBERTa's position offset."""
+:func:`attention_support_test`, regression and headless models, RoBERTa's
+position offset, and forward functions whose output has no graph back to the
+attention (``torch.no_grad()`` inside, detached, ``torch.compile``)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,15 @@ import torch
 from effattn_testing import make_tiny_model, random_batch
 
 from captum_effattn import (
+    EfficientAttention,
     attention_support_test,
     attention_weights,
     efficient_attention,
 )
+
+
+def _forward(model):
+    return lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits
 
 
 def _probs(model, ids, mask, **kwargs):
@@ -113,3 +119,52 @@ def test_roberta_family_length_limit_counts_the_position_offset(tiny_model, fami
         attention_weights(model, ids)
     out = attention_weights(model, ids[:, :128], layers=-1, rows=0)
     assert out.shape == (1, 1, 4, 1, 128)
+
+
+# ------------------------------------ gradient weighting without a graph
+def _under_no_grad(model):
+    def forward(ids, mask):
+        with torch.no_grad():
+            return model(input_ids=ids, attention_mask=mask).logits
+
+    return forward
+
+
+@pytest.mark.parametrize(
+    "make",
+    [_under_no_grad, lambda m: (lambda i, k: _forward(m)(i, k).detach())],
+    ids=["no-grad-inside", "detached"],
+)
+@pytest.mark.parametrize(
+    "options", [dict(weighting="gradient"), dict(layer="gradient_rollout")]
+)
+def test_gradient_of_an_output_without_graph(tiny_model, make, options):
+    model = tiny_model("bert")
+    ids, mask = random_batch(2, 12, lengths=[12, 9], seed=1)
+    explainer = EfficientAttention(make(model), model=model)
+    with pytest.raises(ValueError, match="not connected.*weighting='none'"):
+        explainer.attribute(ids, additional_forward_args=(mask,), **options)
+
+
+def test_gradient_of_a_tuple_output_says_to_return_logits(tiny_model):
+    model = tiny_model("bert")
+    ids, mask = random_batch(2, 12, lengths=[12, 9], seed=1)
+
+    def forward(ids, mask):
+        return model(input_ids=ids, attention_mask=mask, return_dict=False)
+
+    with pytest.raises(TypeError, match="got tuple.*\\.logits"):
+        EfficientAttention(forward, model=model).attribute(
+            ids, additional_forward_args=(mask,), weighting="gradient"
+        )
+
+
+@pytest.mark.slow
+def test_gradient_weighting_of_a_compiled_model_is_refused_clearly(tiny_model):
+    model = tiny_model("bert")
+    compiled = torch.compile(model, backend="aot_eager")
+    ids, mask = random_batch(2, 12, lengths=[12, 9], seed=1)
+    explainer = EfficientAttention(_forward(compiled), model=model)
+    with pytest.raises(ValueError, match="torch.compile"):
+        explainer.attribute(ids, additional_forward_args=(mask,), weighting="gradient")
+    torch._dynamo.reset()
