@@ -233,7 +233,11 @@ class ModelAdapter:
         )
         in_features = out0.weight.shape[0] if self.spec.conv1d else out0.weight.shape[1]
         self.head_dim = in_features // self.num_heads
-        self.causal = self.spec.causal
+        # BERT-like encoders built as decoders (is_decoder=True: BertLMHeadModel,
+        # RobertaForCausalLM...) mask future keys: their attention module
+        # says so, as every transformers attention module does
+        attention0 = _get(self.layer_modules[0], self.spec.attention)
+        self.causal = self.spec.causal or bool(getattr(attention0, "is_causal", False))
         self.max_positions: Optional[int] = getattr(
             model.config, "max_position_embeddings", None
         ) or getattr(model.config, "n_positions", None)

@@ -1,8 +1,9 @@
 r"""Model states, heads and configurations that Hugging Face users have: extra
 model inputs (``token_type_ids``, ``position_ids``) and training mode in
 :func:`attention_support_test`, regression and headless models, RoBERTa's
-position offset, and forward functions whose output has no graph back to the
-attention (``torch.no_grad()`` inside, detached, ``torch.compile``)."""
+position offset, encoders built as decoders, and forward functions whose output
+has no graph back to the attention (``torch.no_grad()`` inside, detached,
+``torch.compile``)."""
 
 from __future__ import annotations
 
@@ -168,3 +169,26 @@ def test_gradient_weighting_of_a_compiled_model_is_refused_clearly(tiny_model):
     with pytest.raises(ValueError, match="torch.compile"):
         explainer.attribute(ids, additional_forward_args=(mask,), weighting="gradient")
     torch._dynamo.reset()
+
+
+# ----------------------------------------- encoders built as decoders
+@pytest.mark.parametrize("family", ["bert", "roberta", "electra"])
+def test_encoder_family_built_as_a_decoder_is_causal(family):
+    # is_decoder=True (BertLMHeadModel, RobertaForCausalLM...) masks future
+    # keys; efficient attention gave them up to a quarter of each row
+    from transformers import AutoModelForCausalLM
+
+    config = make_tiny_model(family, is_decoder=True).config
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    ids, mask = random_batch(2, 22, lengths=[22, 15], seed=3)
+    e, cert = efficient_attention(model, ids, mask, return_certificate=True)
+    assert cert.ok(), str(cert)
+    future = torch.triu(torch.ones(22, 22, dtype=torch.bool), 1)
+    assert float(attention_weights(model, ids, mask)[..., future].abs().max()) == 0
+    assert float(e[..., future].abs().max()) == 0
+    explainer = EfficientAttention(_forward(model), model=model)
+    _, res = explainer.attribute(
+        ids, additional_forward_args=(mask,), return_matrices=True
+    )
+    assert res.rows[:, 0].tolist() == [21, 14]  # the last real token
