@@ -1,9 +1,9 @@
 r"""Model states, heads and configurations that Hugging Face users have: extra
 model inputs (``token_type_ids``, ``position_ids``) and training mode in
 :func:`attention_support_test`, regression and headless models, RoBERTa's
-position offset, encoders built as decoders, and forward functions whose output
-has no graph back to the attention (``torch.no_grad()`` inside, detached,
-``torch.compile``)."""
+position offset, encoders built as decoders, the model itself as forward_func,
+and forward functions whose output has no graph back to the attention
+(``torch.no_grad()`` inside, detached, ``torch.compile``)."""
 
 from __future__ import annotations
 
@@ -192,3 +192,26 @@ def test_encoder_family_built_as_a_decoder_is_causal(family):
         ids, additional_forward_args=(mask,), return_matrices=True
     )
     assert res.rows[:, 0].tolist() == [21, 14]  # the last real token
+
+
+# -------------------------------------------- the model as forward_func
+def test_model_as_forward_func_with_a_mask_gpt2_reads_as_its_cache(tiny_model):
+    # GPT2ForSequenceClassification.forward(input_ids, cache, attention_mask...):
+    # the mask in additional_forward_args became the cache, and the model
+    # failed with "'Tensor' object has no attribute 'get_seq_length'"
+    model = tiny_model("gpt2")
+    ids, mask = random_batch(2, 12, lengths=[12, 9], seed=1)
+    with pytest.raises(ValueError, match="argument 'cache'.*attention_mask=mask"):
+        EfficientAttention(model).attribute(ids, additional_forward_args=(mask,))
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert", "llama"])
+def test_model_as_forward_func_with_a_mask(tiny_model, family):
+    # the same call works where the second argument is the attention mask
+    model = tiny_model(family)
+    ids, mask = random_batch(2, 12, lengths=[12, 9], seed=1)
+    got = EfficientAttention(model).attribute(ids, additional_forward_args=(mask,))
+    ref = EfficientAttention(_forward(model), model=model).attribute(
+        ids, additional_forward_args=(mask,)
+    )
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
