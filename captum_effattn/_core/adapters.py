@@ -19,7 +19,7 @@ import contextlib
 import inspect
 import operator
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
@@ -51,6 +51,10 @@ class ArchSpec:
                     chunk ``value_chunk`` of 3 along the last dimension.
         conv1d (bool): GPT-2's ``Conv1D`` stores weights as (in, out).
         causal (bool): decoder attention (row i sees keys j <= i).
+        position_offset (bool): position ids start after the padding id
+                    (RoBERTa's ``pad_token_id + 1``), so the model reads
+                    ``max_position_embeddings - pad_token_id - 1`` tokens
+                    at most (512 for roberta-base, not 514).
     """
 
     layers: str
@@ -61,6 +65,7 @@ class ArchSpec:
     value_chunk: Optional[int] = None
     conv1d: bool = False
     causal: bool = False
+    position_offset: bool = False
 
 
 _BERT_LIKE = ArchSpec(
@@ -69,14 +74,15 @@ _BERT_LIKE = ArchSpec(
     value="attention.self.value",
     output="attention.output.dense",
 )
+_ROBERTA_LIKE = replace(_BERT_LIKE, position_offset=True)
 
 #: model_type (``model.config.model_type``) -> :class:`ArchSpec`.
 ARCHITECTURES: Dict[str, ArchSpec] = {
     "bert": _BERT_LIKE,
-    "roberta": _BERT_LIKE,
-    "xlm-roberta": _BERT_LIKE,
+    "roberta": _ROBERTA_LIKE,
+    "xlm-roberta": _ROBERTA_LIKE,
     "electra": _BERT_LIKE,
-    "camembert": _BERT_LIKE,
+    "camembert": _ROBERTA_LIKE,
     "distilbert": ArchSpec(
         layers="transformer.layer",
         attention="attention",
@@ -246,10 +252,18 @@ class ModelAdapter:
         )
         in_features = out0.weight.shape[0] if self.spec.conv1d else out0.weight.shape[1]
         self.head_dim = in_features // self.num_heads
-        self.causal = self.spec.causal
+        # BERT-like encoders built as decoders (is_decoder=True: BertLMHeadModel,
+        # RobertaForCausalLM...) mask future keys: their attention module
+        # says so, as every transformers attention module does
+        attention0 = _get(self.layer_modules[0], self.spec.attention)
+        self.causal = self.spec.causal or bool(getattr(attention0, "is_causal", False))
         self.max_positions: Optional[int] = getattr(
             model.config, "max_position_embeddings", None
         ) or getattr(model.config, "n_positions", None)
+        pad = getattr(model.config, "pad_token_id", None)
+        if self.max_positions is not None and self.spec.position_offset:
+            # positions run from pad_token_id + 1 (RoBERTa's create_position_ids)
+            self.max_positions -= (pad or 0) + 1
         self.vocab_size: Optional[int] = getattr(model.config, "vocab_size", None)
 
     @property

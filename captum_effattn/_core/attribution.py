@@ -9,6 +9,7 @@ score per input token.
 
 from __future__ import annotations
 
+import inspect
 import operator
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -246,6 +247,8 @@ class _AttentionAttribution(Attribution):
             else list(range(adapter.num_layers))
         )
 
+        _check_positional_model_arguments(self.forward_func, formatted, extra)
+
         def call() -> Any:
             return self.forward_func(*formatted, *extra)
 
@@ -269,7 +272,13 @@ class _AttentionAttribution(Attribution):
         if needs_grad:
             logits = output.logits if hasattr(output, "logits") else output
             if not isinstance(logits, Tensor):
-                raise TypeError("forward_func must return a tensor of logits")
+                raise TypeError(
+                    f"forward_func must return a tensor of logits, got "
+                    f"{type(output).__name__}; weighting={weighting!r}, "
+                    f"layer={layer!r} differentiates it. For a Hugging Face "
+                    "model return its .logits, e.g. lambda ids, mask: "
+                    "model(ids, attention_mask=mask).logits"
+                )
             selected = _target_scores(logits, target, ids.shape[0], layer, weighting)
             if not bool(torch.isfinite(selected).all()):
                 raise ValueError(
@@ -279,8 +288,24 @@ class _AttentionAttribution(Attribution):
                 )
             weights = [caps[idx]["weights"] for idx in layers]
             with torch.enable_grad():  # the sum too, under a caller's no_grad()
-                wgrads = torch.autograd.grad(selected.sum(), weights)
+                total = selected.sum()
+                wgrads = (
+                    torch.autograd.grad(total, weights, allow_unused=True)
+                    if total.requires_grad
+                    else [None] * len(weights)
+                )
             for idx, g in zip(layers, wgrads):
+                if g is None:
+                    raise ValueError(
+                        f"weighting={weighting!r}, layer={layer!r} needs the "
+                        "gradient of forward_func's output with respect to the "
+                        f"attention of layer {idx}, but the output is not "
+                        "connected to it: forward_func ran the model under "
+                        "torch.no_grad() or detached its output, or the model "
+                        "is torch.compile'd (its graph hides the attention). "
+                        "Return the model's logits with their graph and pass "
+                        "the uncompiled model, or use weighting='none'"
+                    )
                 if not bool(torch.isfinite(g).all()):
                     raise ValueError(
                         "the gradient of the target output with respect to the "
@@ -452,6 +477,40 @@ class _AttentionAttribution(Attribution):
         # query="all": the attention each token receives, mean over real rows.
         row_real = key_mask.gather(1, rows).to(picked.dtype)
         return (picked * row_real.unsqueeze(-1)).sum(1) / row_real.sum(1, keepdim=True)
+
+
+#: Arguments of a Hugging Face model's forward that take one value per token.
+_TOKEN_ARGUMENTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+
+
+def _check_positional_model_arguments(
+    forward_func: Callable[..., Any], inputs: Tuple[Any, ...], extra: Tuple[Any, ...]
+) -> None:
+    r"""When ``forward_func`` is the model itself, its inputs and
+    ``additional_forward_args`` reach its ``forward`` positionally; raise a
+    clear error when a (batch, seq) tensor, such as the attention mask, would
+    land on an argument that is not per token (GPT-2's second argument is its
+    cache, not the attention mask)."""
+    if not isinstance(forward_func, nn.Module) or not extra:
+        return
+    try:
+        bound = inspect.signature(forward_func.forward).bind(*inputs, *extra)
+    except (TypeError, ValueError):
+        return  # let the call itself raise
+    shape = inputs[0].shape if isinstance(inputs[0], Tensor) else None
+    for name, value in bound.arguments.items():
+        if (
+            isinstance(value, Tensor)
+            and value.shape == shape
+            and name not in _TOKEN_ARGUMENTS
+        ):
+            raise ValueError(
+                f"additional_forward_args reach {type(forward_func).__name__}"
+                f".forward positionally, and a tensor of shape {tuple(value.shape)} "
+                f"(the attention mask?) would become its argument {name!r}. Pass "
+                "a forward_func that names it, e.g. lambda ids, mask: "
+                "model(ids, attention_mask=mask).logits, with model=model"
+            )
 
 
 def _copy_tensors(value: Any) -> Any:

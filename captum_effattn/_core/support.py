@@ -12,8 +12,10 @@ its complement (necessity), complementing the token-deletion metrics of
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -68,6 +70,54 @@ def _restrict(a: Tensor, keep: Tensor) -> Tensor:
     return torch.where(total > 0, kept / total.clamp_min(1e-300), a)
 
 
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    r"""Run the block with ``model`` in eval mode (no dropout), then give every
+    submodule back its own training flag."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+#: Keyword options that :func:`attention_support_test` hands to
+#: :func:`efficient_attention`; any other keyword is a model input.
+_SOLVER_OPTIONS = frozenset(inspect.signature(efficient_attention).parameters) - {
+    "model",
+    "input_ids",
+    "attention_mask",
+    "model_kwargs",
+}
+
+
+def _class_probabilities(output: Any) -> Tensor:
+    r"""Softmax probabilities, in float64, of a classifier's (batch, classes)
+    logits; a clear error for any other output."""
+    logits = getattr(output, "logits", output)
+    if not isinstance(logits, Tensor) or logits.dim() != 2:
+        got = (
+            f"logits of shape {tuple(logits.shape)}"
+            if isinstance(logits, Tensor)
+            else f"a {type(output).__name__} without .logits"
+        )
+        raise TypeError(
+            "attention_support_test needs a classifier whose output has "
+            "(batch, classes) .logits, e.g. AutoModelForSequenceClassification; "
+            f"got {got}"
+        )
+    if logits.shape[-1] < 2:
+        raise ValueError(
+            "attention_support_test compares softmax probabilities, and a "
+            "softmax over one output is always 1, so a single-logit model "
+            f"(num_labels=1, logits of shape {tuple(logits.shape)}) would score "
+            "0 everywhere; use a model with 2 or more classes"
+        )
+    return torch.softmax(logits.double(), -1)
+
+
 def attention_support_test(
     model: nn.Module,
     input_ids: Tensor,
@@ -90,10 +140,18 @@ def attention_support_test(
         objective (str, optional): ``"min_norm"`` or ``"sparse"`` efficient
                     attention. Default: ``"min_norm"``
         **options: further options of :func:`efficient_attention` (``dtype``,
-                    ``tol``...).
+                    ``tol``...) and further keyword inputs of the model
+                    (``token_type_ids``, ``position_ids``...), which every
+                    forward pass of the test receives.
 
     Returns:
         :class:`SupportTestResult`.
+
+    Raises:
+        TypeError: the model's output has no (batch, classes) ``logits``, or
+                    ``layers``/``rows`` were given.
+        ValueError: the model has a single output (``num_labels=1``), whose
+                    softmax is always 1.
 
     Examples::
 
@@ -101,23 +159,38 @@ def attention_support_test(
         >>> res = attention_support_test(model, ids, mask, objective="sparse")
         >>> res.sufficiency, res.necessity
     """
+    for name in ("layers", "rows"):
+        if name in options:
+            raise TypeError(
+                f"attention_support_test swaps efficient attention into every "
+                f"row of every layer; it takes no {name}= option"
+            )
+    model_kwargs: Dict[str, Any] = {
+        k: v for k, v in options.items() if k not in _SOLVER_OPTIONS
+    }
     mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
     e, cert = efficient_attention(
         model, input_ids, mask, return_certificate=True, objective=objective, **options
     )
-    raw = attention_weights(model, input_ids, mask, dtype=e.dtype)
+    raw = attention_weights(
+        model, input_ids, mask, dtype=e.dtype, device=e.device, **model_kwargs
+    )
     adapter = ModelAdapter(model)
     model = adapter.model  # without a DataParallel wrapper
     layers = range(e.shape[0])
 
     def probs(matrices: Optional[Tensor]) -> Tensor:
-        with torch.no_grad():
+        # the same inputs (token_type_ids, position_ids...) and eval mode as
+        # the pass that efficient attention was computed from
+        with torch.no_grad(), _eval_mode(model):
             if matrices is None:
-                logits = model(input_ids=input_ids, attention_mask=mask).logits
+                out = model(input_ids=input_ids, attention_mask=mask, **model_kwargs)
             else:
                 with adapter.replace_attention({i: matrices[i] for i in layers}):
-                    logits = model(input_ids=input_ids, attention_mask=mask).logits
-        return torch.softmax(logits.double(), -1)
+                    out = model(
+                        input_ids=input_ids, attention_mask=mask, **model_kwargs
+                    )
+        return _class_probabilities(out)
 
     p0 = probs(None)
     if target is None:
