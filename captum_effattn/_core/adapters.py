@@ -394,7 +394,9 @@ class ModelAdapter:
                     module.training = training
 
     @contextlib.contextmanager
-    def replace_attention(self, matrices: Dict[int, Tensor]) -> Iterator[None]:
+    def replace_attention(
+        self, matrices: Dict[int, Tensor], query_mask: Optional[Tensor] = None
+    ) -> Iterator[None]:
         r"""Run the model with the attention probabilities of some layers
         replaced, e.g. by efficient attention, to check output equivalence.
 
@@ -405,6 +407,11 @@ class ModelAdapter:
 
         Args:
             matrices (dict): layer index -> (batch, heads, n, n) matrices.
+            query_mask (Tensor, optional): bool (batch, n): replace only these
+                        query rows and leave the model's own attention in the
+                        others (e.g. padded rows, which the package's matrices
+                        set to zero, but which a left-padded BERT still pools
+                        from position 0). Default: None (every row)
         """
         handles = []
         values: Dict[int, Tensor] = {}
@@ -426,6 +433,9 @@ class ModelAdapter:
                     raise ValueError(_EAGER_MESSAGE)
                 v = expand_kv(values[idx], weights.shape[1])
                 delta = (matrices[idx].to(v.dtype) - weights) @ v  # (b, h, n, d_h)
+                if query_mask is not None:
+                    keep = query_mask.to(device=delta.device, dtype=torch.bool)
+                    delta = delta * keep[:, None, :, None].to(delta.dtype)
                 b, h, n, dh = delta.shape
                 delta = delta.transpose(1, 2).reshape(b, n, h * dh)
                 if self.spec.projected:

@@ -37,7 +37,8 @@ class SupportTestResult:
         target (Tensor): the class whose probability is tracked.
         p_full (Tensor): its probability with the model's own attention.
         p_efficient (Tensor): with efficient attention swapped into every
-                    layer (equals ``p_full``: output equivalence).
+                    layer tested, at the real query rows (equals ``p_full``:
+                    output equivalence).
         p_support (Tensor): with the raw attention of every layer restricted
                     to the support of efficient attention and renormalised
                     (sufficiency: close to ``p_full`` is good).
@@ -45,9 +46,13 @@ class SupportTestResult:
                     (necessity: far from ``p_full`` is good).
         sufficiency (Tensor): ``p_full − p_support`` (lower is better).
         necessity (Tensor): ``p_full − p_complement`` (higher is better).
-        support_fraction (Tensor): mean fraction of real keys in the support.
-        certificate (Certificate): head-level check; its ``output_residual``
-                    is the head-level sufficiency residual of the support.
+        support_fraction (Tensor): the share of the keys a row sees (the
+                    real ones; in a decoder only those up to the row) that
+                    are in the support, averaged over the layers tested,
+                    heads and real query rows.
+        certificate (Certificate): head-level check, one entry per layer
+                    tested; its ``output_residual`` is the head-level
+                    sufficiency residual of the support.
     """
 
     target: Tensor
@@ -75,25 +80,39 @@ def attention_support_test(
     *,
     target: Optional[Union[int, Sequence[int], Tensor]] = None,
     objective: str = "min_norm",
+    layers: Optional[Union[int, Sequence[int]]] = None,
     **options: Any,
 ) -> SupportTestResult:
     r"""Attention-level necessity and sufficiency of efficient attention's
-    support, in every layer at once.
+    support, in every layer at once (or in the layers named).
+
+    Only the real (unpadded) query rows are replaced; padded rows keep the
+    model's own attention, so that a left-padded encoder, whose classifier
+    may read position 0, keeps its prediction under efficient attention.
 
     Args:
         model (nn.Module): a supported classifier (eager attention) returning
                     ``.logits``.
         input_ids (Tensor): token ids (batch, seq).
         attention_mask (Tensor, optional): (batch, seq). Default: all ones.
-        target (int, list or Tensor, optional): class per example.
-                    Default: the predicted class.
+        target (int, list or Tensor, optional): class per example (one int
+                    for all). Default: the predicted class.
         objective (str, optional): ``"min_norm"`` or ``"sparse"`` efficient
                     attention. Default: ``"min_norm"``
+        layers (int or list of int, optional): the layers whose attention is
+                    replaced or restricted; the others keep the model's
+                    attention. Default: all layers.
         **options: further options of :func:`efficient_attention` (``dtype``,
-                    ``tol``...).
+                    ``tol``...); not ``rows``: every row of a layer is
+                    replaced, so every row is solved.
 
     Returns:
-        :class:`SupportTestResult`.
+        :class:`SupportTestResult`; its ``certificate`` has one entry per
+        layer tested, in the order of ``layers``.
+
+    Raises:
+        ValueError: ``rows`` given, or ``target`` out of range or not one
+                    class per example.
 
     Examples::
 
@@ -101,39 +120,53 @@ def attention_support_test(
         >>> res = attention_support_test(model, ids, mask, objective="sparse")
         >>> res.sufficiency, res.necessity
     """
+    if "rows" in options:
+        raise ValueError(
+            "attention_support_test replaces whole attention matrices, so it "
+            "solves every query row: rows= is not supported (use "
+            "efficient_attention(..., rows=...) for selected rows)"
+        )
     mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-    e, cert = efficient_attention(
-        model, input_ids, mask, return_certificate=True, objective=objective, **options
-    )
-    raw = attention_weights(model, input_ids, mask, dtype=e.dtype)
     adapter = ModelAdapter(model)
-    layers = range(e.shape[0])
+    idx = adapter.layer_indices(layers)
+    e, cert = efficient_attention(
+        model,
+        input_ids,
+        mask,
+        layers=idx,
+        return_certificate=True,
+        objective=objective,
+        **options,
+    )
+    raw = attention_weights(model, input_ids, mask, layers=idx, dtype=e.dtype)
+    real = mask.bool().to(e.device)
 
     def probs(matrices: Optional[Tensor]) -> Tensor:
         with torch.no_grad():
             if matrices is None:
                 logits = model(input_ids=input_ids, attention_mask=mask).logits
             else:
-                with adapter.replace_attention({i: matrices[i] for i in layers}):
+                replaced = {layer: matrices[i] for i, layer in enumerate(idx)}
+                with adapter.replace_attention(replaced, query_mask=real):
                     logits = model(input_ids=input_ids, attention_mask=mask).logits
         return torch.softmax(logits.double(), -1)
 
     p0 = probs(None)
-    if target is None:
-        tgt = p0.argmax(-1)
-    else:
-        tgt = torch.as_tensor(target, device=p0.device).long().expand(p0.shape[0])
-    rows = torch.arange(p0.shape[0], device=p0.device)
+    tgt = _targets(target, p0)
+    batch = torch.arange(p0.shape[0], device=p0.device)
     support = (e > 0).to(e.dtype)
-    real = mask.bool().to(e.device)
+    # the keys each query row sees: the real ones (and j <= i in a decoder)
     keys = real[None, :, None, None, :].to(e.dtype)
+    if adapter.causal:
+        n = real.shape[1]
+        keys = keys * torch.ones(n, n, device=e.device, dtype=e.dtype).tril()
     complement = (1.0 - support) * keys
-    p_full = p0[rows, tgt]
-    p_eff = probs(e)[rows, tgt]
-    p_sup = probs(_restrict(raw, support))[rows, tgt]
-    p_comp = probs(_restrict(raw, complement))[rows, tgt]
+    p_full = p0[batch, tgt]
+    p_eff = probs(e)[batch, tgt]
+    p_sup = probs(_restrict(raw, support))[batch, tgt]
+    p_comp = probs(_restrict(raw, complement))[batch, tgt]
     qmask = real[None, :, None, :].to(e.dtype)  # (1, B, 1, N) real query rows
-    frac = support.sum(-1) / keys.sum(-1)  # (L, B, H, N)
+    frac = support.sum(-1) / keys.sum(-1).clamp_min(1.0)  # (L, B, H, N)
     count = qmask.sum((0, 2, 3)) * e.shape[0] * e.shape[2]
     frac = (frac * qmask).sum((0, 2, 3)) / count
     return SupportTestResult(
@@ -147,3 +180,27 @@ def attention_support_test(
         support_fraction=frac,
         certificate=cert,
     )
+
+
+def _targets(
+    target: Optional[Union[int, Sequence[int], Tensor]], probs: Tensor
+) -> Tensor:
+    r"""One class index per example: the predicted class when ``target`` is
+    None, else ``target`` (one int for all, or one per example), checked."""
+    b, classes = probs.shape
+    if target is None:
+        return probs.argmax(-1)
+    t = torch.as_tensor(target, device=probs.device)
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"target must hold class indices, got {target!r}")
+    t = t.long().flatten() if t.dim() <= 1 else t
+    if t.dim() != 1 or t.numel() not in (1, b):
+        raise ValueError(
+            f"target must be one class index, or one per example ({b}), got "
+            f"{target!r}"
+        )
+    if bool(((t < 0) | (t >= classes)).any()):
+        raise ValueError(
+            f"target {target!r} out of range for a model with {classes} classes"
+        )
+    return t.expand(b)
