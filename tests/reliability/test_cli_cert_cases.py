@@ -7,9 +7,11 @@ decoder's row can see)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
-from effattn_testing import random_batch
+from effattn_testing import make_tiny_model, random_batch
 
 from captum_effattn import (
     attention_support_test,
@@ -17,6 +19,104 @@ from captum_effattn import (
     efficient_attention,
 )
 from captum_effattn._core.adapters import ModelAdapter
+from captum_effattn.benchmark import models
+from captum_effattn.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # never read or write the user's cache of fine-tuned models
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("CAPTUM_EFFATTN_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    r"""A tiny random BERT classifier with 128 positions and MiniLM's
+    tokenizer, saved as a model folder."""
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-explain")
+    model = make_tiny_model("bert", vocab_size=30522, max_position_embeddings=128)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(models.minilm_path())).save_pretrained(folder)
+    return folder
+
+
+def _no_training(*args, **kwargs):
+    raise AssertionError("fine-tuning started")
+
+
+# ------------------------------------------------------------------- CLI
+@pytest.mark.parametrize("lr", ["nan", "inf", "0", "-1e-4", "abc"])
+def test_finetune_learning_rate_must_be_positive(lr, capsys):
+    assert main(["finetune", "--lr", lr]) == 2
+    assert "argument --lr" in capsys.readouterr().err
+
+
+def test_unwritable_cache_fails_before_fine_tuning(monkeypatch, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("CAPTUM_EFFATTN_CACHE", str(blocker))
+    monkeypatch.setattr(models, "finetune", _no_training)
+    with pytest.raises(models.CacheDirError, match="CAPTUM_EFFATTN_CACHE"):
+        models.get_or_finetune("rt-verdict")
+
+
+@pytest.mark.slow
+def test_finetune_command_with_unwritable_cache(monkeypatch, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("CAPTUM_EFFATTN_CACHE", str(blocker))
+    monkeypatch.setattr(models, "finetune", _no_training)
+    assert main(["finetune", "--max-train", "8", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the model cache" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_finetune_model_folder_without_a_model(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(models, "finetune", _no_training)
+    assert main(["finetune", "--model", str(tmp_path), "--quiet"]) == 2
+    assert "not a Hugging Face model folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_finetune_max_length_beyond_the_positions(monkeypatch, capsys):
+    seen = {}
+
+    def fake(dataset, **kwargs):
+        seen.update(kwargs)
+        report = dict(accuracy=0.5, num_test=1, majority_accuracy=0.5, path="x")
+        return None, None, report
+
+    monkeypatch.setattr(models, "get_or_finetune", fake)
+    assert main(["finetune", "--max-length", "600", "--quiet"]) == 0
+    assert seen["max_length"] == 512  # MiniLM's positions: 600 would fail
+    assert "512 positions; using 512" in capsys.readouterr().err
+
+
+def test_explain_max_length_beyond_the_positions(tiny_model_dir, capsys):
+    text = "a long film " * 100  # 300 tokens, the model has 128 positions
+    argv = ["explain", "--model", str(tiny_model_dir), "--text", text]
+    assert main(argv + ["--max-length", "200", "--top", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "128 positions; using 128" in captured.err
+    assert "128 tokens" in captured.out
+
+
+def test_explain_max_length_without_room_for_text(tiny_model_dir, capsys):
+    argv = ["explain", "--model", str(tiny_model_dir), "--text", "hello world"]
+    for length in ("1", "2"):  # 1: the tokenizer would silently not truncate
+        assert main(argv + ["--max-length", length]) == 2
+        assert "special tokens" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["", "   \n", "\u200b"])
+def test_explain_empty_text(tiny_model_dir, text, capsys):
+    assert main(["explain", "--model", str(tiny_model_dir), "--text", text]) == 2
+    err = capsys.readouterr().err
+    assert "--text" in err and "Traceback" not in err
 
 
 # ------------------------------------------------------------ Certificate
