@@ -183,3 +183,29 @@ def test_support_fraction_of_a_decoder_counts_visible_keys(tiny_model):
         expected = ((rows > 0).sum(-1) / visible).mean()
         assert abs(float(res.support_fraction[b]) - float(expected)) < 1e-12
     assert torch.allclose(res.p_efficient, res.p_full, atol=1e-6)
+
+
+# --------------------------------------------------------------- examples
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "script, argv, message",
+    [
+        ("plot_matrices.py", ["--head", "12"], "--head 12"),
+        ("plot_matrices.py", ["--layer", "6"], "--layer 6"),
+        ("tutorial.py", ["--doc", "100000"], "--doc 100000"),
+        ("compare_methods.py", ["--n", "0"], "--n"),
+    ],
+)
+def test_examples_reject_out_of_range_arguments(script, argv, message, tmp_path):
+    import subprocess
+    import sys
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    proc = subprocess.run(
+        [sys.executable, str(examples / script), "--out", str(tmp_path), *argv],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr and "Traceback" not in proc.stderr
