@@ -15,8 +15,10 @@ Subcommands:
 - ``datasets``: the data sets, their sizes and descriptions.
 
 Bad input (unknown data set or method, a CSV without ``text``/``label``,
-``--n 0``, an output folder that cannot be written) gives a one-line message
-on stderr and exit code 2, before any work and without writing anything.
+``--n 0``, an output folder or a model cache that cannot be written, a
+``--model`` folder that holds no model, a ``--max-length`` that leaves no room
+for text, an empty ``--text``) gives a one-line message on stderr and exit
+code 2, before any work and without writing anything.
 
 Examples::
 
@@ -29,6 +31,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -68,6 +71,16 @@ def _non_negative_int(text: str) -> int:
     value = _integer(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
 
@@ -299,7 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ft.add_argument("--max-length", type=_positive_int, default=None)
     ft.add_argument("--batch-size", type=_positive_int, default=None)
-    ft.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    ft.add_argument(
+        "--lr", type=_positive_float, default=None, help="peak learning rate"
+    )
     ft.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ft.add_argument("--force", action="store_true", help="retrain even if cached")
     ft.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -384,6 +399,56 @@ def _held_out_report(path: Path) -> Dict[str, Any]:
     return {}
 
 
+def _fit_max_length(max_length: int, config: Any, tokenizer: Any) -> int:
+    r"""``--max-length`` made to suit a model: cut to its position embeddings
+    (longer inputs would fail in the forward pass), with a note on stderr.
+
+    Raises:
+        CLIError: no room for a single text token beside the tokenizer's
+                    special tokens (the tokenizer would then silently not
+                    truncate, or keep no text).
+    """
+    special = int(tokenizer.num_special_tokens_to_add())
+    if max_length <= special:
+        raise CLIError(
+            f"--max-length {max_length} leaves no room for text beside the "
+            f"tokenizer's {special} special tokens; use at least {special + 1}"
+        )
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and max_length > positions:
+        _err(
+            f"note: --max-length {max_length} is more than the model's "
+            f"{positions} positions; using {positions}"
+        )
+        return positions
+    return max_length
+
+
+def _check_model(path: Optional[str], max_length: Optional[int]) -> Optional[int]:
+    r"""Before any work: the model folder (default: the packaged MiniLM)
+    has a config and a tokenizer; returns ``max_length`` fitted to them
+    (:func:`_fit_max_length`), or None when it is None."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from captum_effattn.benchmark.models import _quiet_transformers, minilm_path
+
+    try:
+        where = Path(path) if path is not None else minilm_path()
+        with _quiet_transformers():
+            config = AutoConfig.from_pretrained(str(where))
+            tokenizer = AutoTokenizer.from_pretrained(str(where))
+    except (OSError, ValueError, ImportError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        what = f"--model {path}" if path is not None else "the packaged MiniLM"
+        raise CLIError(
+            f"{what}: not a Hugging Face model folder with a tokenizer "
+            f"({type(err).__name__}: {first[:300]})"
+        ) from None
+    if max_length is None:
+        return None
+    return _fit_max_length(max_length, config, tokenizer)
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from captum_effattn.benchmark.methods import default_methods
     from captum_effattn.benchmark.report import OutputDir, OutputDirError
@@ -393,6 +458,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     rank = int(os.environ.get("RANK", "0"))
     if args.model is not None and not Path(args.model).is_dir():
         raise CLIError(f"--model {args.model}: no such model folder")
+    args.max_length = _check_model(args.model, args.max_length)
     out: Optional[OutputDir] = None
     if rank == 0:  # check the output folder before any work
         try:
@@ -430,7 +496,7 @@ def _bench(
     args: argparse.Namespace, methods: List[str], out: Any, rank: int, world: int
 ) -> int:
     from captum_effattn.benchmark.data import DATASETS
-    from captum_effattn.benchmark.models import get_or_finetune
+    from captum_effattn.benchmark.models import CacheDirError, get_or_finetune
     from captum_effattn.benchmark.report import write_report
     from captum_effattn.benchmark.runner import (
         BenchConfig,
@@ -484,12 +550,15 @@ def _bench(
         # rank 0 fine-tunes (or loads); the others wait, then load the cache
         if rank != 0 and dist is not None:
             dist.barrier()
-        model, tokenizer, report = get_or_finetune(
-            args.dataset,
-            seed=args.seed,
-            device=device,
-            show_progress=not args.quiet and rank == 0,
-        )
+        try:
+            model, tokenizer, report = get_or_finetune(
+                args.dataset,
+                seed=args.seed,
+                device=device,
+                show_progress=not args.quiet and rank == 0,
+            )
+        except CacheDirError as err:
+            raise CLIError(str(err)) from None
         if rank == 0 and dist is not None:
             dist.barrier()
         meta["model"] = f"{report.get('model', '?')} fine-tuned ({report.get('path')})"
@@ -564,7 +633,7 @@ def _load_model(path: Any, num_labels: int, device: Any) -> Tuple[Any, Any]:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from captum_effattn.benchmark.models import get_or_finetune
+    from captum_effattn.benchmark.models import CacheDirError, get_or_finetune
     from captum_effattn.benchmark.runner import resolve_device
 
     splits = _load_splits(args.dataset, args.seed)  # fails early and clearly
@@ -572,6 +641,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         raise CLIError(f"data set {args.dataset!r} has no training examples")
     if args.model is not None and not Path(args.model).is_dir():
         raise CLIError(f"--model {args.model}: no such model folder")
+    args.max_length = _check_model(args.model, args.max_length)
     try:
         device = resolve_device(args.device)
     except ValueError as err:
@@ -588,14 +658,17 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         ).items()
         if v is not None
     }
-    _, _, report = get_or_finetune(
-        args.dataset,
-        force=args.force,
-        seed=args.seed,
-        device=device,
-        show_progress=not args.quiet,
-        **overrides,
-    )
+    try:
+        _, _, report = get_or_finetune(
+            args.dataset,
+            force=args.force,
+            seed=args.seed,
+            device=device,
+            show_progress=not args.quiet,
+            **overrides,
+        )
+    except CacheDirError as err:
+        raise CLIError(str(err)) from None
     state = "loaded from cache" if report.get("from_cache") else "fine-tuned"
     print(
         f"{args.dataset}: {state}; held-out accuracy {report['accuracy']:.4f} on "
@@ -613,6 +686,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     from captum_effattn.benchmark.models import find_cached_model
     from captum_effattn.benchmark.runner import resolve_device
 
+    if args.text is not None and not args.text.strip():
+        raise CLIError("--text is empty: give the text to explain")
     try:
         device = resolve_device(args.device)
     except ValueError as err:
@@ -634,6 +709,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     report = _held_out_report(path) if path is not None else {}
     labels = report.get("label_names") or ["0", "1"]
     model, tokenizer = _load_model(path, len(labels), device)
+    max_length = _fit_max_length(args.max_length, model.config, tokenizer)
     text = args.text
     if text is None:
         splits = _load_splits("rt-verdict", 0)
@@ -644,8 +720,14 @@ def _cmd_explain(args: argparse.Namespace) -> int:
             f"movie; majority verdict: {gold})"
         )
     enc = tokenizer(
-        text, return_tensors="pt", truncation=True, max_length=args.max_length
+        text,
+        return_tensors="pt",
+        truncation=True,
+        max_length=max_length,
+        return_special_tokens_mask=True,
     )
+    if bool(enc["special_tokens_mask"].all()):
+        raise CLIError(f"--text {text[:40]!r} has no tokens besides special ones")
     ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
     with torch.no_grad():
         probs = torch.softmax(model(input_ids=ids, attention_mask=mask).logits, -1)[0]

@@ -18,6 +18,7 @@ The texts are real: documents of five Rotten Tomatoes reviews of one movie
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from pathlib import Path
@@ -96,3 +97,14 @@ def out_path(out: str, default_name: str) -> Path:
         path = path / default_name
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def positive_int(text: str) -> int:
+    r"""An ``argparse`` type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

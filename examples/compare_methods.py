@@ -19,7 +19,7 @@ import time
 from typing import Callable, Dict, Optional, Sequence
 
 import torch
-from _common import documents, load_classifier, out_path
+from _common import documents, load_classifier, out_path, positive_int
 from captum.attr import LayerIntegratedGradients
 
 from captum_effattn import AttentionWeights, EfficientAttention
@@ -43,8 +43,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="examples_out", help="output CSV or folder")
     parser.add_argument("--model", default=None, help="a local HF classifier")
-    parser.add_argument("--n", type=int, default=3, help="number of documents")
-    parser.add_argument("--ig-steps", type=int, default=16, help="IG steps")
+    parser.add_argument("--n", type=positive_int, default=3, help="number of documents")
+    parser.add_argument("--ig-steps", type=positive_int, default=16, help="IG steps")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument(
         "--fraction", type=float, default=0.2, help="share of tokens (top-k)"

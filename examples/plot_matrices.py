@@ -21,7 +21,7 @@ import time
 from typing import Optional, Sequence
 
 import matplotlib
-from _common import documents, load_classifier, out_path
+from _common import documents, load_classifier, out_path, positive_int
 
 from captum_effattn import attention_weights, effective_attention, efficient_attention
 
@@ -34,12 +34,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument(
         "--head", type=int, default=None, help="head (default: most different)"
     )
-    parser.add_argument("--tokens", type=int, default=60, help="text length")
+    parser.add_argument("--tokens", type=positive_int, default=60, help="text length")
     args = parser.parse_args(argv)
     start = time.perf_counter()
 
     clf = load_classifier(args.model)
     model, tokenizer = clf.model, clf.tokenizer
+    layers, heads = model.config.num_hidden_layers, model.config.num_attention_heads
+    if not -layers <= args.layer < layers:
+        parser.error(f"--layer {args.layer}: the model has {layers} layers")
+    if args.head is not None and not 0 <= args.head < heads:
+        parser.error(f"--head {args.head}: the model has heads 0 to {heads - 1}")
     enc = tokenizer(
         documents(1)[0],
         return_tensors="pt",

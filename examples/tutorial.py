@@ -19,7 +19,7 @@ import time
 from typing import Dict, Optional, Sequence
 
 import torch
-from _common import DATA_LABELS, documents, load_classifier, out_path
+from _common import DATA_LABELS, documents, load_classifier, out_path, positive_int
 from captum.attr import LayerIntegratedGradients, Lime
 
 from captum_effattn import EfficientAttention
@@ -31,9 +31,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", default="examples_out", help="output file or folder")
     parser.add_argument("--model", default=None, help="a local HF classifier")
     parser.add_argument("--doc", type=int, default=0, help="rt-verdict test doc")
-    parser.add_argument("--ig-steps", type=int, default=16)
-    parser.add_argument("--lime-samples", type=int, default=300)
-    parser.add_argument("--top", type=int, default=10, help="tokens listed")
+    parser.add_argument("--ig-steps", type=positive_int, default=16)
+    parser.add_argument("--lime-samples", type=positive_int, default=300)
+    parser.add_argument("--top", type=positive_int, default=10, help="tokens listed")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     torch.manual_seed(0)
@@ -46,7 +46,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # 1. The model, one real document and the prediction to explain.
     clf = load_classifier(args.model)
     model, tokenizer = clf.model, clf.tokenizer
-    text, label = documents(args.doc + 1, labels=True)[args.doc]
+    docs = documents(args.doc + 1, labels=True) if args.doc >= 0 else []
+    if not 0 <= args.doc < len(docs):
+        parser.error(f"--doc {args.doc}: not a rt-verdict test document index")
+    text, label = docs[args.doc]
     enc = tokenizer(
         text,
         return_tensors="pt",

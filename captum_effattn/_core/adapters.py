@@ -32,6 +32,7 @@ __all__ = [
     "LayerCapture",
     "supported_architectures",
     "unwrap_model",
+    "eval_mode",
 ]
 
 
@@ -198,6 +199,22 @@ def unwrap_model(model: Any) -> Any:
     return model
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[bool]:
+    r"""Context manager: ``model`` in eval mode inside; yields whether any of
+    its modules was in training mode. On exit every submodule gets its own
+    flag back, so that a model in training mode with some submodules frozen in
+    eval mode (or the reverse) comes back as it was, not with one flag for
+    all."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield any(training for _, training in modes)
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 def _get(module: nn.Module, path: str) -> nn.Module:
     for part in path.split("."):
         module = getattr(module, part)
@@ -349,18 +366,13 @@ class ModelAdapter:
         rec = _Recording()
         handles = []
         spec = self.spec
-        # Every submodule's own flag, so that a model in training mode with
-        # some submodules frozen in eval mode (or the reverse) comes back as it
-        # was, not with one flag for all.
-        modes = [(m, m.training) for m in self.model.modules()]
-        was_training = any(training for _, training in modes)
-        if was_training:
+        modes = contextlib.ExitStack()
+        if modes.enter_context(eval_mode(self.model)):
             warnings.warn(
                 "the model was in training mode (dropout on); switching it to "
                 "eval mode for the attribution and back afterwards",
                 stacklevel=3,
             )
-            self.model.eval()
         base = getattr(self.model, "base_model", None)
         if not isinstance(base, nn.Module) or base is self.model:
             base = None
@@ -422,12 +434,12 @@ class ModelAdapter:
         finally:
             for h in handles:
                 h.remove()
-            if was_training:
-                for module, training in modes:
-                    module.training = training
+            modes.close()
 
     @contextlib.contextmanager
-    def replace_attention(self, matrices: Dict[int, Tensor]) -> Iterator[None]:
+    def replace_attention(
+        self, matrices: Dict[int, Tensor], query_mask: Optional[Tensor] = None
+    ) -> Iterator[None]:
         r"""Run the model with the attention probabilities of some layers
         replaced, e.g. by efficient attention, to check output equivalence.
 
@@ -438,6 +450,11 @@ class ModelAdapter:
 
         Args:
             matrices (dict): layer index -> (batch, heads, n, n) matrices.
+            query_mask (Tensor, optional): bool (batch, n): replace only these
+                        query rows and leave the model's own attention in the
+                        others (e.g. padded rows, which the package's matrices
+                        set to zero, but which a left-padded BERT still pools
+                        from position 0). Default: None (every row)
         """
         handles = []
         values: Dict[int, Tensor] = {}
@@ -459,6 +476,9 @@ class ModelAdapter:
                     raise ValueError(_EAGER_MESSAGE)
                 v = expand_kv(values[idx], weights.shape[1])
                 delta = (matrices[idx].to(v.dtype) - weights) @ v  # (b, h, n, d_h)
+                if query_mask is not None:
+                    keep = query_mask.to(device=delta.device, dtype=torch.bool)
+                    delta = delta * keep[:, None, :, None].to(delta.dtype)
                 b, h, n, dh = delta.shape
                 delta = delta.transpose(1, 2).reshape(b, n, h * dh)
                 if self.spec.projected:

@@ -108,8 +108,13 @@ class Certificate:
         iterations (Tensor): max interior-point iterations of a row
                     (efficient only).
         converged (Tensor): bool, every row met the solver tolerance.
-        rank (Tensor): numerical rank of ``[T, 1]`` (``T`` alone for effective).
+        rank (Tensor): numerical rank of ``[T, 1]`` (``T`` alone for effective;
+                    0 for raw attention, which needs no basis).
         support_size (Tensor): max number of non-zero entries of a row.
+
+    A head of an example none of whose solved rows is a real token (e.g.
+    ``rows=[20]`` for a 15-token example) has nothing to certify: its
+    ``min_entry`` is the dtype's largest value and the other fields are 0.
     """
 
     output_residual: Tensor
@@ -180,9 +185,9 @@ class Certificate:
 
     def __str__(self) -> str:
         w = self.worst()
-        return (
+        return (  # + 0.0: an exact zero entry prints as 0, not -0
             f"max output residual {w['output_residual']:.2e}, min entry "
-            f"{w['min_entry']:.2e}, max |row sum - 1| {w['row_sum_error']:.2e}, "
+            f"{w['min_entry'] + 0.0:.2e}, max |row sum - 1| {w['row_sum_error']:.2e}, "
             f"max KKT residual {w['kkt_residual']:.2e}, max iterations "
             f"{w['max_iterations']}, all converged: {w['all_converged']}"
         )

