@@ -20,7 +20,7 @@ import inspect
 import operator
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +33,7 @@ __all__ = [
     "supported_architectures",
     "unwrap_model",
     "eval_mode",
+    "check_positional_arguments",
 ]
 
 
@@ -213,6 +214,47 @@ def eval_mode(model: nn.Module) -> Iterator[bool]:
     finally:
         for module, training in modes:
             module.training = training
+
+
+#: Arguments of a Hugging Face model's forward that take one value per token.
+_TOKEN_ARGUMENTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+
+
+def check_positional_arguments(
+    forward_func: Callable[..., Any], inputs: Tuple[Any, ...], extra: Tuple[Any, ...]
+) -> None:
+    r"""When ``forward_func`` is the model itself, the attribution classes and
+    the metrics pass it the inputs and ``additional_forward_args``
+    positionally; raise a clear error when a (batch, seq) tensor, such as the
+    attention mask, would land on an argument that is not per token (GPT-2's
+    second argument is its cache, not the attention mask)."""
+    # only Hugging Face models (a .config) name their arguments as expected
+    if not isinstance(forward_func, nn.Module) or not hasattr(forward_func, "config"):
+        return
+    if not extra:
+        return
+    try:
+        signature = inspect.signature(forward_func.forward)
+        bound = signature.bind(*inputs, *extra)
+    except (TypeError, ValueError):
+        return  # let the call itself raise
+    shape = inputs[0].shape if isinstance(inputs[0], Tensor) else None
+    names = list(signature.parameters)[len(inputs) : len(inputs) + len(extra)]
+    for name in names:
+        value = bound.arguments.get(name)
+        if (
+            isinstance(value, Tensor)
+            and value.shape == shape
+            and name not in _TOKEN_ARGUMENTS
+        ):
+            raise ValueError(
+                f"{type(forward_func).__name__}.forward is called with positional "
+                f"arguments, and a tensor of shape {tuple(value.shape)} (the "
+                f"attention mask?) would become its argument {name!r}. Pass a "
+                "forward_func that names it, e.g. lambda ids, mask: "
+                "model(ids, attention_mask=mask).logits (and model=model to the "
+                "attribution classes)"
+            )
 
 
 def _get(module: nn.Module, path: str) -> nn.Module:

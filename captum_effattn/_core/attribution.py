@@ -9,7 +9,6 @@ score per input token.
 
 from __future__ import annotations
 
-import inspect
 import operator
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -29,6 +28,7 @@ from captum_effattn._compat import (
 )
 from captum_effattn._core.adapters import (
     ModelAdapter,
+    check_positional_arguments,
     expand_kv,
     index_list,
     unwrap_model,
@@ -247,7 +247,7 @@ class _AttentionAttribution(Attribution):
             else list(range(adapter.num_layers))
         )
 
-        _check_positional_model_arguments(self.forward_func, formatted, extra)
+        check_positional_arguments(self.forward_func, formatted, extra)
 
         def call() -> Any:
             return self.forward_func(*formatted, *extra)
@@ -477,40 +477,6 @@ class _AttentionAttribution(Attribution):
         # query="all": the attention each token receives, mean over real rows.
         row_real = key_mask.gather(1, rows).to(picked.dtype)
         return (picked * row_real.unsqueeze(-1)).sum(1) / row_real.sum(1, keepdim=True)
-
-
-#: Arguments of a Hugging Face model's forward that take one value per token.
-_TOKEN_ARGUMENTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
-
-
-def _check_positional_model_arguments(
-    forward_func: Callable[..., Any], inputs: Tuple[Any, ...], extra: Tuple[Any, ...]
-) -> None:
-    r"""When ``forward_func`` is the model itself, its inputs and
-    ``additional_forward_args`` reach its ``forward`` positionally; raise a
-    clear error when a (batch, seq) tensor, such as the attention mask, would
-    land on an argument that is not per token (GPT-2's second argument is its
-    cache, not the attention mask)."""
-    if not isinstance(forward_func, nn.Module) or not extra:
-        return
-    try:
-        bound = inspect.signature(forward_func.forward).bind(*inputs, *extra)
-    except (TypeError, ValueError):
-        return  # let the call itself raise
-    shape = inputs[0].shape if isinstance(inputs[0], Tensor) else None
-    for name, value in bound.arguments.items():
-        if (
-            isinstance(value, Tensor)
-            and value.shape == shape
-            and name not in _TOKEN_ARGUMENTS
-        ):
-            raise ValueError(
-                f"additional_forward_args reach {type(forward_func).__name__}"
-                f".forward positionally, and a tensor of shape {tuple(value.shape)} "
-                f"(the attention mask?) would become its argument {name!r}. Pass "
-                "a forward_func that names it, e.g. lambda ids, mask: "
-                "model(ids, attention_mask=mask).logits, with model=model"
-            )
 
 
 def _copy_tensors(value: Any) -> Any:

@@ -208,3 +208,31 @@ def test_model_as_forward_func_with_a_mask(tiny_model, family):
         ids, additional_forward_args=(mask,)
     )
     torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
+# ---------------------------------------- the model as the metrics' forward_func
+@pytest.mark.parametrize(
+    "metric", ["sufficiency", "necessity", "minimal_sufficient_size"]
+)
+def test_metrics_take_the_model_itself_as_forward_func(tiny_model, metric):
+    # "the model or a function of it": a Hugging Face model returns a
+    # SequenceClassifierOutput, whose .logits the metrics now read
+    from captum_effattn import metrics
+
+    model = tiny_model("bert")
+    ids, mask = random_batch(2, 12, lengths=[12, 9], seed=1)
+    scores = torch.linspace(0, 1, 12).expand(2, 12)
+    fn = getattr(metrics, metric)
+    got = fn(model, ids, scores, attention_mask=mask)
+    ref = fn(_forward(model), ids, scores, attention_mask=mask)
+    torch.testing.assert_close(got, ref, equal_nan=True)
+
+
+def test_metrics_refuse_the_mask_landing_on_gpt2s_cache(tiny_model):
+    from captum_effattn.metrics import necessity
+
+    model = tiny_model("gpt2")
+    ids, mask = random_batch(2, 12, lengths=[12, 9], seed=1)
+    scores = torch.linspace(0, 1, 12).expand(2, 12)
+    with pytest.raises(ValueError, match="argument 'cache'.*attention_mask=mask"):
+        necessity(model, ids, scores, attention_mask=mask)

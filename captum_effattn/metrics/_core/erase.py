@@ -32,6 +32,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from captum_effattn._core.adapters import check_positional_arguments
+
 #: Target classes as Captum accepts them for 2-D outputs.
 TargetLike = Union[None, int, Sequence[int], Tensor]
 
@@ -398,7 +400,15 @@ def _select_rows(arg: Any, index: Tensor, n_examples: int) -> Any:
     return arg
 
 
+def _as_logits(out: Any) -> Any:
+    r"""The ``.logits`` of a Hugging Face model output (so that the model itself
+    can be ``forward_func``); anything else as it is."""
+    logits = getattr(out, "logits", None)
+    return logits if isinstance(logits, Tensor) and not isinstance(out, Tensor) else out
+
+
 def _check_logits(out: Any, rows: int) -> Tensor:
+    out = _as_logits(out)
     if not isinstance(out, Tensor):
         raise TypeError(
             "forward_func must return a tensor of logits of shape (batch, classes), "
@@ -507,10 +517,11 @@ def _forward_rows(
             args = tuple(
                 _select_rows(a, index, n_examples) for a in additional_forward_args
             )
-            if attention_mask is None:
-                out = forward_func(input_ids[chunk], *args)
-            else:
-                out = forward_func(input_ids[chunk], attention_mask[chunk], *args)
+            if attention_mask is not None:
+                args = (attention_mask[chunk],) + args
+            if start == 0:
+                check_positional_arguments(forward_func, (input_ids[chunk],), args)
+            out = forward_func(input_ids[chunk], *args)
             outputs.append(_check_logits(out, index.shape[0]).detach())
     return torch.cat(outputs, dim=0)
 

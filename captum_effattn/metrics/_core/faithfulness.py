@@ -257,7 +257,8 @@ def sufficiency(
 
     Args:
         forward_func (Callable): the model or a function of it that returns
-                    logits of shape (B, classes); probabilities are their softmax.
+                    logits of shape (B, classes) (of a Hugging Face model's
+                    output, its ``.logits``); probabilities are their softmax.
                     An output that already is probabilities (every row
                     non-negative and summing to 1, e.g. ``logits.softmax(-1)``)
                     is taken as it is, not passed through softmax again.
@@ -385,7 +386,8 @@ def necessity(
 
     Args:
         forward_func (Callable): the model or a function of it that returns
-                    logits of shape (B, classes); probabilities are their softmax.
+                    logits of shape (B, classes) (of a Hugging Face model's
+                    output, its ``.logits``); probabilities are their softmax.
                     An output that already is probabilities (every row
                     non-negative and summing to 1, e.g. ``logits.softmax(-1)``)
                     is taken as it is, not passed through softmax again.
@@ -524,7 +526,8 @@ def aopc_sufficiency(
 
     Args:
         forward_func (Callable): the model or a function of it that returns
-                    logits of shape (B, classes); probabilities are their softmax.
+                    logits of shape (B, classes) (of a Hugging Face model's
+                    output, its ``.logits``); probabilities are their softmax.
                     An output that already is probabilities (every row
                     non-negative and summing to 1, e.g. ``logits.softmax(-1)``)
                     is taken as it is, not passed through softmax again.
@@ -639,7 +642,8 @@ def aopc_necessity(
 
     Args:
         forward_func (Callable): the model or a function of it that returns
-                    logits of shape (B, classes); probabilities are their softmax.
+                    logits of shape (B, classes) (of a Hugging Face model's
+                    output, its ``.logits``); probabilities are their softmax.
                     An output that already is probabilities (every row
                     non-negative and summing to 1, e.g. ``logits.softmax(-1)``)
                     is taken as it is, not passed through softmax again.

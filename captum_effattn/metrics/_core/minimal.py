@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from captum_effattn.metrics._core.erase import (
     TargetLike,
+    _as_logits,
     _check_batch_size,
     _content_mask,
     _eval_mode,
@@ -114,8 +115,8 @@ def _minimal_size(
 
     def search_forward(inp: Any, *forward_args: Any) -> Tensor:
         if has_mask:
-            return forward_func(inp[0], inp[1], *forward_args)
-        return forward_func(inp, *forward_args)
+            return _as_logits(forward_func(inp[0], inp[1], *forward_args))
+        return _as_logits(forward_func(inp, *forward_args))
 
     sizes = torch.full((n_examples,), float("nan"))
     for b in tqdm(
@@ -195,7 +196,8 @@ def minimal_necessary_size(
     at least 1.
 
     Args:
-        forward_func (Callable): returns logits (B, classes); called as
+        forward_func (Callable): returns logits (B, classes) (of a Hugging
+                    Face model's output, its ``.logits``); called as
                     ``forward_func(ids, attention_mask, *additional_forward_args)``
                     when ``attention_mask`` is given, else
                     ``forward_func(ids, *additional_forward_args)``.
@@ -299,7 +301,8 @@ def minimal_sufficient_size(
     tokens.
 
     Args:
-        forward_func (Callable): returns logits (B, classes); called as
+        forward_func (Callable): returns logits (B, classes) (of a Hugging
+                    Face model's output, its ``.logits``); called as
                     ``forward_func(ids, attention_mask, *additional_forward_args)``
                     when ``attention_mask`` is given, else
                     ``forward_func(ids, *additional_forward_args)``.
