@@ -130,6 +130,20 @@ def test_attention_mask_passed_the_captum_way_is_refused(make_bow, hand_batch):
     necessity(model, ids, attr, attention_mask=mask)
 
 
+def test_all_ones_mask_passed_the_captum_way_is_refused(make_bow, hand_batch):
+    # a batch without padding: its all-ones mask does not look like padding,
+    # yet delete and pad modes write padding that it would not hide
+    model = make_bow()
+    ids, attr = hand_batch["ids"], hand_batch["attr"]
+    ones = torch.ones_like(ids)
+    for mode in ("delete", "pad"):
+        with pytest.raises(ValueError, match="tensor of ones.*attention_mask="):
+            necessity(model, ids, attr, additional_forward_args=(ones,), mode=mode)
+    # replacing by a mask token writes no padding: nothing to hide
+    necessity(model, ids, attr, additional_forward_args=(ones,), mode="mask",
+              mask_token_id=3)  # fmt: skip
+
+
 def test_per_position_arguments_in_delete_mode(make_bow, hand_batch):
     model = make_bow()
     ids, mask, attr = hand_batch["ids"], hand_batch["mask"], hand_batch["attr"]

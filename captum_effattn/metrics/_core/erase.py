@@ -190,7 +190,8 @@ def _validate_token_inputs(
     the modes that write padding) and the tensors of
     ``additional_forward_args``: none may be the attention mask when no
     ``attention_mask`` is given (Captum's way of passing it: the metrics
-    would count padding as content and not rebuild it) or a second copy of
+    would count padding as content and not rebuild it; in the modes that
+    write padding, an all-ones tensor counts as a mask) or a second copy of
     it, and in ``"delete"`` mode none may vary along the positions (it would
     no longer line up with the re-packed ids)."""
     _check_ids(inputs)
@@ -212,6 +213,21 @@ def _validate_token_inputs(
                 "metrics call forward_func(ids, attention_mask, *rest), never "
                 "remove or count padding, and rebuild the mask for every "
                 "perturbed input"
+            )
+        if (
+            attention_mask is None
+            and mode in ("delete", "pad")
+            and isinstance(arg, Tensor)
+            and arg.shape == inputs.shape
+            and bool((arg == 1).all())
+        ):
+            raise ValueError(
+                "additional_forward_args holds a (batch, seq) tensor of ones: an "
+                f'attention mask of a batch without padding? mode="{mode}" writes '
+                "padding, which such a mask would not hide from the model; pass "
+                "it as attention_mask= (the metrics rebuild it for every "
+                "perturbed input). If it is something else, bind it inside "
+                "forward_func"
             )
         if (
             isinstance(attention_mask, Tensor)
