@@ -127,8 +127,9 @@ def test_gradient_weighting_beats_random_and_unweighted(evidence, cls, layer, qu
         necessity(scores("none")),
         necessity(random),
     )
-    # measured (bins 0.1 and 0.2): gradient 0.44-0.63, unweighted 0.38-0.49,
-    # random 0.04
+    # measured (10% bin; the toy training depends on the thread count): one
+    # thread gradient 0.65-0.67, unweighted 0.42-0.53, random 0.04; two
+    # threads 0.47-0.64, 0.40-0.49, 0.07
     assert nec_grad > nec_random + 0.2
     assert nec_grad > nec_plain
 
