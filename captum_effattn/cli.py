@@ -17,7 +17,8 @@ Subcommands:
 Bad input (unknown data set or method, a CSV without ``text``/``label``,
 ``--n 0``, an output folder or a model cache that cannot be written, a
 ``--model`` folder that holds no model, a ``--max-length`` that leaves no room
-for text, an empty ``--text``) gives a one-line message on stderr and exit
+for text, an empty ``--text``, a tokenizer whose ids the model cannot embed)
+gives a one-line message on stderr and exit
 code 2, before any work and without writing anything.
 
 Examples::
@@ -683,6 +684,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     import torch
 
     from captum_effattn import attention_weights, efficient_attention
+    from captum_effattn._core.adapters import ModelAdapter
+    from captum_effattn._core.functional import check_token_inputs
     from captum_effattn.benchmark.models import find_cached_model
     from captum_effattn.benchmark.runner import resolve_device
 
@@ -729,6 +732,11 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     if bool(enc["special_tokens_mask"].all()):
         raise CLIError(f"--text {text[:40]!r} has no tokens besides special ones")
     ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    try:  # before the model runs: ids beyond its embedding table, ...
+        check_token_inputs(ModelAdapter(model), ids, mask)
+    except (TypeError, ValueError) as err:
+        what = f"--model {path}" if args.model is not None else "the model"
+        raise CLIError(f"{what} and its tokenizer do not fit together: {err}") from None
     with torch.no_grad():
         probs = torch.softmax(model(input_ids=ids, attention_mask=mask).logits, -1)[0]
     pred = int(probs.argmax())

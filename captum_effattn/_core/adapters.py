@@ -33,6 +33,7 @@ __all__ = [
     "supported_architectures",
     "unwrap_model",
     "eval_mode",
+    "embedding_rows",
     "check_positional_arguments",
 ]
 
@@ -216,6 +217,22 @@ def eval_mode(model: nn.Module) -> Iterator[bool]:
             module.training = training
 
 
+def embedding_rows(model: nn.Module) -> Optional[int]:
+    r"""How many token ids ``model`` can embed: the number of rows of its input
+    embedding table (``get_input_embeddings().num_embeddings``), else
+    ``config.vocab_size``, else None. A tokenizer with a larger vocabulary
+    (added tokens, or the tokenizer of another model) gives ids that the
+    embedding cannot look up."""
+    try:
+        embeddings = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        embeddings = None
+    rows = getattr(embeddings, "num_embeddings", None)
+    if isinstance(rows, int):
+        return rows
+    return getattr(getattr(model, "config", None), "vocab_size", None)
+
+
 #: Arguments of a Hugging Face model's forward that take one value per token.
 _TOKEN_ARGUMENTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 
@@ -323,7 +340,10 @@ class ModelAdapter:
         if self.max_positions is not None and self.spec.position_offset:
             # positions run from pad_token_id + 1 (RoBERTa's create_position_ids)
             self.max_positions -= (pad or 0) + 1
-        self.vocab_size: Optional[int] = getattr(model.config, "vocab_size", None)
+        # the ids the model can embed: the rows of its embedding table, which
+        # an edited config can make differ from config.vocab_size (the
+        # embedding then fails with an IndexError, not a message)
+        self.vocab_size: Optional[int] = embedding_rows(model)
 
     @property
     def sliding_window(self) -> Optional[int]:

@@ -252,7 +252,9 @@ def check_token_inputs(
     if adapter.vocab_size is not None and int(input_ids.max()) >= adapter.vocab_size:
         raise ValueError(
             f"input_ids contains id {int(input_ids.max())}, outside the model's "
-            f"vocabulary of {adapter.vocab_size}; was it tokenized for this model?"
+            f"vocabulary of {adapter.vocab_size} (the rows of its input embedding "
+            "table); was it tokenized for this model? A tokenizer with added "
+            "tokens needs model.resize_token_embeddings(len(tokenizer))"
         )
     if adapter.max_positions is not None and n > adapter.max_positions:
         raise ValueError(

@@ -120,6 +120,48 @@ def test_explain_on_tiny_model(tiny_model_dir, capsys):
     assert len([ln for ln in lines if ln.strip() and ln.strip()[0].isdigit()]) >= 5
 
 
+@pytest.fixture(scope="module")
+def small_vocab_model_dir(tmp_path_factory) -> Path:
+    r"""A tiny BERT with 500 embedding rows, saved with MiniLM's tokenizer
+    (30522 ids): most words tokenize to ids the model cannot embed."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from captum_effattn.benchmark.models import minilm_path
+
+    folder = tmp_path_factory.mktemp("small-vocab")
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=500, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+        intermediate_size=48, max_position_embeddings=128,
+        attn_implementation="eager",
+    )  # fmt: skip
+    BertForSequenceClassification(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(minilm_path())).save_pretrained(folder)
+    return folder
+
+
+def test_explain_tokenizer_larger_than_the_model(small_vocab_model_dir, capsys):
+    # used to end in an IndexError from the embedding
+    argv = ["explain", "--model", str(small_vocab_model_dir), "--text", "zebras"]
+    assert main(argv + ["--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "do not fit together" in err
+    assert "outside the model's vocabulary of 500" in err
+    assert "resize_token_embeddings" in err and "Traceback" not in err
+
+
+def test_bench_tokenizer_larger_than_the_model(small_vocab_model_dir):
+    from captum_effattn.benchmark.data import Example
+    from captum_effattn.benchmark.models import load_model
+    from captum_effattn.benchmark.runner import BenchConfig, run_benchmark
+
+    model, tokenizer = load_model(small_vocab_model_dir)
+    test = [Example("a film about zebras", 0), Example("a dull film", 1)]
+    config = BenchConfig("csv:x", n=2, methods=["random"])
+    with pytest.raises(ValueError, match="outside the model's vocabulary of 500"):
+        run_benchmark(model, tokenizer, test, config, show_progress=False)
+
+
 def test_explain_bad_model_path(tmp_path, capsys):
     assert main(["explain", "--model", str(tmp_path / "none"), "--text", "x"]) == 2
     assert "no such model folder" in capsys.readouterr().err

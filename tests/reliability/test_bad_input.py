@@ -114,6 +114,17 @@ def test_bad_tokens(tiny_model, api, make, error, match):
         _call(api, model, ids, mask)
 
 
+@pytest.mark.parametrize("api", APIS)
+def test_ids_beyond_the_embedding_table(tiny_model, api):
+    # config.vocab_size says 1000, the embedding table has 120 rows: ids in
+    # between used to pass the check and end in an IndexError
+    model = copy.deepcopy(tiny_model("bert"))
+    model.config.vocab_size = 1000
+    ids, mask = _batch()
+    with pytest.raises(ValueError, match="outside the model's vocabulary of 120"):
+        _call(api, model, ids + 500, mask)
+
+
 def test_bad_tokens_in_tuple_inputs(tiny_model):
     # Captum-style tuple inputs: the ids are the first element
     model = tiny_model("bert")
