@@ -34,6 +34,8 @@ __all__ = [
     "unwrap_model",
     "eval_mode",
     "embedding_rows",
+    "check_device",
+    "check_model_device",
     "check_positional_arguments",
 ]
 
@@ -233,6 +235,81 @@ def embedding_rows(model: nn.Module) -> Optional[int]:
     return getattr(getattr(model, "config", None), "vocab_size", None)
 
 
+def check_device(device: Any, name: str = "device") -> torch.device:
+    r"""``device`` as a ``torch.device``, or a ``ValueError`` that says what to
+    use instead of a raw torch error later on. The one check of every
+    ``device`` the package takes (the functional API, the benchmark's model
+    loading and runs, the command line's ``--device``).
+
+    Refused: a string that names no device; ``"meta"`` (meta tensors have
+    shapes but no values: no model can run there and no attention can be
+    held, and torch would either fail deep inside the algebra or hand back a
+    tensor of meta values); CUDA on a machine without it, or a CUDA index
+    beyond the GPUs present; another accelerator type (``"mps"``...) that
+    this machine cannot allocate on.
+
+    Args:
+        device (str or torch.device): the requested device.
+        name (str, optional): how the message calls it, e.g. ``"--device"``.
+                    Default: ``"device"``
+
+    Returns:
+        torch.device: the device.
+    """
+    use = f"{name} cpu" if name.startswith("-") else f"{name}='cpu'"
+    shown = str(device) if isinstance(device, torch.device) else device
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(
+            f"{name} {shown!r} is not a device: use {use}, or 'cuda' (or "
+            "'cuda:K') on a machine with a GPU"
+        ) from None
+    if resolved.type == "meta":
+        raise ValueError(
+            f"{name} {shown!r}: meta tensors have shapes but no values, so no "
+            f"model can run there and no attention values can be held; use {use} "
+            "(or 'cuda' on a machine with a GPU)"
+        )
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"{name} {shown!r}, but CUDA is not available on this machine; "
+                f"use {use}"
+            )
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(
+                f"{name} {shown!r}: this machine has {count} CUDA device(s), "
+                f"cuda:0 to cuda:{count - 1}"
+            )
+    elif resolved.type != "cpu":
+        try:
+            torch.empty(0, device=resolved)
+        except (RuntimeError, AssertionError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise ValueError(
+                f"{name} {shown!r} cannot be used on this machine ({first[:160]}); "
+                f"use {use}"
+            ) from None
+    return resolved
+
+
+def check_model_device(model: nn.Module) -> None:
+    r"""Raise a ``ValueError`` when ``model``'s weights are on the meta device
+    (a model built under ``torch.device("meta")`` or loaded with
+    ``device_map="meta"``): they have no values, and every forward pass
+    would fail with a raw torch error."""
+    if any(p.is_meta for p in model.parameters()):
+        raise ValueError(
+            "the model's weights are on the meta device (shapes without values: "
+            "built under torch.device('meta') or loaded with device_map='meta'?); "
+            "load its weights and move it to 'cpu' or 'cuda', e.g. "
+            "AutoModelForSequenceClassification.from_pretrained(path, "
+            "attn_implementation='eager').to('cpu')"
+        )
+
+
 #: Arguments of a Hugging Face model's forward that take one value per token.
 _TOKEN_ARGUMENTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 
@@ -290,7 +367,8 @@ class ModelAdapter:
     Raises:
         TypeError: when ``model`` is not a ``torch.nn.Module`` with a config.
         ValueError: for an unsupported architecture (the message lists the
-                    supported ones) or a model not using eager attention.
+                    supported ones), a model not using eager attention, or
+                    one whose weights are on the meta device.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -315,6 +393,7 @@ class ModelAdapter:
                 "ArchSpec entry in captum_effattn._core.adapters.ARCHITECTURES."
             )
         check_eager(model)
+        check_model_device(model)
         self.model = model
         self.spec = ARCHITECTURES[model_type]
         base = getattr(model, "base_model", model)

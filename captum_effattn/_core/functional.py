@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from captum_effattn._core.adapters import ModelAdapter, expand_kv
+from captum_effattn._core.adapters import ModelAdapter, check_device, expand_kv
 from captum_effattn._core.solver import (
     DEFAULT_MAX_ITER,
     head_bases,
@@ -701,6 +701,8 @@ def _matrices(
     show_progress: bool = False,
 ) -> Union[Tensor, Tuple[Tensor, Certificate]]:
     check_algebra_dtype(dtype)
+    if device is not None:  # before the model runs
+        device = check_device(device)
     adapter = ModelAdapter(model)
     model = adapter.model  # without a DataParallel wrapper
     ids, mask = check_token_inputs(adapter, input_ids, attention_mask)
@@ -713,7 +715,7 @@ def _matrices(
         return model(input_ids=ids, attention_mask=mask.long(), **model_kwargs)
 
     _, caps, _ = run_with_capture(adapter, call, idx)
-    device = torch.device(device) if device is not None else model_device
+    device = device if device is not None else model_device
     result: Optional[Tensor] = None
     certs = []
     # On CUDA the efficient rows of all layers are solved together (one run
@@ -785,8 +787,11 @@ _COMMON_DOC = r"""
                     (efficient attention only). Default: 1e-12 in float64,
                     1e-6 in float32
         max_iter (int, optional): solver iterations at most. Default: 100
-        device (str or torch.device, optional): where the algebra runs.
-                    Default: the model's device.
+        device (str or torch.device, optional): where the algebra runs
+                    (``"cpu"``, ``"cuda"``, ``"cuda:K"``; a clear
+                    ``ValueError`` for ``"meta"``, which holds no values, and
+                    for CUDA on a machine without it). Default: the model's
+                    device.
         return_certificate (bool, optional): also return a
                     :class:`~captum_effattn.Certificate`. Default: False
         **model_kwargs: further keyword arguments of the model's forward

@@ -51,6 +51,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from captum_effattn._core.adapters import check_device
 from captum_effattn.benchmark.data import (
     CSV_PREFIX,
     DATASETS,
@@ -143,7 +144,12 @@ def load_model(
 
     Returns:
         (model, tokenizer): the model in eval mode and its tokenizer.
+
+    Raises:
+        ValueError: ``device`` is ``"meta"`` or not available on this
+                    machine (:func:`~captum_effattn._core.adapters.check_device`).
     """
+    device = check_device(device)  # before loading: "meta", no CUDA
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -236,6 +242,7 @@ def evaluate(
     Returns:
         float: the share of examples whose argmax class is their label.
     """
+    device = check_device(device)
     if not examples:
         return float("nan")
     was_training = model.training
@@ -354,6 +361,7 @@ def finetune(
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
+    device = check_device(device)  # before loading the data
     if isinstance(data, str):
         splits = load_dataset(
             data, seed=seed, test_size=test_size, **(data_options or {})
@@ -569,7 +577,7 @@ def get_or_finetune(
         (True, 0.8)
     """
     settings = finetune_settings(dataset, **kwargs)
-    device = settings.pop("device", "cpu")
+    device = check_device(settings.pop("device", "cpu"))
     root = Path(cache).expanduser() if cache is not None else cache_dir() / "models"
     folder = root / _cache_key(dataset, settings)
     report_path = folder / REPORT_FILE

@@ -57,7 +57,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from captum_effattn._core.adapters import embedding_rows, unwrap_model
+from captum_effattn._core.adapters import check_device, embedding_rows, unwrap_model
 from captum_effattn.benchmark.data import Example
 from captum_effattn.benchmark.methods import METHODS, attribute
 
@@ -312,15 +312,9 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
             "cuda or cuda:K)"
         )
     if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {requested}, but CUDA is not available")
+        check_device(device, "--device")  # CUDA present, and the index
         if resolved.index is None:
-            resolved = torch.device(f"cuda:{local_rank}")
-        elif resolved.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"--device {requested}: this machine has "
-                f"{torch.cuda.device_count()} CUDA device(s)"
-            )
+            resolved = check_device(f"cuda:{local_rank}", "--device")
     return resolved
 
 
@@ -594,6 +588,7 @@ def run_benchmark(
     """
     from tqdm.auto import tqdm
 
+    device = check_device(device)
     unknown = [m for m in config.methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; known: {', '.join(METHODS)}")

@@ -21,6 +21,8 @@ from captum_effattn import (
     AttentionWeights,
     EffectiveAttention,
     EfficientAttention,
+    attention_weights,
+    effective_attention,
     efficient_attention,
 )
 from captum_effattn._core.adapters import ModelAdapter
@@ -156,6 +158,66 @@ def test_bad_algebra_dtype(tiny_model, api):
             efficient_attention(model, ids, mask, dtype=torch.bfloat16)
         else:
             EfficientAttention(_forward(model), model=model, dtype=torch.float16)
+
+
+# ---------------------------------------------------------------- devices
+# (device, what the message must say); "cuda:99" is refused with or without
+# CUDA (not available, or not that many GPUs)
+BAD_DEVICES = [
+    pytest.param("meta", "meta tensors have shapes but no values.*'cpu'", id="meta"),
+    pytest.param(
+        "cuda", "CUDA is not available on this machine; use device='cpu'",
+        id="cuda-without-cuda",
+        marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has CUDA"),
+    ),
+    pytest.param("cuda:99", "CUDA", id="cuda-index"),
+    pytest.param("gpu", "'gpu' is not a device.*'cpu'", id="not-a-device"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("device, match", BAD_DEVICES)
+@pytest.mark.parametrize(
+    "func", [efficient_attention, effective_attention, attention_weights]
+)
+def test_bad_device_in_the_functional_api(tiny_model, func, device, match):
+    # used to be raw torch errors (an AssertionError for CUDA, a
+    # NotImplementedError deep in the solver for "meta"), or for effective
+    # attention and raw attention on "meta" a silent tensor without values
+    model = tiny_model("bert")
+    ids, mask = _batch()
+    with pytest.raises(ValueError, match=match):
+        func(model, ids, mask, device=device)
+
+
+@pytest.mark.parametrize("device, match", BAD_DEVICES)
+def test_bad_device_in_the_benchmark(tiny_model, device, match):
+    from captum_effattn.benchmark.data import Example
+    from captum_effattn.benchmark.models import evaluate, finetune, load_model
+    from captum_effattn.benchmark.runner import BenchConfig, run_benchmark
+
+    model = tiny_model("bert")
+    examples = [Example("a film", 0)]
+    config = BenchConfig("csv:x", n=1, methods=["random"])
+    calls = [
+        lambda: load_model(device=device),
+        lambda: finetune("rt-verdict", device=device),  # before loading data
+        lambda: evaluate(model, None, examples, device=device),
+        lambda: run_benchmark(model, None, examples, config, device=device),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match=match):
+            call()
+
+
+def test_model_on_the_meta_device(tiny_model):
+    # used to fail with "Tensor.item() cannot be called on meta tensors"
+    model = copy.deepcopy(tiny_model("bert")).to("meta")
+    ids, mask = _batch()
+    with pytest.raises(ValueError, match="weights are on the meta device"):
+        efficient_attention(model, ids, mask)
+    for cls in CLASSES:
+        with pytest.raises(ValueError, match="weights are on the meta device"):
+            cls(_forward(model), model=model)
 
 
 # ---------------------------------------------------------------- the model
