@@ -15,6 +15,8 @@ from torch import Tensor, nn
 
 from captum_effattn import (
     AttentionRollout,
+    AttentionWeights,
+    Certificate,
     EfficientAttention,
     attention_weights,
     effective_attention,
@@ -243,6 +245,61 @@ def test_long_input_far_above_head_dimension(tiny_model):
     a = _normalised(attention_weights(model, ids, mask, layers=-1))
     assert float((e - a).abs().max()) > 1e-2
     assert bool((rows == 0).any())  # A > 0 everywhere, E is thresholded
+
+
+# ---------------------------- raw attention's certificate on long inputs
+def test_raw_attention_certificate_scales_with_the_keys(tiny_model):
+    # A model with 2048 positions: the row sums of its float32 softmax carry
+    # rounding that grows with the number of keys (9.3e-7 measured at 512
+    # tokens on MiniLM); ok() used to hold them to a fixed 1e-6.
+    from captum_effattn._core.functional import softmax_sum_tol, solve_layer
+
+    model = tiny_model("bert", max_position_embeddings=2048, num_hidden_layers=1)
+    ids, mask = random_batch(1, 1500, seed=3)
+    a, cert = attention_weights(model, ids, mask, return_certificate=True)
+    assert cert.ok(), str(cert)
+    tol = float(softmax_sum_tol(torch.tensor(1500), torch.float32))
+    assert 3e-4 < tol < 4e-4  # 2 * 1500 * eps(float32) + eps(float32)
+    want = torch.full(cert.rank.shape, tol, dtype=torch.float64)
+    torch.testing.assert_close(cert.row_sum_tol, want)
+    _, res = AttentionWeights(_forward(model), model=model).attribute(
+        ids, additional_forward_args=(mask,), return_matrices=True
+    )
+    assert res.certificate.ok(), str(res.certificate)
+
+    adapter = ModelAdapter(model)
+    with adapter.capture() as rec, torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)
+    probs, values = rec.layers[0]["weights"], rec.layers[0]["values"]
+    w_out, keys = adapter.output_weights(0).detach(), mask.bool()
+    rows = torch.tensor([[0, 7, 1499]])
+
+    def raw_certificate(p: Tensor):
+        return solve_layer("raw", p, values, w_out, keys, rows)[1]
+
+    # a drift of 2e-6 in every sum, within what a float32 sum of 1500 terms
+    # may round to (another kernel, another summation order): certified
+    drift = raw_certificate(probs * (1 + 2e-6))
+    assert drift.worst()["row_sum_error"] > 1.5e-6
+    assert drift.ok(), str(drift)
+    # a row that misses real mass is still caught
+    for wrong in (probs * 0.99, probs.index_fill(-1, torch.tensor([5]), 0.0)):
+        cert = raw_certificate(wrong)
+        assert not cert.ok(), str(cert)
+    # and an explicit sum_tol is the bound, for every head
+    assert not drift.ok(sum_tol=1e-6)
+    # stacked per layer like the other fields
+    assert Certificate.stack([drift, drift]).row_sum_tol.shape == (2, 1, 4)
+
+
+def test_raw_attention_certificate_of_a_low_precision_model(tiny_model):
+    # bfloat16 probabilities sum to 1 within eps(bfloat16) only
+    model = copy.deepcopy(tiny_model("bert")).to(torch.bfloat16)
+    ids, mask = random_batch(2, 64, lengths=[64, 40], seed=4)
+    _, cert = attention_weights(model, ids, mask, return_certificate=True)
+    assert cert.worst()["row_sum_error"] > 1e-6
+    assert cert.ok(), str(cert)
+    assert not cert.ok(sum_tol=1e-6)
 
 
 # -------------------------------------------------- low-precision models
