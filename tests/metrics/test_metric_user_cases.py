@@ -1,13 +1,23 @@
 r"""Metric calls that once gave silently wrong answers: a left-padded batch in
 ``"delete"`` mode, float32 fractions, a target out of range for the minimal
-sizes, a single-logit model, and the attention mask passed Captum's way."""
+sizes, a single-logit model, the attention mask passed Captum's way, and a
+switch to eval mode that reached modules the metric does not run."""
 
 from __future__ import annotations
+
+import copy
+import functools
+import sys
+import threading
+import weakref
+from typing import Optional
 
 import numpy as np
 import pytest
 import torch
+from effattn_testing import make_tiny_model, random_batch
 from metrics_toy import CLS, PAD, SEP
+from torch import nn
 
 from captum_effattn.metrics import (
     aopc_necessity,
@@ -210,3 +220,148 @@ def test_minimal_sizes_keep_the_batch_padding_side(make_bow, fn):
     right, _ = fn(model, ids[:1], attr[:1], padding_side="right", **one)
     assert bool(torch.isfinite(batch[:1]).all()) and torch.equal(batch[:1], left)
     assert not torch.equal(right, left)  # the side matters to this model
+
+
+# ------------------------------------------------ eval mode, model by model
+# The metrics switch forward_func's model to eval mode (dropout off) while
+# they run. They once did it with a process-wide forward pre-hook, which
+# also switched every other module called meanwhile: another model training
+# in another thread, or a module that a user's hook runs on the side.
+def _forward(model: nn.Module):
+    return lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits
+
+
+def _dropout_bert() -> nn.Module:
+    model = copy.deepcopy(make_tiny_model("bert", hidden_dropout_prob=0.5))
+    with torch.no_grad():
+        model.classifier.weight.mul_(50.0)  # probabilities far from 1/2
+    return model
+
+
+def _bert_batch():
+    ids, mask = random_batch(2, 12, lengths=[12, 9], seed=3)
+    attr = torch.randn(ids.shape, generator=torch.Generator().manual_seed(4))
+    return ids, mask, attr
+
+
+def _side_module() -> nn.Module:
+    return nn.Sequential(nn.Linear(32, 32), nn.Dropout(0.5)).train()
+
+
+@pytest.mark.parametrize("hidden", [False, True], ids=["found", "fallback"])
+def test_metric_leaves_a_module_of_another_thread_alone(hidden):
+    model = _dropout_bert()
+    # hidden behind a weak reference, forward_func's model is found nowhere
+    # and the metric falls back to a pre-hook on its own thread's calls
+    get_model = weakref.ref(model) if hidden else (lambda: model)
+    ids, mask, attr = _bert_batch()
+    other = _side_module()
+    inside, release = threading.Event(), threading.Event()
+    seen = []
+
+    def forward(ids, mask):
+        if not inside.is_set():  # the first call waits for the other thread
+            inside.set()
+            release.wait(timeout=60)
+        return get_model()(input_ids=ids, attention_mask=mask).logits
+
+    def train_step():
+        inside.wait(timeout=60)
+        out = other(torch.ones(64, 32))
+        seen.append((other.training, other[1].training, bool((out == 0).any())))
+        release.set()
+
+    thread = threading.Thread(target=train_step)
+    thread.start()
+    try:
+        necessity(forward, ids, attr, attention_mask=mask)
+    finally:
+        release.set()
+        thread.join(timeout=60)
+    assert seen == [(True, True, True)]  # training, dropout on, during the metric
+
+
+def test_metric_leaves_a_side_module_of_a_user_hook_alone():
+    model = _dropout_bert().train()
+    ids, mask, attr = _bert_batch()
+    want = necessity(_forward(model.eval()), ids, attr, attention_mask=mask)
+    model.train()
+    probe = _side_module()  # e.g. a probe trained on the hidden states
+    flags = []
+
+    def run_probe(_module, _args, output):
+        probe(output[0].detach())
+        flags.append(probe.training and probe[1].training)
+
+    handle = model.bert.encoder.register_forward_hook(run_probe)
+    try:
+        with pytest.warns(UserWarning, match="training mode"):
+            got = necessity(_forward(model), ids, attr, attention_mask=mask)
+    finally:
+        handle.remove()
+    assert torch.equal(got, want)  # the model itself ran without dropout
+    assert flags and all(flags)  # the probe kept its dropout
+    assert model.training and probe.training
+
+
+_GLOBAL_MODEL: Optional[nn.Module] = None
+
+
+def _forward_of_the_global(ids, mask):
+    return _GLOBAL_MODEL(input_ids=ids, attention_mask=mask).logits
+
+
+class _Pipeline:
+    def __init__(self, model):
+        self.model = model
+
+    def scores(self, ids, mask):
+        return self.model(input_ids=ids, attention_mask=mask).logits
+
+
+class _Wrapper(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids, mask):
+        return self.model(input_ids=ids, attention_mask=mask).logits
+
+
+def _with_kwargs(ids, mask, *, model):
+    return model(input_ids=ids, attention_mask=mask).logits
+
+
+FORWARD_STYLES = [
+    pytest.param(lambda m: _forward(m), id="closure"),
+    pytest.param(lambda m: (lambda i, k: _forward(m)(i, k).softmax(-1)), id="nested"),
+    pytest.param(lambda m: functools.partial(_with_kwargs, model=m), id="partial"),
+    pytest.param(lambda m: _Pipeline(m).scores, id="bound-method"),
+    pytest.param(lambda m: _Wrapper(m), id="module-wrapper"),
+    pytest.param(lambda m: _forward_of_the_global, id="global"),
+    # found nowhere: the fallback, a pre-hook on this thread's forward calls
+    pytest.param(lambda m: _forward_through(weakref.ref(m)), id="weakref"),
+]  # fmt: skip
+
+
+def _forward_through(ref):
+    return lambda ids, mask: ref()(input_ids=ids, attention_mask=mask).logits
+
+
+@pytest.mark.parametrize("make_forward", FORWARD_STYLES)
+def test_metric_finds_the_model_behind_forward_func(make_forward, monkeypatch):
+    model = _dropout_bert()
+    monkeypatch.setattr(sys.modules[__name__], "_GLOBAL_MODEL", model)
+    ids, mask, attr = _bert_batch()
+    forward = make_forward(model)
+    want = necessity(forward, ids, attr, attention_mask=mask)  # eval mode
+    model.train()
+    model.classifier.eval()  # mixed flags come back as they were
+    with pytest.warns(UserWarning, match="training mode"):
+        got = necessity(forward, ids, attr, attention_mask=mask)
+    assert torch.equal(got, want)
+    assert model.training and model.bert.training and not model.classifier.training
+    with pytest.warns(UserWarning, match="training mode"):
+        minimal_necessary_size(forward, ids, attr, attention_mask=mask)
+    assert not nn.modules.module._global_forward_pre_hooks
+    assert not any(m._forward_pre_hooks for m in model.modules())
