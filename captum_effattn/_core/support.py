@@ -36,7 +36,8 @@ class SupportTestResult:
 
     Attributes:
         target (Tensor): the class whose probability is tracked.
-        p_full (Tensor): its probability with the model's own attention.
+        p_full (Tensor): its probability with the model's own attention
+                    (softmax; sigmoid for a multi-label model).
         p_efficient (Tensor): with efficient attention swapped into every
                     layer tested, at the real query rows (equals ``p_full``:
                     output equivalence).
@@ -84,9 +85,10 @@ _SOLVER_OPTIONS = frozenset(inspect.signature(efficient_attention).parameters) -
 }
 
 
-def _class_probabilities(output: Any) -> Tensor:
-    r"""Softmax probabilities, in float64, of a classifier's (batch, classes)
-    logits; a clear error for any other output."""
+def _class_probabilities(output: Any, multi_label: bool = False) -> Tensor:
+    r"""Class probabilities, in float64, of a classifier's (batch, classes)
+    logits: their softmax, or with ``multi_label`` their sigmoid (each label
+    on its own); a clear error for any other output."""
     logits = getattr(output, "logits", output)
     if not isinstance(logits, Tensor) or logits.dim() != 2:
         got = (
@@ -99,12 +101,16 @@ def _class_probabilities(output: Any) -> Tensor:
             "(batch, classes) .logits, e.g. AutoModelForSequenceClassification; "
             f"got {got}"
         )
+    if multi_label:
+        return torch.sigmoid(logits.double())
     if logits.shape[-1] < 2:
         raise ValueError(
             "attention_support_test compares softmax probabilities, and a "
             "softmax over one output is always 1, so a single-logit model "
             f"(num_labels=1, logits of shape {tuple(logits.shape)}) would score "
-            "0 everywhere; use a model with 2 or more classes"
+            "0 everywhere; use a model with 2 or more classes (or, for "
+            "independent labels, config.problem_type="
+            "'multi_label_classification', whose probabilities are sigmoids)"
         )
     return torch.softmax(logits.double(), -1)
 
@@ -126,13 +132,20 @@ def attention_support_test(
     model's own attention, so that a left-padded encoder, whose classifier
     may read position 0, keeps its prediction under efficient attention.
 
+    The probabilities are the softmax of the logits, except for a
+    multi-label model (``config.problem_type ==
+    "multi_label_classification"``, as Hugging Face's loss reads it), whose
+    labels are independent: there each label's probability is the sigmoid
+    of its logit, and ``target`` picks a label.
+
     Args:
         model (nn.Module): a supported classifier (eager attention) returning
                     ``.logits``.
         input_ids (Tensor): token ids (batch, seq).
         attention_mask (Tensor, optional): (batch, seq). Default: all ones.
         target (int, list or Tensor, optional): class per example (one int
-                    for all). Default: the predicted class.
+                    for all). Default: the predicted class (for a
+                    multi-label model, the most probable label).
         objective (str, optional): ``"min_norm"`` or ``"sparse"`` efficient
                     attention. Default: ``"min_norm"``
         layers (int or list of int, optional): the layers whose attention is
@@ -152,8 +165,11 @@ def attention_support_test(
     Raises:
         TypeError: the model's output has no (batch, classes) ``logits``.
         ValueError: ``rows`` given, ``target`` out of range or not one class
-                    per example, or a model with a single output
-                    (``num_labels=1``), whose softmax is always 1.
+                    per example, a model with a single output
+                    (``num_labels=1``), whose softmax is always 1, unless it
+                    is multi-label, or a regression model
+                    (``config.problem_type == "regression"``), whose outputs
+                    are no probabilities.
 
     Examples::
 
@@ -172,6 +188,14 @@ def attention_support_test(
     }
     mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
     adapter = ModelAdapter(model)
+    problem = getattr(adapter.model.config, "problem_type", None)
+    if problem == "regression":
+        raise ValueError(
+            "attention_support_test compares class probabilities, and a "
+            "regression model (config.problem_type='regression') outputs "
+            "values, not logits; use a classifier"
+        )
+    multi_label = problem == "multi_label_classification"
     idx = adapter.layer_indices(layers)
     e, cert = efficient_attention(
         model,
@@ -206,7 +230,7 @@ def attention_support_test(
                     out = model(
                         input_ids=input_ids, attention_mask=mask, **model_kwargs
                     )
-        return _class_probabilities(out)
+        return _class_probabilities(out, multi_label)
 
     p0 = probs(None)
     tgt = _targets(target, p0)

@@ -7,6 +7,8 @@ values that cannot give an answer."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -330,3 +332,32 @@ def test_inputs_longer_than_a_sliding_window_are_refused(tiny_model):
         model, ids[:, :8], mask[:, :8], return_certificate=True
     )
     assert cert.ok()
+
+
+# ------------------------------------------- multi-label support test
+def test_support_test_uses_sigmoid_for_a_multi_label_model(tiny_model):
+    # independent labels: softmax over them gave probabilities that mixed
+    # the labels (and a single-label model was refused outright)
+    from captum_effattn import attention_support_test
+
+    ids, mask = random_batch(2, 20, lengths=[20, 14], seed=7)
+    for num_labels in (3, 1):
+        model = copy.deepcopy(tiny_model("bert", num_labels=num_labels))
+        model.config.problem_type = "multi_label_classification"
+        with torch.no_grad():
+            model.classifier.weight.mul_(20.0)  # away from 1/2
+            logits = model(input_ids=ids, attention_mask=mask).logits.double()
+        res = attention_support_test(model, ids, mask, target=0)
+        want = torch.sigmoid(logits[:, 0])
+        torch.testing.assert_close(res.p_full, want, rtol=0, atol=1e-6)
+        torch.testing.assert_close(res.p_efficient, want, rtol=0, atol=1e-6)
+        assert bool(((res.p_support >= 0) & (res.p_support <= 1)).all())
+        if num_labels == 3:
+            assert res.target.tolist() == [0, 0]
+            default = attention_support_test(model, ids, mask)
+            assert default.target.tolist() == logits.argmax(-1).tolist()
+    # a regression model has no class probabilities at all
+    model = copy.deepcopy(tiny_model("bert", num_labels=3))
+    model.config.problem_type = "regression"
+    with pytest.raises(ValueError, match="regression.*use a classifier"):
+        attention_support_test(model, ids, mask)
