@@ -24,24 +24,10 @@ its complement).
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
 import threading
-import types
 import warnings
 from numbers import Integral, Real
-from typing import (
-    Any,
-    Callable,
-    Dict,
-    Iterator,
-    List,
-    Optional,
-    Sequence,
-    Set,
-    Tuple,
-    Union,
-)
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -479,132 +465,34 @@ def _probabilities(outputs: Tensor) -> Tensor:
     return torch.softmax(out, dim=-1)
 
 
-#: How deep :func:`_reachable_modules` follows references from
-#: ``forward_func`` (a lambda over a closure over the model is 2 deep), how
-#: many objects it looks at in all, and the largest container it opens (a
-#: tokenizer's vocabulary is not where a model hides).
-_SEARCH_DEPTH, _SEARCH_OBJECTS, _SEARCH_CONTAINER = 4, 2000, 64
-
-_LEAVES = (str, bytes, int, float, complex, bool, type(None), Tensor, type)
-
-
-def _reachable_modules(forward_func: Any) -> List[nn.Module]:
-    r"""The ``nn.Module`` objects that ``forward_func`` refers to: itself, the
-    ``__self__`` of a bound method, the function and arguments of a
-    ``functools.partial``, the closure cells, defaults and global names of a
-    function, the items of small containers, and the attributes of other
-    objects (a wrapper holding ``self.model``), followed through nested
-    functions (``lambda i, m: logits(i, m).softmax(-1)`` with ``logits`` a
-    closure over the model) up to :data:`_SEARCH_DEPTH` levels. Modules are
-    not looked into: their submodules come with them."""
-    found: Dict[int, nn.Module] = {}
-    seen: Set[int] = set()
-
-    def visit(obj: Any, depth: int) -> None:
-        if id(obj) in seen or depth > _SEARCH_DEPTH or len(seen) > _SEARCH_OBJECTS:
-            return
-        seen.add(id(obj))
-        if isinstance(obj, nn.Module):
-            found.setdefault(id(obj), obj)
-            return
-        if isinstance(obj, _LEAVES) or inspect.ismodule(obj):
-            return
-        children: List[Any] = []
-        if inspect.ismethod(obj):
-            children = [obj.__self__, obj.__func__]
-        elif isinstance(obj, functools.partial):
-            children = [obj.func, *obj.args, *obj.keywords.values()]
-        elif inspect.isfunction(obj):
-            for cell in obj.__closure__ or ():
-                try:
-                    children.append(cell.cell_contents)
-                except ValueError:  # an empty cell
-                    pass
-            children += list(obj.__defaults__ or ())
-            children += list((obj.__kwdefaults__ or {}).values())
-            names = _code_names(obj.__code__)
-            children += [obj.__globals__[n] for n in names if n in obj.__globals__]
-        elif isinstance(obj, (list, tuple, set, frozenset, dict)):
-            if len(obj) <= _SEARCH_CONTAINER:
-                children = list(obj.values() if isinstance(obj, dict) else obj)
-        elif hasattr(obj, "__dict__"):
-            children = list(vars(obj).values())
-        for child in children:
-            visit(child, depth + 1)
-
-    visit(forward_func, 0)
-    return list(found.values())
-
-
-def _code_names(code: types.CodeType) -> Set[str]:
-    r"""The global (and attribute) names a code object and the code objects
-    nested in it (inner functions, comprehensions) use."""
-    names = set(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names |= _code_names(const)
-    return names
-
-
-#: Set while a metric's :func:`_eval_mode` is active in this thread: the
-#: forward calls of a nested metric helper are already covered.
-_ACTIVE = threading.local()
-
-
 @contextlib.contextmanager
-def _eval_mode(forward_func: Any) -> Iterator[None]:
-    r"""Run the forward calls inside in eval mode: a module of
-    ``forward_func``'s model that is called while in training mode is
-    switched to eval mode, with all its submodules, and every flag is
-    restored on exit. When the switch turned off dropout or batch statistics
-    (which would make every probability random), a warning says so, as the
-    attribution classes do; a module without them (a plain ``nn.Module`` is
-    in training mode from birth) changes nothing.
-
-    The metrics see only ``forward_func``, often a lambda around the model,
-    so the switch is made by forward pre-hooks when the modules are called,
-    on the modules that ``forward_func`` refers to (:func:`_reachable_modules`)
-    and all their submodules (``forward_func`` may call ``model.bert``
-    directly). Other modules, such as another model trained in another
-    thread, or one that a user's hook calls on the side, keep their mode.
-    Only when no module can be found from ``forward_func`` (its model hidden
-    behind a weak reference, a Python module attribute, a C extension...)
-    does a process-wide pre-hook take its place, restricted to the forward
-    calls made from this thread."""
-    if getattr(_ACTIVE, "on", False):  # a metric helper inside a metric
-        yield
-        return
+def _eval_mode() -> Iterator[None]:
+    r"""Run the forward calls inside in eval mode: a module that
+    ``forward_func`` calls while in training mode is switched to eval mode,
+    with all its submodules, and every flag is restored on exit. The metrics
+    see only ``forward_func``, not the model, so a process-wide forward
+    pre-hook finds the modules; it acts only on the forward calls of the
+    metric's own thread, so a model trained in another thread meanwhile
+    keeps its mode (a module that a user's hook calls on the side, in this
+    thread, is switched too). When the switch turned off dropout or batch
+    statistics (which would make every probability random), a warning says
+    so, as the attribution classes do; a module without them (a plain
+    ``nn.Module`` is in training mode from birth) changes nothing."""
     switched: List[Tuple[nn.Module, bool]] = []
+    thread = threading.get_ident()
 
     def hook(module: nn.Module, _args: Any) -> None:
-        if module.training:
+        # The first module called switches its whole subtree, so replicas
+        # that DataParallel runs in worker threads are copies of eval modules.
+        if module.training and threading.get_ident() == thread:
             switched.extend((m, m.training) for m in module.modules())
             module.eval()
 
-    handles = []
-    modules = {
-        id(m): m for model in _reachable_modules(forward_func) for m in model.modules()
-    }
-    if modules:
-        # prepend: before the user's own pre-hooks, as a global hook runs
-        handles = [
-            m.register_forward_pre_hook(hook, prepend=True) for m in modules.values()
-        ]
-    else:
-        thread = threading.get_ident()
-
-        def this_thread(module: nn.Module, args: Any) -> None:
-            if threading.get_ident() == thread:
-                hook(module, args)
-
-        handles = [nn.modules.module.register_module_forward_pre_hook(this_thread)]
-    _ACTIVE.on = True
+    handle = nn.modules.module.register_module_forward_pre_hook(hook)
     try:
         yield
     finally:
-        _ACTIVE.on = False
-        for handle in handles:
-            handle.remove()
+        handle.remove()
         for module, training in reversed(switched):
             module.training = training
         if any(_random_in_training(m) for m, training in switched if training):
@@ -614,20 +502,6 @@ def _eval_mode(forward_func: Any) -> Iterator[None]:
                 "back afterwards. Call model.eval() to silence this warning.",
                 stacklevel=4,
             )
-
-
-def _in_eval_mode(func: Callable[..., Any]) -> Callable[..., Any]:
-    r"""Decorator: run ``func`` inside :func:`_eval_mode` of its
-    ``forward_func`` argument."""
-    signature = inspect.signature(func)
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        bound = signature.bind_partial(*args, **kwargs)
-        with _eval_mode(bound.arguments.get("forward_func")):
-            return func(*args, **kwargs)
-
-    return wrapper
 
 
 def _random_in_training(module: nn.Module) -> bool:
@@ -659,7 +533,7 @@ def _forward_rows(
     step = rows if batch_size is None else max(1, int(batch_size))
     outputs: List[Tensor] = []
     starts = range(0, rows, step)
-    with torch.no_grad(), _eval_mode(forward_func):
+    with torch.no_grad(), _eval_mode():
         for start in tqdm(starts, desc=desc, disable=not show_progress, leave=False):
             chunk = slice(start, start + step)
             index = example_index[chunk]

@@ -26,10 +26,10 @@ from captum_effattn.metrics._core.erase import (
     _as_logits,
     _check_batch_size,
     _content_mask,
+    _eval_mode,
     _format_additional_forward_args,
     _format_target,
     _forward_rows,
-    _in_eval_mode,
     _padding_side,
     _select_rows,
     _validate_token_inputs,
@@ -51,7 +51,7 @@ def _prediction_missing(model_out: Tensor, target: int) -> bool:
     return bool((model_out.argmax(dim=1) != target).any())
 
 
-@_in_eval_mode  # a model in training mode: dropout off, warned once
+@_eval_mode()  # a model in training mode: dropout off, warned once
 def _minimal_size(
     keep: bool,
     forward_func: Callable[..., Tensor],
