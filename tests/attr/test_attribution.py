@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from captum.attr import Attribution, LayerIntegratedGradients
-from effattn_testing import random_batch
+from effattn_testing import random_batch, reference_layer
 
 from captum_effattn import (
     AttentionRollout,
@@ -290,3 +290,86 @@ def test_real_model_with_layer_integrated_gradients(minilm, real_batch):
     assert bool(torch.isfinite(eff).all()) and bool(torch.isfinite(ig).all())
     # [CLS] row of the last layer: a distribution over real tokens per example
     assert torch.allclose(eff.sum(1), torch.ones(2), atol=1e-5)
+
+
+# ---------------------------------------- guards from the mutation audit
+# Each test below kills a mutant that the tests above let through (see
+# tests/core/test_mutation_guards.py).
+@pytest.mark.parametrize("family", ["bert", "distilbert", "gpt2", "llama"])
+@pytest.mark.parametrize("layer", [0, "mean"])
+def test_value_norm_weighting_against_independent_norms(tiny_model, family, layer):
+    # Mutants: the last layer's W_O or values used for every layer (only the
+    # default layer -1 was tested), a wrongly sliced or transposed W_O, the
+    # grouped-query head mapping. ‖t_j‖ comes from effattn_testing's
+    # independent reading of the layer.
+    model = tiny_model(family)
+    ids, mask = random_batch(2, 20, lengths=[20, 13], seed=4)
+    scores, res = EfficientAttention(_forward(model), model=model).attribute(
+        ids,
+        additional_forward_args=(mask,),
+        layer=layer,
+        weighting="value_norm",
+        return_matrices=True,
+    )
+    per_layer = []
+    for idx, m in res.matrices.items():  # (B, H, 1, N): the query row
+        _, t = reference_layer(model, family, ids, mask, idx)
+        per_layer.append((m[:, :, 0] * t.norm(dim=-1)).mean(1))
+    assert len(per_layer) == (1 if layer == 0 else 2)
+    ref = torch.stack(per_layer).mean(0) * mask
+    torch.testing.assert_close(scores.double(), ref, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [EfficientAttention, AttentionWeights])
+def test_target_none_is_the_predicted_class(tiny_model, cls):
+    # Mutant: target=None differentiated class 0 instead of the predicted
+    # class (every other test passed a target).
+    model = tiny_model("bert", seed=1)
+    ids, mask = random_batch(6, 24, lengths=[24, 14, 19, 24, 20, 16], seed=1)
+    with torch.no_grad():
+        pred = _forward(model)(ids, mask).argmax(-1)
+    assert 0 < int(pred.sum()) < len(pred)  # both classes are predicted
+    explainer = cls(_forward(model), model=model)
+    got = explainer.attribute(
+        ids, additional_forward_args=(mask,), weighting="gradient"
+    )
+    grads = _attention_grads(model, ids, mask, pred)
+    mats = FUNCS[cls](model, ids, mask, layers=-1, rows=0)[0, :, :, 0]
+    ref = (mats * grads[-1][:, :, 0].double()).mean(1)
+    torch.testing.assert_close(got.double(), ref, atol=1e-7, rtol=1e-4)
+    roll = explainer.attribute(
+        ids, additional_forward_args=(mask,), layer="gradient_rollout"
+    )
+    roll_pred = explainer.attribute(
+        ids, target=pred, additional_forward_args=(mask,), layer="gradient_rollout"
+    )
+    torch.testing.assert_close(roll, roll_pred, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "family, query", [("bert", 5), ("bert", "all"), ("gpt2", None)]
+)
+def test_gradient_weighting_reads_the_query_rows(tiny_model, family, query):
+    # Mutants: the gradient's first rows used instead of the query rows (the
+    # same for [CLS] at position 0, the only query tested); a decoder's
+    # default query at the last position instead of the last real token.
+    model = tiny_model(family)
+    ids, mask = random_batch(3, 24, lengths=[24, 14, 19], seed=1)
+    target = torch.tensor([0, 1, 1])
+    grads = _attention_grads(model, ids, mask, target)[-1].double()
+    mats = efficient_attention(model, ids, mask, layers=-1)[0]  # (B, H, N, N)
+    got = EfficientAttention(_forward(model), model=model).attribute(
+        ids,
+        target=target,
+        additional_forward_args=(mask,),
+        weighting="gradient",
+        query=query,
+    )
+    term = (mats * grads).mean(1)  # (B, N, N): query row i, key j
+    real = mask.bool()
+    if query == "all":
+        ref = (term * real[:, :, None]).sum(1) / real.sum(1, keepdim=True)
+    else:
+        rows = torch.full((3,), query) if query is not None else real.sum(1) - 1
+        ref = term[torch.arange(3), rows]
+    torch.testing.assert_close(got.double(), ref * real, atol=1e-7, rtol=1e-4)

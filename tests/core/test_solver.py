@@ -123,3 +123,65 @@ def test_nonnegative_projection_needs_no_iteration():
 def test_bad_shapes():
     with pytest.raises(ValueError, match="expected c"):
         min_norm_simplex_solve(torch.zeros(2, 3), torch.zeros(2, 3))
+
+
+# ---------------------------------------- guards from the mutation audit
+# Each test below kills a mutant of head_bases that the tests above let
+# through (see tests/core/test_mutation_guards.py).
+def _orthonormal(rows: int, cols: int, g: torch.Generator) -> torch.Tensor:
+    big, small = max(rows, cols), min(rows, cols)
+    q, _ = torch.linalg.qr(torch.randn(big, small, generator=g, dtype=torch.float64))
+    return q if rows >= cols else q.T
+
+
+@pytest.mark.parametrize("factor, full", [(20.0, True), (0.05, False)])
+def test_default_rank_tolerance_is_numpys(factor, full):
+    # Mutant: the default rtol 100 times larger. The documented default,
+    # max(n, d_h) eps, is numpy.linalg.matrix_rank's: a singular value 20
+    # times above it counts, one 20 times below does not.
+    n, dh, d = 30, 5, 12
+    g = torch.Generator().manual_seed(0)
+    eps = torch.finfo(torch.float64).eps
+    s = torch.tensor([1.0, 0.7, 0.5, 0.3, factor * max(n, dh) * eps]).double()
+    v = _orthonormal(n, dh, g) @ torch.diag(s) @ _orthonormal(dh, dh, g)
+    w = _orthonormal(dh, d, g)  # orthonormal rows: T = V W has singular values s
+    t = (v @ w).numpy()
+    rank = np.linalg.matrix_rank(t)
+    assert rank == (dh if full else dh - 1)
+    _, _, cm = head_bases(v, w, torch.ones(n, dtype=torch.bool))
+    assert int(cm[:-1].sum()) == rank
+    with_ones = np.concatenate([t, np.ones((n, 1))], 1)
+    assert int(cm.sum()) == np.linalg.matrix_rank(with_ones)
+
+
+def test_bases_orthonormal_when_the_values_are_dominated_by_a_bias():
+    # Mutant: no second Gram-Schmidt pass for the ones column. A value
+    # dimension that is nearly constant (a large bias b_V) puts the ones
+    # vector nearly in col(T); one pass then leaves C off orthonormal by 3e-10.
+    g = torch.Generator().manual_seed(1)
+    n, dh, d = 40, 4, 12
+    v = torch.randn(n, dh, generator=g, dtype=torch.float64)
+    v[:, 0] = 50.0 + 1e-5 * v[:, 0]
+    w = torch.randn(dh, d, generator=g, dtype=torch.float64)
+    _, c, cm = head_bases(v, w, torch.ones(n, dtype=torch.bool))
+    assert bool(cm.all())  # 1 is not exactly in col(T)
+    eye = np.eye(int(cm.sum()))
+    np.testing.assert_allclose((c.T @ c).numpy(), eye, atol=1e-12)
+    q = orth(np.concatenate([(v @ w).numpy(), np.ones((n, 1))], 1))
+    np.testing.assert_allclose((c @ c.T).numpy(), q @ q.T, atol=1e-9)
+
+
+def test_masked_rows_of_the_bases_are_exactly_zero_anywhere():
+    # Mutant: U's masked rows not zeroed after the QR. Masked rows at the end
+    # (as in the tests above) come out of Householder QR exactly 0; masked
+    # rows among the first d_h (left padding) do not, by rounding.
+    g = torch.Generator().manual_seed(2)
+    n, dh, d = 24, 6, 12
+    v = torch.randn(n, dh, generator=g, dtype=torch.float64)
+    w = torch.randn(dh, d, generator=g, dtype=torch.float64)
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[:5] = False
+    mask[11] = False
+    u, c, _ = head_bases(v, w, mask)
+    assert float(u[~mask].abs().max()) == 0.0
+    assert float(c[~mask].abs().max()) == 0.0

@@ -141,3 +141,53 @@ def test_unconverged_and_broken_rows_are_flagged():
     assert bool(info.converged[keep].all())  # the other rows are unaffected
     ref, _, _ = min_norm_simplex_solve(c, b, cm)
     torch.testing.assert_close(x[keep], ref[keep], atol=1e-10, rtol=0)
+
+
+# ---------------------------------------- guards from the mutation audit
+# Each test below kills a mutant of the solver that the tests above let
+# through (see tests/core/test_mutation_guards.py).
+def _kkt_from_scratch(c: Tensor, b: Tensor, x: Tensor, lam: Tensor) -> Tensor:
+    # per row: max(|x - max(0, C λ)|, |Cᵀx - b|), zero exactly at the optimum
+    y = lam @ c.transpose(-1, -2)
+    return torch.maximum((x - torch.relu(y)).abs().amax(-1), (x @ c - b).abs().amax(-1))
+
+
+@pytest.mark.parametrize("tol", [1e-3, 1e-6])
+def test_rows_called_converged_meet_the_kkt_conditions_at_any_budget(tol):
+    # Mutant: the KKT residual without its stationarity term. An interior
+    # point after a few iterations is nearly feasible but not optimal; with a
+    # loose tolerance and a small budget it was called converged.
+    c, cm, mask, g = _bases(3, 40, 6, seed=0)
+    b = _rows(mask, 16, g, temp=4.0) @ c
+    for max_iter in range(1, 7):
+        x, lam, info = min_norm_simplex_solve(c, b, cm, tol=tol, max_iter=max_iter)
+        kkt = _kkt_from_scratch(c, b, x, lam)
+        assert float(x.min()) >= 0.0
+        assert bool((kkt[info.converged] <= tol).all()), max_iter
+
+
+def test_polish_finishes_generic_rows_exactly():
+    # Mutants: the polish skipped, or its dual correction with the wrong
+    # sign. The rows still converge (the float64 continuation certifies
+    # them), but only to the tolerance and in twice the iterations (16 on
+    # average instead of 8); the exact re-solve on the support lands at
+    # rounding level.
+    c, cm, mask, g = _bases(3, 64, 8, seed=1)
+    b = _rows(mask, 16, g, temp=6.0) @ c
+    x, lam, info = min_norm_simplex_solve(c, b, cm)
+    assert int(info.iterations.min()) > 0  # no row had a closed form
+    assert float(_kkt_from_scratch(c, b, x, lam).max()) <= 1e-13
+    assert float(info.iterations.double().mean()) <= 12.0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_degenerate_rows_of_wide_heads_converge(seed):
+    # Mutant: the dual variables advanced with the primal step length. Peaked
+    # rows of a d_h = 32 head then stalled at KKT residuals of 7e-12 and
+    # 2e-9 after 100 iterations (36 and 41 are enough).
+    c, cm, mask, g = _bases(3, 64, 32, seed=seed)
+    logits = torch.randn(3, 16, 64, generator=g, dtype=torch.float64)
+    b = torch.softmax(logits * 25.0, -1) @ c
+    x, lam, info = min_norm_simplex_solve(c, b, cm)
+    assert bool(info.converged.all())
+    assert float(_kkt_from_scratch(c, b, x, lam).max()) <= 1e-12
