@@ -441,6 +441,32 @@ class ModelAdapter:
             return None
         return int(window)
 
+    def pooled_positions(self, input_ids: Tensor) -> Optional[Tensor]:
+        r"""The position whose hidden state a decoder's sequence classifier
+        (``GPT2ForSequenceClassification``, ``LlamaForSequenceClassification``
+        ...) reads, one per example, else None (an encoder, or a decoder
+        model of another kind).
+
+        Hugging Face pools the rightmost token whose id is not
+        ``config.pad_token_id`` (the last position when there is none), not
+        the last token of the attention mask: with the padding token set to
+        the end-of-text token, as tokenizers without one are often set up,
+        a text that ends with that token is read at the token before it.
+        """
+        if not self.spec.causal:
+            return None
+        if not type(self.model).__name__.endswith("ForSequenceClassification"):
+            return None
+        config = self.model.config
+        text_config = getattr(config, "get_text_config", None)
+        config = text_config() if callable(text_config) else config
+        pad = getattr(config, "pad_token_id", None)
+        b, n = input_ids.shape
+        if pad is None:
+            return torch.full((b,), n - 1, dtype=torch.long, device=input_ids.device)
+        index = torch.arange(n, device=input_ids.device)
+        return (index * (input_ids != pad)).argmax(-1)
+
     # ------------------------------------------------------------------ weights
     def output_weights(self, layer: int) -> Tensor:
         r"""Per-head output projections ``W_O,h`` of a layer, (heads, d_h, d)."""

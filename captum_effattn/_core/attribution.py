@@ -197,8 +197,11 @@ class _AttentionAttribution(Attribution):
                         or ``"all"`` for the attention each token receives
                         (mean over real query rows). Default: the first
                         real token ([CLS]; position 0 unless the batch is
-                        left-padded) for encoders, the last real token for
-                        decoders.
+                        left-padded) for encoders; for decoders, the token
+                        the classifier reads (a
+                        ``...ForSequenceClassification`` pools the last
+                        token whose id is not ``config.pad_token_id``),
+                        else the last real token.
             weighting (str, optional): ``"none"``, ``"value_norm"`` (times
                         ``‖t_j‖ = ‖v_j W_O,h‖``, Kobayashi et al., 2020) or
                         ``"gradient"`` (times the gradient of the target output
@@ -267,7 +270,10 @@ class _AttentionAttribution(Attribution):
         ids, key_mask = check_token_inputs(adapter, ids, mask)
         device = caps[layers[0]]["weights"].device
         key_mask = key_mask.to(device)
-        rows = self._rows(query, key_mask, layer)
+        received = call_args.arguments.get("input_ids") if call_args else None
+        if not isinstance(received, Tensor) or received.shape != ids.shape:
+            received = ids
+        rows = self._rows(query, key_mask, layer, received.to(device))
         grads: Dict[int, Tensor] = {}
         if needs_grad:
             logits = output.logits if hasattr(output, "logits") else output
@@ -405,10 +411,28 @@ class _AttentionAttribution(Attribution):
             )
         return heads
 
-    def _rows(self, query: QueryType, key_mask: Tensor, layer: LayerType) -> Tensor:
+    def _rows(
+        self, query: QueryType, key_mask: Tensor, layer: LayerType, ids: Tensor
+    ) -> Tensor:
         b, n = key_mask.shape
         if query is None:
             pos = torch.arange(n, device=key_mask.device).expand(b, n)
+            pooled = self.adapter.pooled_positions(ids)
+            if pooled is not None:  # the token a decoder's classifier reads
+                pooled = pooled.unsqueeze(1)
+                padded = (~key_mask.gather(1, pooled)).nonzero()[:, 0].tolist()
+                if padded:
+                    pad = getattr(self.adapter.model.config, "pad_token_id", None)
+                    raise ValueError(
+                        f"the classifier reads example(s) {padded} at a position "
+                        "that the attention mask marks as padding: Hugging Face "
+                        "pools the last token whose id is not "
+                        f"config.pad_token_id ({pad!r}), "
+                        "so the padding of these inputs holds another id. Set "
+                        "model.config.pad_token_id = tokenizer.pad_token_id, or "
+                        "pass query= the position to read"
+                    )
+                return pooled
             if self.adapter.causal:  # the last real token
                 return torch.where(key_mask, pos, -1).amax(1).unsqueeze(1)
             # the first real token: [CLS], with right or left padding

@@ -236,3 +236,51 @@ def test_metrics_refuse_the_mask_landing_on_gpt2s_cache(tiny_model):
     scores = torch.linspace(0, 1, 12).expand(2, 12)
     with pytest.raises(ValueError, match="argument 'cache'.*attention_mask=mask"):
         necessity(model, ids, scores, attention_mask=mask)
+
+
+# ------------------------- the token a decoder's sequence classifier reads
+def _ending_with_the_padding_id(pad):
+    r"""Right-padded ids whose texts end with the padding id, as when a
+    tokenizer without a padding token pads with its end-of-text token and
+    the texts end with it."""
+    ids, mask = random_batch(2, 12, lengths=[12, 9], seed=1)
+    ids = ids.masked_fill(mask == 0, pad)
+    ids[0, 11] = ids[1, 8] = pad
+    return ids, mask
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_decoder_classifier_is_read_where_it_pools(family):
+    # Hugging Face pools the last token whose id is not pad_token_id; the
+    # default query was the last real token of the mask, here the end-of-text
+    # token, which the classifier never reads: gradient weighting gave all
+    # zeros, and the unweighted scores explained a row the logits ignore
+    model = make_tiny_model(family, pad_token_id=7)
+    ids, mask = _ending_with_the_padding_id(7)
+    explainer = EfficientAttention(_forward(model), model=model)
+    scores, res = explainer.attribute(
+        ids, target=1, additional_forward_args=(mask,), weighting="gradient",
+        return_matrices=True,
+    )  # fmt: skip
+    assert res.rows[:, 0].tolist() == [10, 7]
+    assert bool((scores.abs().sum(1) > 0).all())
+    # without a pad_token_id (one example) the last position is read
+    single = make_tiny_model(family, pad_token_id=None)
+    _, res = EfficientAttention(_forward(single), model=single).attribute(
+        ids[:1], additional_forward_args=(mask[:1],), return_matrices=True
+    )
+    assert res.rows[:, 0].tolist() == [11]
+
+
+def test_decoder_classifier_pooling_a_padded_position_is_refused():
+    # config.pad_token_id (7) is not the id the padding holds (0): the
+    # classifier reads the padding of the second example
+    model = make_tiny_model("gpt2", pad_token_id=7)
+    ids, mask = random_batch(2, 12, lengths=[12, 9], seed=1)
+    explainer = EfficientAttention(_forward(model), model=model)
+    with pytest.raises(ValueError, match=r"example\(s\) \[1\].*pad_token_id = "):
+        explainer.attribute(ids, additional_forward_args=(mask,))
+    _, res = explainer.attribute(  # an explicit query is read as asked
+        ids, additional_forward_args=(mask,), query=0, return_matrices=True
+    )
+    assert res.rows[:, 0].tolist() == [0, 0]
