@@ -183,8 +183,9 @@ class _AttentionAttribution(Attribution):
                         received decides which positions are padding.
                         Default: None
             layer (int or str, optional): a layer index (negative counts from
-                        the end), ``"mean"`` over layers, ``"rollout"``
-                        (Abnar & Zuidema, 2020: product of ``½(M + I)``) or
+                        the end; numpy and 0-d torch integers too),
+                        ``"mean"`` over layers, ``"rollout"`` (Abnar &
+                        Zuidema, 2020: product of ``½(M + I)``) or
                         ``"gradient_rollout"`` (Chefer et al., 2021:
                         ``R ← R + mean_h((∇A ⊙ M)⁺) R``).
                         Default: the class's default (-1, or ``"rollout"``
@@ -215,6 +216,11 @@ class _AttentionAttribution(Attribution):
             ``(attributions, AttentionResult)``.
         """
         layer = self._default_layer if layer is None else layer
+        if not isinstance(layer, (str, bool)):
+            try:
+                layer = operator.index(layer)  # numpy and 0-d torch integers
+            except TypeError:
+                pass
         heads = self._check_options(layer, heads, weighting)
         needs_grad = weighting == "gradient" or layer == "gradient_rollout"
         if needs_grad and torch.is_inference_mode_enabled():

@@ -361,3 +361,16 @@ def test_support_test_uses_sigmoid_for_a_multi_label_model(tiny_model):
     model.config.problem_type = "regression"
     with pytest.raises(ValueError, match="regression.*use a classifier"):
         attention_support_test(model, ids, mask)
+
+
+# ----------------------------------------------- numpy and torch integers
+@pytest.mark.parametrize("make", [np.int64, torch.tensor])
+def test_layer_takes_numpy_and_torch_integers_like_query(tiny_model, make):
+    # ``for layer in np.arange(n)`` or a 0-d tensor: ``query`` and ``heads``
+    # took them, ``layer`` said "layer must be an int"
+    model = tiny_model("bert")
+    ids, mask = random_batch(2, 12, lengths=[12, 8], seed=3)
+    explainer = EfficientAttention(_forward(model), model=model)
+    want = explainer.attribute(ids, additional_forward_args=(mask,), layer=0)
+    got = explainer.attribute(ids, additional_forward_args=(mask,), layer=make(0))
+    assert torch.equal(got, want)
