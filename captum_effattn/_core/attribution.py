@@ -173,8 +173,9 @@ class _AttentionAttribution(Attribution):
                         tuple whose first element is the ids, exactly as given
                         to ``LayerIntegratedGradients``.
             target (int, tuple, Tensor or list, optional): output index per
-                        example, as in Captum. Attention itself does not depend
-                        on it; it matters for ``weighting="gradient"`` and
+                        example, as in Captum (numpy integers and a
+                        ``(batch, 1)`` tensor too). Attention itself does not
+                        depend on it; it matters for ``weighting="gradient"`` and
                         ``layer="gradient_rollout"``, where ``None`` means the
                         predicted class. Default: None
             additional_forward_args (Any, optional): further arguments of
@@ -183,8 +184,9 @@ class _AttentionAttribution(Attribution):
                         received decides which positions are padding.
                         Default: None
             layer (int or str, optional): a layer index (negative counts from
-                        the end), ``"mean"`` over layers, ``"rollout"``
-                        (Abnar & Zuidema, 2020: product of ``½(M + I)``) or
+                        the end; numpy and 0-d torch integers too),
+                        ``"mean"`` over layers, ``"rollout"`` (Abnar &
+                        Zuidema, 2020: product of ``½(M + I)``) or
                         ``"gradient_rollout"`` (Chefer et al., 2021:
                         ``R ← R + mean_h((∇A ⊙ M)⁺) R``).
                         Default: the class's default (-1, or ``"rollout"``
@@ -218,6 +220,11 @@ class _AttentionAttribution(Attribution):
             ``(attributions, AttentionResult)``.
         """
         layer = self._default_layer if layer is None else layer
+        if not isinstance(layer, (str, bool)):
+            try:
+                layer = operator.index(layer)  # numpy and 0-d torch integers
+            except TypeError:
+                pass
         heads = self._check_options(layer, heads, weighting)
         needs_grad = weighting == "gradient" or layer == "gradient_rollout"
         if needs_grad and torch.is_inference_mode_enabled():
@@ -554,6 +561,15 @@ def _target_scores(
                     f"target {target!r} out of range for {classes} classes "
                     f"(forward_func's output has shape {tuple(logits.shape)})"
                 )
+            if t.numel() not in (1, batch):
+                raise ValueError(
+                    f"target {target!r} gives {t.numel()} classes for a batch of "
+                    f"{batch} examples; give one class per example, or one for all"
+                )
+            # Captum's own forms, as the metrics take them: numpy integers,
+            # (batch, 1) tensors and lists of 1-tuples
+            t = t.to(device=logits.device, dtype=torch.long).reshape(-1)
+            target = int(t) if t.numel() == 1 else t
         selected = _select_targets(logits, target)
     if selected.shape != (batch,):
         raise ValueError(

@@ -19,12 +19,14 @@ from effattn_testing import make_tiny_model, random_batch
 from metrics_toy import CLS, PAD, SEP
 from torch import nn
 
+from captum_effattn import AttentionWeights
 from captum_effattn.metrics import (
     aopc_necessity,
     minimal_necessary_size,
     minimal_sufficient_size,
     necessity,
     sufficiency,
+    token_perturb_func,
     token_removal_attack,
 )
 
@@ -337,3 +339,28 @@ def test_metric_eval_mode_whatever_forward_func_is(make_forward, monkeypatch):
         minimal_necessary_size(forward, ids, attr, attention_mask=mask)
     assert not nn.modules.module._global_forward_pre_hooks
     assert not any(m._forward_pre_hooks for m in model.modules())
+
+
+# ---------------------------------------------- perturb_func of the wrong kind
+def test_infidelity_perturb_func_given_to_sensitivity_max_says_so():
+    # kind="infidelity" is the default, and sensitivity_max passes its
+    # perturb_radius (0.02) as the second argument: the user saw "baselines
+    # for token ids must be an int or an integer tensor, got 0.02"
+    from captum.metrics import sensitivity_max
+
+    model = make_tiny_model("bert")
+    ids, mask = random_batch(2, 10, lengths=[10, 7], seed=4)
+
+    def forward(ids, mask):
+        return model(input_ids=ids, attention_mask=mask).logits
+
+    explain = AttentionWeights(forward, model=model).attribute
+    perturb = token_perturb_func(attention_mask=mask, protected_ids=(), mask_token_id=3)
+    with pytest.raises(TypeError, match=r"token_perturb_func\('sensitivity'"):
+        sensitivity_max(
+            explain, ids, perturb_func=perturb, additional_forward_args=(mask,),
+            n_perturb_samples=2,
+        )  # fmt: skip
+    # Captum's own token baselines still work
+    chosen, perturbed = perturb(ids, 3)
+    assert torch.equal(perturbed[chosen.bool()], torch.full_like(ids, 3)[chosen.bool()])

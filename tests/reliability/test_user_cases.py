@@ -361,3 +361,56 @@ def test_support_test_uses_sigmoid_for_a_multi_label_model(tiny_model):
     model.config.problem_type = "regression"
     with pytest.raises(ValueError, match="regression.*use a classifier"):
         attention_support_test(model, ids, mask)
+
+
+# ----------------------------------------------- numpy and torch integers
+@pytest.mark.parametrize("make", [np.int64, torch.tensor])
+def test_layer_takes_numpy_and_torch_integers_like_query(tiny_model, make):
+    # ``for layer in np.arange(n)`` or a 0-d tensor: ``query`` and ``heads``
+    # took them, ``layer`` said "layer must be an int"
+    model = tiny_model("bert")
+    ids, mask = random_batch(2, 12, lengths=[12, 8], seed=3)
+    explainer = EfficientAttention(_forward(model), model=model)
+    want = explainer.attribute(ids, additional_forward_args=(mask,), layer=0)
+    got = explainer.attribute(ids, additional_forward_args=(mask,), layer=make(0))
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        np.int64(1),
+        torch.tensor([[1], [0]]),
+        [np.int64(1), np.int64(0)],
+        [(1,), (0,)],
+        np.array([1, 0]),
+    ],
+    ids=["numpy-int", "tensor-B1", "list-numpy", "list-1-tuples", "ndarray"],
+)
+def test_gradient_weighting_takes_the_targets_the_metrics_take(tiny_model, target):
+    # these failed inside Captum with "AssertionError: Target type
+    # <class 'numpy.int64'> is not valid" (or "Tensor target dimension
+    # torch.Size([2, 1]) is not valid") while the metrics accept them
+    model = tiny_model("bert")
+    ids, mask = random_batch(2, 12, lengths=[12, 8], seed=3)
+    explainer = EfficientAttention(_forward(model), model=model)
+    want_target = 1 if isinstance(target, np.integer) else [1, 0]
+    want = explainer.attribute(
+        ids, target=want_target, additional_forward_args=(mask,),
+        weighting="gradient",
+    )  # fmt: skip
+    got = explainer.attribute(
+        ids, target=target, additional_forward_args=(mask,), weighting="gradient"
+    )
+    assert torch.equal(got, want)
+
+
+def test_gradient_weighting_says_when_target_does_not_fit_the_batch(tiny_model):
+    model = tiny_model("bert")
+    ids, mask = random_batch(2, 12, lengths=[12, 8], seed=3)
+    explainer = EfficientAttention(_forward(model), model=model)
+    with pytest.raises(ValueError, match="3 classes for a batch of 2"):
+        explainer.attribute(
+            ids, target=torch.tensor([1, 0, 1]), additional_forward_args=(mask,),
+            weighting="gradient",
+        )  # fmt: skip

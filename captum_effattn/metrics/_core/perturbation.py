@@ -320,6 +320,16 @@ def token_perturb_func(
         return sensitivity_perturb_func
 
     def infidelity_perturb_func(inputs: TokenInputs, baselines: Any = None) -> Any:
+        if isinstance(baselines, Real) and not isinstance(baselines, Integral):
+            # sensitivity_max passes its perturb_radius to a two-argument
+            # perturb_func; infidelity passes token ids or nothing
+            raise TypeError(
+                f"this perturb_func was built for captum.metrics.infidelity "
+                f"(kind='infidelity', the default) and got {baselines!r} as "
+                "baselines, the perturb_radius that sensitivity_max passes; "
+                "for sensitivity_max build it with "
+                "token_perturb_func('sensitivity', ...)"
+            )
         return _perturb(inputs, baselines)
 
     return infidelity_perturb_func
