@@ -305,12 +305,16 @@ def _markdown(summary: Dict[str, Any]) -> str:
     best: Dict[str, List[str]] = {}  # every method tied for the best mean
     for metric in present:
         spec = METRICS[metric]
-        scored = {
-            name: entry["metrics"][metric]["mean"]
+        stats = {
+            name: entry["metrics"][metric]
             for name, entry in methods.items()
             if metric in entry["metrics"]
             and math.isfinite(entry["metrics"][metric]["mean"])
         }
+        # means over fewer examples (a minimal set not found) leave out the
+        # examples a method failed on: only the most complete ones compete
+        full = max((s["n"] for s in stats.values()), default=0)
+        scored = {name: s["mean"] for name, s in stats.items() if s["n"] == full}
         if scored:
             top = (max if spec.higher_is_better else min)(scored.values())
             best[metric] = [name for name, mean in scored.items() if mean == top]
@@ -397,14 +401,18 @@ def _markdown(summary: Dict[str, Any]) -> str:
         "content tokens. Special tokens are never removed.",
         "- Minimal necessary / sufficient: share of content tokens (in rank "
         "order) that must be deleted to flip the prediction / kept to keep "
-        "it (binary search). Lower is better; n < N where no k flips it.",
+        "it (binary search, exact when the flip is monotone in k). Lower is "
+        "better; n < N where the search found no such k (deleting every "
+        "content token keeps the prediction, and no probed k flips it).",
         "- Infidelity (Captum, normalised; random [MASK] perturbations) and "
         "sensitivity (Captum sensitivity_max; one token replaced): lower is "
         "better.",
-        "- Bold: best mean per column. Overlapping intervals mean the "
-        "difference is not established at this n. –: not computed (by "
-        "default sensitivity only for the cheap methods; `--sensitivity-all`) "
-        "or never reached (no k flips the prediction).",
+        "- Bold: best mean per column among the methods scored on the most "
+        "examples (a mean over n < N leaves out the examples the method "
+        "failed on). Overlapping intervals mean the difference is not "
+        "established at this n. –: not computed (by default sensitivity only "
+        "for the cheap methods; `--sensitivity-all`) or never reached (no "
+        "minimal set found on any example).",
         "- s / example: attribution time only (metrics excluded); "
         "× efficient: ratio to the `efficient` method.",
         "",

@@ -139,3 +139,21 @@ def test_csv_labels_that_only_look_alike_stay_apart(tmp_path):
     with pytest.warns(UserWarning, match="dropped 1"):
         splits = load_dataset(f"csv:{_write(tmp_path / 'z.csv', body)}")
     assert splits.label_names == ["07", "7"]
+
+
+def test_bold_skips_a_mean_over_fewer_examples():
+    # attention-grad-all had no minimal set on one example (NaN) and its mean
+    # over the others was bold, ahead of ig's mean over every example
+    result = _result(
+        {"ig": [0.06, 0.08], "attention-grad-all": [0.05, float("nan")]},
+        {"ig": 7.0, "attention-grad-all": 0.6},
+        metrics=("minimal_necessary",),
+    )
+    summary = summarize(result, n_boot=50)
+    assert (
+        summary["methods"]["attention-grad-all"]["metrics"]["minimal_necessary"]["n"]
+        == 1
+    )
+    table = _markdown(summary)
+    assert _bold_methods(table, 1) == {"ig"}
+    assert "no probed k flips it" in table
