@@ -432,6 +432,17 @@ def _fractions(summary: Dict[str, Any]) -> str:
 # plots
 
 
+def _method_colors(names: Sequence[str]) -> Dict[str, Any]:
+    r"""One colour per method, distinct for up to 40 methods (tab20, then
+    tab20b): tab20 alone gave the 21st default method, ``random``, the colour
+    of the first, ``efficient``."""
+    import matplotlib
+
+    palette = list(matplotlib.colormaps["tab20"].colors)
+    palette += list(matplotlib.colormaps["tab20b"].colors)
+    return {name: palette[i % len(palette)] for i, name in enumerate(names)}
+
+
 def _plots(summary: Dict[str, Any], folder: Path) -> None:
     import matplotlib
 
@@ -439,8 +450,8 @@ def _plots(summary: Dict[str, Any], folder: Path) -> None:
     import matplotlib.pyplot as plt
 
     methods = summary["methods"]
-    colors = {name: plt.cm.tab20(i % 20) for i, name in enumerate(methods)}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    colors = _method_colors(list(methods))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
     drawn = False
     for name, entry in methods.items():
         curves = entry["curves"]
@@ -458,18 +469,19 @@ def _plots(summary: Dict[str, Any], folder: Path) -> None:
                     color=colors[name],
                     label=name,
                 )
-    for ax, kind, better in zip(
-        axes, ("Sufficiency", "Necessity"), ("lower", "higher")
+    for ax, kind, better, what in zip(
+        axes, ("Sufficiency", "Necessity"), ("lower", "higher"), ("kept", "deleted")
     ):
         ax.set_xscale("log")
-        ax.set_xlabel("fraction of content tokens (log)")
+        ax.set_xlabel(f"fraction of content tokens {what} (log)")
         ax.set_ylabel(f"{kind.lower()} ({better} is better)")
         ax.set_title(f"{kind} curve")
         ax.grid(alpha=0.3)
         if not drawn:
             ax.text(0.5, 0.5, "AOPC not computed", ha="center", transform=ax.transAxes)
     if drawn:
-        axes[1].legend(fontsize=7, ncol=2)
+        # beside the plots: inside, it hid the curves of the best methods
+        axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(
         f"AOPC curves, {summary['config']['dataset']}, n={summary['meta'].get('n')}"
     )

@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 
 from captum_effattn.benchmark.data import Example, load_dataset
+from captum_effattn.benchmark.methods import METHODS
 from captum_effattn.benchmark.report import (
     _examples_html,
     _fmt_ratio,
     _markdown,
+    _method_colors,
     summarize,
 )
 from captum_effattn.benchmark.runner import BenchConfig, BenchResult
@@ -157,3 +159,11 @@ def test_bold_skips_a_mean_over_fewer_examples():
     table = _markdown(summary)
     assert _bold_methods(table, 1) == {"ig"}
     assert "no probed k flips it" in table
+
+
+def test_every_method_has_its_own_plot_colour():
+    # tab20 alone drew random (the 21st default method) in efficient's colour
+    names = list(METHODS)
+    assert len(names) > 20
+    colors = _method_colors(names)
+    assert len({tuple(c) for c in colors.values()}) == len(names)
