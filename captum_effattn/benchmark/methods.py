@@ -485,20 +485,22 @@ _SPECS: List[MethodSpec] = [
         "ig",
         "Integrated Gradients",
         "gradient",
-        f"Captum LayerIntegratedGradients on the embeddings, {IG_STEPS} steps, "
+        "Captum LayerIntegratedGradients on the embeddings, --ig-steps steps "
+        f"(default {IG_STEPS}), "
         "[PAD] baseline for content tokens, summed over the embedding",
         _ig,
-        cost=f"{IG_STEPS} forward + {IG_STEPS} backward",
+        cost="--ig-steps forward + backward passes",
         expensive=True,
     ),
     MethodSpec(
         "lime",
         "LIME",
         "perturbation",
-        f"Captum Lime on tokens, {LIME_SAMPLES} samples, Ridge surrogate, "
+        "Captum Lime on tokens, --lime-samples samples "
+        f"(default {LIME_SAMPLES}), Ridge surrogate, "
         "removed tokens masked out",
         _lime,
-        cost=f"{LIME_SAMPLES} forward",
+        cost="--lime-samples forward passes",
         expensive=True,
     ),
     MethodSpec(
