@@ -120,6 +120,24 @@ def test_nonnegative_projection_needs_no_iteration():
     assert torch.allclose(x[0], a, atol=1e-14)
 
 
+def test_full_rank_basis_answers_tiny_weights_in_closed_form():
+    # rank([T, 1]) = n: the feasible set is {a}, and C Cᵀ = I. Real attention
+    # has weights of 1e-30 and below, which C Cᵀ a rounds to tiny negatives;
+    # they used to send the row through 10-20 interior-point iterations and
+    # came back 4e-13 away from a (MiniLM, n <= 33: up to 1.9e-12).
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(10, 12, generator=g, dtype=torch.float64)
+    w = torch.randn(12, 24, generator=g, dtype=torch.float64)
+    a = torch.softmax(torch.randn(6, 10, generator=g, dtype=torch.float64) * 30, -1)
+    assert float(a.min()) < 1e-30
+    u, c, cm = head_bases(v, w, torch.ones(10, dtype=torch.bool))
+    assert int(cm.sum()) == 10
+    x, _, info = min_norm_simplex_solve(c[None], (a @ c)[None], cm[None])
+    assert int(info.iterations.max()) == 0 and bool(info.converged.all())
+    assert float(x.min()) >= 0.0
+    torch.testing.assert_close(x[0], a, atol=1e-15, rtol=0)
+
+
 def test_bad_shapes():
     with pytest.raises(ValueError, match="expected c"):
         min_norm_simplex_solve(torch.zeros(2, 3), torch.zeros(2, 3))
