@@ -114,8 +114,8 @@ class SolverInfo:
                     the zero set, and stationarity ``max_j∈S |x_j − (Cλ)_j|``
                     on the support.
         iterations (Tensor): interior-point iterations of each row, both
-                    precisions together (0 when the projection was already
-                    non-negative).
+                    precisions together (0 when ``max(0, C b)``, the
+                    projection's positive part, met the tolerance).
         converged (Tensor): bool, ``kkt_residual <= tol``.
     """
 
@@ -163,7 +163,9 @@ def min_norm_simplex_solve(
 ) -> Tuple[Tensor, Tensor, SolverInfo]:
     r"""Solve ``min ½‖x‖² s.t. Cᵀx = b, x ≥ 0`` for many rows sharing bases.
 
-    Rows whose projection ``C b`` is already non-negative are done at once.
+    Rows whose projection ``C b`` is already non-negative (up to entries that
+    only rounding makes negative: ``max(0, C b)`` meets the tolerance) are
+    done at once.
     The others go through a batched primal-dual interior-point method
     (Mehrotra predictor-corrector). Its normal matrix ``Cᵀ D C`` with
     ``D = diag(x / (x + z))`` is positive definite because ``C`` has
@@ -233,12 +235,14 @@ def min_norm_simplex_solve(
     if max_chunk_bytes is None:
         max_chunk_bytes = _default_chunk_bytes(c.device)
     b = b.to(dtype) * col_mask.unsqueeze(-2).to(dtype)
-    # Closed form: the projection C b is the answer wherever it is >= 0.
+    # Closed form: x = max(0, C b) (λ = b) meets every KKT condition but the
+    # primal one by construction, so it is the answer wherever Cᵀx = b holds
+    # within tol: where C b >= 0, and where C b only rounds below 0 (e.g.
+    # rank([T, 1]) = n, where C Cᵀ = I and x is A_i itself).
     lam = b.clone()
     y = lam @ c.transpose(-1, -2)
     x = torch.relu(y)
     res = (x @ c - b).abs().amax(-1)
-    res = torch.where(y.amin(-1) >= 0, res, torch.full_like(res, torch.inf))
     iters = torch.zeros(g, m, dtype=torch.long, device=c.device)
     todo = (res > tol).flatten().nonzero().flatten()  # sorted by basis
     if todo.numel() > 0 and max_iter > 0:
