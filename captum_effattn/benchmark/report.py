@@ -401,9 +401,9 @@ def _markdown(summary: Dict[str, Any]) -> str:
         "content tokens. Special tokens are never removed.",
         "- Minimal necessary / sufficient: share of content tokens (in rank "
         "order) that must be deleted to flip the prediction / kept to keep "
-        "it (binary search, exact when the flip is monotone in k). Lower is "
-        "better; n < N where the search found no such k (deleting every "
-        "content token keeps the prediction, and no probed k flips it).",
+        "it (binary search, exact when the flip is monotone in k; a linear "
+        "search checks where it finds none). Lower is better; n < N where no "
+        "k flips it.",
         "- Infidelity (Captum, normalised; random [MASK] perturbations) and "
         "sensitivity (Captum sensitivity_max; one token replaced): lower is "
         "better.",

@@ -60,6 +60,17 @@ def _first(flags: List[bool]) -> float:
     return float(flags.index(True)) if True in flags else math.nan
 
 
+def _bisection_sees(flags: List[bool]) -> List[bool]:
+    r"""The flags of the k that a bisection over k = 0..n probes (it assumes
+    monotone flags: once True, True for every larger k)."""
+    lo, hi, seen = 0, len(flags), []
+    while lo < hi:
+        mid = (lo + hi) // 2
+        seen.append(flags[mid])
+        lo, hi = (lo, mid) if flags[mid] else (mid + 1, hi)
+    return seen
+
+
 def _monotone(flags: List[bool]) -> bool:
     return all(flags[i:] == [True] * (len(flags) - i) for i, f in enumerate(flags) if f)
 
@@ -72,7 +83,7 @@ def test_minimal_sizes_equal_brute_force(make_bow, mode):
     margin = (weights[:, 0] - weights[:, 1])[ids]
     perfect = margin * torch.where(target == 0, 1.0, -1.0).double().view(-1, 1)
     n_content = (mask.bool() & ~special).sum(1)
-    n_monotone = 0
+    n_monotone = n_missed = 0
     for attr in (perfect, torch.randn(ids.shape, generator=gen), -perfect):
         for keep, func in (
             (False, minimal_necessary_size),
@@ -118,11 +129,17 @@ def test_minimal_sizes_equal_brute_force(make_bow, mode):
                     )
                     continue
                 for b, f in enumerate(flags):
+                    got, want = float(sizes[b]), float(expected[b])
+                    # NaN only where no k flips it (a linear search checks a
+                    # binary search that found none), else a k that flips it
+                    assert math.isnan(got) == math.isnan(want)
+                    assert math.isnan(got) or f[int(got)]
+                    n_missed += any(f) and not any(_bisection_sees(f))
                     if _monotone(f):
                         n_monotone += 1
-                        got, want = float(sizes[b]), float(expected[b])
                         assert got == want or (math.isnan(got) and math.isnan(want))
     assert n_monotone > 20
+    assert n_missed > 0  # examples where a bisection alone finds no flip
 
 
 def test_no_flip_is_nan(make_bow):

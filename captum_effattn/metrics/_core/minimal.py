@@ -132,32 +132,40 @@ def _minimal_size(
         ex_ids = ids[b : b + 1]
         ex_inputs: Any = (ex_ids, attention_mask[b : b + 1]) if has_mask else ex_ids
         ex_args = tuple(_select_rows(a, row, n_examples) for a in args)
-        mpp = MinParamPerturbation(
-            forward_func=search_forward,
-            attack=token_removal_attack,
-            arg_name="k",
-            arg_min=0,
-            arg_max=n + 1,
-            arg_step=1,
-            mode=search,
-            correct_fn=_prediction_missing if keep else _prediction_kept,
+        attack_kwargs = dict(
+            attributions=attributions[b : b + 1],
+            keep=keep,
+            special_tokens_mask=None if special is None else special[b : b + 1],
+            mode=mode,
+            mask_token_id=mask_token_id,
+            pad_token_id=pad_token_id,
+            padding_side=side,
         )
-        with torch.no_grad():
-            _, k = mpp.evaluate(
-                ex_inputs,
-                additional_forward_args=ex_args if ex_args else None,
-                target=int(targets[b]),
-                perturbations_per_eval=int(perturbations_per_eval),
-                attack_kwargs=dict(
-                    attributions=attributions[b : b + 1],
-                    keep=keep,
-                    special_tokens_mask=None if special is None else special[b : b + 1],
-                    mode=mode,
-                    mask_token_id=mask_token_id,
-                    pad_token_id=pad_token_id,
-                    padding_side=side,
-                ),
+        k = None
+        # A binary search that finds no k is not proof that none exists (it
+        # probes O(log n) of them, and flipping need not be monotone in k):
+        # the linear search then settles it.
+        for how in (search, "linear") if search == "binary" else (search,):
+            mpp = MinParamPerturbation(
+                forward_func=search_forward,
+                attack=token_removal_attack,
+                arg_name="k",
+                arg_min=0,
+                arg_max=n + 1,
+                arg_step=1,
+                mode=how,
+                correct_fn=_prediction_missing if keep else _prediction_kept,
             )
+            with torch.no_grad():
+                _, k = mpp.evaluate(
+                    ex_inputs,
+                    additional_forward_args=ex_args if ex_args else None,
+                    target=int(targets[b]),
+                    perturbations_per_eval=int(perturbations_per_eval),
+                    attack_kwargs=attack_kwargs,
+                )
+            if k is not None:
+                break
         if k is not None:
             sizes[b] = float(k)
     sizes = sizes.to(device=ids.device, dtype=torch.get_default_dtype())
@@ -224,7 +232,9 @@ def minimal_necessary_size(
         search (str, optional): ``"linear"`` (exact: the first k that flips)
                     or ``"binary"`` (fewer forward calls; exact only when the
                     prediction stays flipped once flipped, i.e. when flipping is
-                    monotone in k). Default: ``"linear"``
+                    monotone in k; where it finds no k, a linear search
+                    checks, so NaN always means that no k flips it).
+                    Default: ``"linear"``
         perturbations_per_eval (int, optional): perturbed inputs of one example
                     per forward call in the linear search (Captum's argument).
                     Default: 16
@@ -327,7 +337,8 @@ def minimal_sufficient_size(
                     with padding, else ``"right"``); pass
                     ``tokenizer.padding_side`` for a batch without padding.
         search (str, optional): ``"linear"`` (exact) or ``"binary"`` (exact
-                    only when sufficiency is monotone in k). Default: ``"linear"``
+                    only when sufficiency is monotone in k; where it finds no
+                    k, a linear search checks). Default: ``"linear"``
         perturbations_per_eval (int, optional): perturbed inputs of one example
                     per forward call in the linear search. Default: 16
         batch_size (int, optional): rows per forward call when predicting the
