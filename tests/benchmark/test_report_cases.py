@@ -158,7 +158,7 @@ def test_bold_skips_a_mean_over_fewer_examples():
     )
     table = _markdown(summary)
     assert _bold_methods(table, 1) == {"ig"}
-    assert "no probed k flips it" in table
+    assert "n < N where no k flips it" in table
 
 
 def test_every_method_has_its_own_plot_colour():
