@@ -39,6 +39,7 @@ from captum_effattn._core.functional import (
     check_algebra_dtype,
     check_solver_options,
     check_token_inputs,
+    format_target,
     run_with_capture,
     solve_layers,
 )
@@ -552,24 +553,10 @@ def _target_scores(
                 )
             target = logits.argmax(-1)
         elif logits.dim() == 2 and not isinstance(target, tuple):
-            t = torch.as_tensor(target)
-            if t.is_floating_point() or t.dtype == torch.bool:
-                raise TypeError(f"target must hold class indices, got {target!r}")
-            classes = logits.shape[1]
-            if t.numel() and bool(((t < 0) | (t >= classes)).any()):
-                raise ValueError(
-                    f"target {target!r} out of range for {classes} classes "
-                    f"(forward_func's output has shape {tuple(logits.shape)})"
-                )
-            if t.numel() not in (1, batch):
-                raise ValueError(
-                    f"target {target!r} gives {t.numel()} classes for a batch of "
-                    f"{batch} examples; give one class per example, or one for all"
-                )
-            # Captum's own forms, as the metrics take them: numpy integers,
-            # (batch, 1) tensors and lists of 1-tuples
-            t = t.to(device=logits.device, dtype=torch.long).reshape(-1)
-            target = int(t) if t.numel() == 1 else t
+            # Captum's forms, checked as the metrics check them (numpy
+            # integers, (batch, 1) tensors, lists of 1-tuples); a tuple
+            # indexes an output of more dimensions and goes to Captum as is
+            target = format_target(target, batch, logits.shape[1]).to(logits.device)
         selected = _select_targets(logits, target)
     if selected.shape != (batch,):
         raise ValueError(

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from numbers import Integral
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -33,6 +35,8 @@ __all__ = [
     "solve_layer",
     "solve_layers",
     "check_token_inputs",
+    "format_target",
+    "TargetLike",
     "resolve_rows",
 ]
 
@@ -248,6 +252,72 @@ class Certificate:
             f"max KKT residual {w['kkt_residual']:.2e}, max iterations "
             f"{w['max_iterations']}, all converged: {w['all_converged']}"
         )
+
+
+TargetLike = Union[None, int, Sequence[int], Tensor]
+
+
+def format_target(
+    target: Any, n_examples: int, n_classes: Optional[int] = None
+) -> Tensor:
+    r"""Target classes as a ``(n_examples,)`` long tensor on the CPU, from
+    Captum's forms: an int (numpy integers too) for every example, a list of
+    ints, an integer tensor or numpy array of one class or one per example
+    (``(B,)`` or ``(B, 1)``), a tuple of one index ``(j,)`` (class ``j`` of
+    every example) or a list of such tuples. ``n_classes=None`` checks only
+    that they are not negative. The one check of a target of ``(batch,
+    classes)`` outputs: the attribution classes' gradient modes, the metrics
+    and :func:`~captum_effattn.attention_support_test`.
+
+    Raises:
+        TypeError: a float, bool or other non-integer target.
+        ValueError: a number of classes that is neither 1 nor ``n_examples``,
+                    or a class outside ``[0, n_classes)``.
+    """
+    shown = target
+    if isinstance(target, tuple) and len(target) == 1:
+        target = target[0]
+    elif isinstance(target, list):
+        target = [x[0] if isinstance(x, tuple) and len(x) == 1 else x for x in target]
+    if isinstance(target, np.ndarray):
+        target = torch.from_numpy(target)
+    if isinstance(target, bool):
+        raise TypeError("target must be an int, a list of ints or a tensor")
+    if isinstance(target, Integral):
+        t = torch.full((n_examples,), int(target), dtype=torch.long)
+    elif isinstance(target, Tensor):
+        if (
+            target.is_floating_point()
+            or target.is_complex()
+            or (target.dtype == torch.bool)
+        ):
+            raise TypeError(
+                f"target must hold integer class indices, got {target.dtype}"
+            )
+        t = target.reshape(-1).long().cpu()
+        if t.numel() == 1:
+            t = t.expand(n_examples).clone()
+    elif isinstance(target, (list, tuple)):
+        if not all(isinstance(x, Integral) and not isinstance(x, bool) for x in target):
+            raise TypeError("a target list must hold ints (one class per example)")
+        t = torch.tensor([int(x) for x in target], dtype=torch.long)
+    else:
+        raise TypeError(
+            "target must be None, an int, a list of ints or a tensor, got "
+            f"{type(target).__name__}"
+        )
+    if t.numel() != n_examples:
+        raise ValueError(
+            f"target gives {t.numel()} classes for a batch of {n_examples} "
+            "examples; give one per example, or one for all"
+        )
+    if (t < 0).any() or (n_classes is not None and (t >= n_classes).any()):
+        classes = f"{n_classes} classes" if n_classes is not None else "classes"
+        raise ValueError(
+            f"target {shown!r} out of range for {classes}: target classes must "
+            f"lie in [0, {n_classes if n_classes is not None else 'classes'})"
+        )
+    return t
 
 
 def check_token_inputs(

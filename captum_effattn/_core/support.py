@@ -24,6 +24,7 @@ from captum_effattn._core.functional import (
     Certificate,
     attention_weights,
     efficient_attention,
+    format_target,
 )
 
 __all__ = ["attention_support_test", "SupportTestResult"]
@@ -163,7 +164,8 @@ def attention_support_test(
         layer tested, in the order of ``layers``.
 
     Raises:
-        TypeError: the model's output has no (batch, classes) ``logits``.
+        TypeError: the model's output has no (batch, classes) ``logits``, or
+                    ``target`` holds no integer classes.
         ValueError: ``rows`` given, ``target`` out of range or not one class
                     per example, a model with a single output
                     (``num_labels=1``), whose softmax is always 1, unless it
@@ -271,17 +273,4 @@ def _targets(
     b, classes = probs.shape
     if target is None:
         return probs.argmax(-1)
-    t = torch.as_tensor(target, device=probs.device)
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise ValueError(f"target must hold class indices, got {target!r}")
-    t = t.long().flatten() if t.dim() <= 1 else t
-    if t.dim() != 1 or t.numel() not in (1, b):
-        raise ValueError(
-            f"target must be one class index, or one per example ({b}), got "
-            f"{target!r}"
-        )
-    if bool(((t < 0) | (t >= classes)).any()):
-        raise ValueError(
-            f"target {target!r} out of range for a model with {classes} classes"
-        )
-    return t.expand(b)
+    return format_target(target, b, classes).to(probs.device)

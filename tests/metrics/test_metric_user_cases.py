@@ -114,6 +114,20 @@ def test_minimal_sizes_check_the_target(make_bow, hand_batch, fn):
            attention_mask=hand_batch["mask"])  # fmt: skip
 
 
+def test_targets_in_every_captum_form_agree(make_bow, hand_batch):
+    # one target check serves the metrics, the gradient modes and the support
+    # test: numpy arrays and (B, 1) tensors as the (B,) tensor; bools refused
+    model = make_bow()
+    ids, mask, attr = hand_batch["ids"], hand_batch["mask"], hand_batch["attr"]
+    want = necessity(model, ids, attr, target=torch.tensor([1, 0]), attention_mask=mask)
+    for target in (np.array([1, 0]), torch.tensor([[1], [0]]), [(1,), (0,)]):
+        got = necessity(model, ids, attr, target=target, attention_mask=mask)
+        assert torch.equal(got, want)
+    with pytest.raises(TypeError, match="integer class indices"):
+        necessity(model, ids, attr, target=torch.tensor([True, False]),
+                  attention_mask=mask)  # fmt: skip
+
+
 def test_single_logit_model_is_refused(hand_batch):
     w = torch.randn(12, 1, dtype=torch.float64)
 

@@ -27,7 +27,7 @@ import contextlib
 import threading
 import warnings
 from numbers import Integral, Real
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -36,7 +36,6 @@ from tqdm.auto import tqdm
 from captum_effattn._core.adapters import check_positional_arguments
 
 #: Target classes as Captum accepts them for 2-D outputs.
-TargetLike = Union[None, int, Sequence[int], Tensor]
 
 MODES = ("delete", "mask", "pad")
 
@@ -547,45 +546,3 @@ def _forward_rows(
             out = forward_func(input_ids[chunk], *args)
             outputs.append(_check_logits(out, index.shape[0]).detach())
     return torch.cat(outputs, dim=0)
-
-
-def _format_target(
-    target: TargetLike, n_examples: int, n_classes: Optional[int]
-) -> Tensor:
-    r"""Target classes as a (B,) long tensor (Captum's int / list / tensor forms);
-    ``n_classes=None`` checks only that they are not negative. As in Captum,
-    a tuple of one index, ``(j,)``, indexes the class dimension of every
-    example, and a list may hold such tuples (one per example)."""
-    if isinstance(target, tuple) and len(target) == 1:
-        target = target[0]
-    elif isinstance(target, list):
-        target = [x[0] if isinstance(x, tuple) and len(x) == 1 else x for x in target]
-    if isinstance(target, bool):
-        raise TypeError("target must be an int, a list of ints or a tensor")
-    if isinstance(target, Integral):
-        t = torch.full((n_examples,), int(target), dtype=torch.long)
-    elif isinstance(target, Tensor):
-        if target.is_floating_point():
-            raise TypeError(f"target must hold integer classes, got {target.dtype}")
-        t = target.reshape(-1).long().cpu()
-        if t.numel() == 1:
-            t = t.expand(n_examples).clone()
-    elif isinstance(target, (list, tuple)):
-        if not all(isinstance(x, Integral) and not isinstance(x, bool) for x in target):
-            raise TypeError("a target list must hold ints (one class per example)")
-        t = torch.tensor([int(x) for x in target], dtype=torch.long)
-    else:
-        raise TypeError(
-            "target must be None, an int, a list of ints or a tensor, got "
-            f"{type(target).__name__}"
-        )
-    if t.numel() != n_examples:
-        raise ValueError(
-            f"target gives {t.numel()} classes for a batch of {n_examples} examples"
-        )
-    if (t < 0).any() or (n_classes is not None and (t >= n_classes).any()):
-        raise ValueError(
-            f"target classes must lie in [0, {n_classes or 'classes'}), "
-            f"got {t.tolist()}"
-        )
-    return t

@@ -65,14 +65,13 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from captum_effattn._core.functional import TargetLike, format_target
 from captum_effattn.metrics._core.erase import (
-    TargetLike,
     _check_batch_size,
     _check_fraction,
     _content_mask,
     _erase,
     _format_additional_forward_args,
-    _format_target,
     _forward_rows,
     _keep_mask,
     _num_tokens,
@@ -215,7 +214,7 @@ def _erasure_curve(
     if target is None:
         tgt = p_orig.argmax(dim=1)
     else:
-        tgt = _format_target(target, n_examples, n_classes).to(probs.device)
+        tgt = format_target(target, n_examples, n_classes).to(probs.device)
     p_pert = probs[n_examples:].view(n_fracs, n_examples, n_classes)
     p0 = p_orig.gather(1, tgt.view(-1, 1))  # (B, 1)
     pk = p_pert.gather(2, tgt.view(1, -1, 1).expand(n_fracs, -1, 1)).squeeze(2)

@@ -21,14 +21,13 @@ from captum.robust import MinParamPerturbation
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from captum_effattn._core.functional import TargetLike, format_target
 from captum_effattn.metrics._core.erase import (
-    TargetLike,
     _as_logits,
     _check_batch_size,
     _content_mask,
     _eval_mode,
     _format_additional_forward_args,
-    _format_target,
     _forward_rows,
     _padding_side,
     _select_rows,
@@ -105,7 +104,7 @@ def _minimal_size(
     if target is None:
         targets = logits.argmax(dim=1).cpu()
     else:
-        targets = _format_target(target, n_examples, n_classes=logits.shape[1])
+        targets = format_target(target, n_examples, n_classes=logits.shape[1])
 
     has_mask = attention_mask is not None
     # one padding side for the whole batch: the search sends one example at
