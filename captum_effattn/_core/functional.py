@@ -35,6 +35,7 @@ __all__ = [
     "solve_layer",
     "solve_layers",
     "check_token_inputs",
+    "check_vocabulary",
     "format_target",
     "TargetLike",
     "resolve_rows",
@@ -320,6 +321,20 @@ def format_target(
     return t
 
 
+def check_vocabulary(top_id: int, vocab_size: Optional[int]) -> None:
+    r"""Raise a clear ``ValueError`` when token id ``top_id`` is beyond the
+    ``vocab_size`` rows of the model's input embedding table (see
+    :func:`~captum_effattn._core.adapters.embedding_rows`; None: unknown, no
+    check), instead of the embedding's ``IndexError``."""
+    if vocab_size is not None and top_id >= vocab_size:
+        raise ValueError(
+            f"input_ids contains id {top_id}, outside the model's vocabulary of "
+            f"{vocab_size} (the rows of its input embedding table); was it "
+            "tokenized for this model? A tokenizer with added tokens needs "
+            "model.resize_token_embeddings(len(tokenizer))"
+        )
+
+
 def check_token_inputs(
     adapter: ModelAdapter,
     input_ids: Any,
@@ -376,13 +391,7 @@ def check_token_inputs(
             f"input_ids contains negative token ids (min {int(input_ids.min())}); "
             "pad with the tokenizer's pad_token_id, not -100 or -1 (label values)"
         )
-    if adapter.vocab_size is not None and int(input_ids.max()) >= adapter.vocab_size:
-        raise ValueError(
-            f"input_ids contains id {int(input_ids.max())}, outside the model's "
-            f"vocabulary of {adapter.vocab_size} (the rows of its input embedding "
-            "table); was it tokenized for this model? A tokenizer with added "
-            "tokens needs model.resize_token_embeddings(len(tokenizer))"
-        )
+    check_vocabulary(int(input_ids.max()), adapter.vocab_size)
     if adapter.max_positions is not None and n > adapter.max_positions:
         raise ValueError(
             f"sequence length {n} exceeds the model's {adapter.max_positions} "

@@ -58,6 +58,7 @@ import torch
 from torch import Tensor
 
 from captum_effattn._core.adapters import check_device, embedding_rows, unwrap_model
+from captum_effattn._core.functional import check_vocabulary
 from captum_effattn.benchmark.data import Example
 from captum_effattn.benchmark.methods import METHODS, attribute
 
@@ -522,22 +523,6 @@ def _warm_up(
     _sync(device)
 
 
-def _check_vocabulary(model: torch.nn.Module, token_ids: Sequence[Any]) -> None:
-    r"""Raise a clear ``ValueError`` before any work when the tokenizer gives
-    ids that the model's embedding table cannot look up (a tokenizer of
-    another model, or with added tokens), instead of an ``IndexError`` from
-    the embedding half-way through the run."""
-    rows = embedding_rows(unwrap_model(model))
-    top = max((max(ids) for ids in token_ids if len(ids)), default=-1)
-    if rows is not None and top >= rows:
-        raise ValueError(
-            f"the tokenizer gives token id {top}, outside the model's vocabulary "
-            f"of {rows} (the rows of its input embedding table): the tokenizer "
-            "belongs to another model, or has added tokens that need "
-            "model.resize_token_embeddings(len(tokenizer))"
-        )
-
-
 def _batches(n: int, size: int) -> List[List[int]]:
     return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
 
@@ -598,7 +583,10 @@ def run_benchmark(
     token_ids = tokenizer(
         [ex.text for _, ex in chosen], truncation=True, max_length=config.max_length
     )["input_ids"]
-    _check_vocabulary(model, token_ids)
+    # before any work: ids the embedding cannot look up (another model's
+    # tokenizer, or added tokens) fail half-way through the run otherwise
+    top = max((max(ids) for ids in token_ids if len(ids)), default=-1)
+    check_vocabulary(top, embedding_rows(unwrap_model(model)))
     lengths = [len(x) for x in token_ids]
     order = sorted(range(len(chosen)), key=lambda i: (lengths[i], chosen[i][0]))
     chosen = [chosen[i] for i in order]
