@@ -183,3 +183,35 @@ def test_faithfulness_metrics_on_minilm(minilm):
     )
     assert k.shape == frac.shape == (3,)
     assert ((frac > 0) & (frac <= 1) | torch.isnan(frac)).all()
+
+
+def test_function_to_apply_on_minilm(minilm):
+    # the real model as a single-logit (z = l1 - l0) and as a multi-label
+    # model: sigmoid(z) is the two-class softmax at class 1, so the metrics
+    # and the minimal sets agree with the two-class model's
+    m = minilm
+    _, attr = _lig(m)
+    kwargs = dict(attention_mask=m["mask"], special_tokens_mask=m["special"])
+
+    def single(ids, mask):
+        logits = m["forward"](ids, mask)
+        return logits[:, 1:] - logits[:, :1]
+
+    for func in (sufficiency, necessity):
+        want = func(m["forward"], m["ids"], attr, target=1, **kwargs)
+        got = func(
+            single, m["ids"], attr, target=0, function_to_apply="sigmoid", **kwargs
+        )
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    k_two, _ = minimal_necessary_size(m["forward"], m["ids"], attr, target=1, **kwargs)
+    k_one, _ = minimal_necessary_size(
+        single, m["ids"], attr, target=0, function_to_apply="sigmoid", **kwargs
+    )
+    torch.testing.assert_close(k_one, k_two, equal_nan=True)
+    # as independent labels, each label's own sigmoid
+    res = aopc_necessity(
+        m["forward"], m["ids"], attr, target=0, function_to_apply="sigmoid", **kwargs
+    )
+    with torch.no_grad():
+        p0 = torch.sigmoid(m["forward"](m["ids"], m["mask"]))[:, 0]
+    assert torch.isfinite(res.aopc).all() and (res.curve <= p0[:, None] + 1e-6).all()

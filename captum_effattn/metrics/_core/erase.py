@@ -39,6 +39,10 @@ from captum_effattn._core.adapters import check_positional_arguments
 
 MODES = ("delete", "mask", "pad")
 
+#: How ``forward_func``'s outputs become class probabilities (the values of
+#: Hugging Face pipelines' ``function_to_apply``, with ``"auto"`` for ours).
+FUNCTIONS_TO_APPLY = ("auto", "softmax", "sigmoid", "none")
+
 #: Tolerance of ``k = ceil(fraction * n)`` against float rounding
 #: (``0.07 * 100 == 7.000000000000001`` must give 7, not 8, and a float32
 #: fraction ``0.2``, which is 0.2000000030, must give the same k as 0.2).
@@ -423,7 +427,20 @@ def _as_logits(out: Any) -> Any:
     return logits if isinstance(logits, Tensor) and not isinstance(out, Tensor) else out
 
 
-def _check_logits(out: Any, rows: int) -> Tensor:
+def _check_function_to_apply(function_to_apply: Any) -> str:
+    if (
+        not isinstance(function_to_apply, str)
+        or function_to_apply not in FUNCTIONS_TO_APPLY
+    ):
+        raise ValueError(
+            f"Unknown function_to_apply {function_to_apply!r}; expected one of "
+            f"{FUNCTIONS_TO_APPLY}: 'sigmoid' for a multi-label or single-logit "
+            "model, 'none' when forward_func returns probabilities of its own"
+        )
+    return function_to_apply
+
+
+def _check_logits(out: Any, rows: int, function_to_apply: str = "auto") -> Tensor:
     out = _as_logits(out)
     if not isinstance(out, Tensor):
         raise TypeError(
@@ -436,31 +453,46 @@ def _check_logits(out: Any, rows: int) -> Tensor:
             "forward_func must return logits of shape (batch, classes); for a batch "
             f"of {rows} it returned {tuple(out.shape)}"
         )
-    if out.shape[1] < 2:
+    if out.shape[1] < 2 and function_to_apply in ("auto", "softmax"):
         raise ValueError(
             "forward_func must return logits of at least 2 classes (the metrics "
             "compare softmax probabilities, and a softmax over one class is "
             f"always 1), got shape {tuple(out.shape)}; for a single-logit binary "
-            "model return torch.cat([-z, z], dim=1) / 2 (the same sigmoid)"
+            "model pass function_to_apply='sigmoid' (or return torch.cat([-z, z], "
+            "dim=1) / 2, the same sigmoid)"
+        )
+    if not out.is_floating_point():
+        raise TypeError(
+            f"forward_func must return floating-point logits, got {out.dtype}"
         )
     return out
 
 
-def _probabilities(outputs: Tensor) -> Tensor:
+def _probabilities(outputs: Tensor, function_to_apply: str = "auto") -> Tensor:
     r"""Class probabilities from ``forward_func``'s outputs (B, classes), in
-    float32 or wider: their softmax, unless they already are probabilities
+    float32 or wider, as ``function_to_apply`` says (see
+    :data:`FUNCTIONS_TO_APPLY`).
+
+    ``"auto"`` takes their softmax, unless they already are probabilities
     (every row non-negative and summing to 1 within rounding, as
-    ``logits.softmax(-1)`` returns them), which are taken as they are. A
+    ``logits.softmax(-1)`` returns them), which are taken as they are: a
     second softmax would silently squeeze every difference toward 0 (two
-    classes: ``softmax(p)_j = sigmoid(2 p_j - 1)``, about half the change)."""
+    classes: ``softmax(p)_j = sigmoid(2 p_j - 1)``, about half the change).
+    ``"softmax"`` always takes the softmax, ``"sigmoid"`` the sigmoid of each
+    output (independent labels) and ``"none"`` the outputs themselves."""
     out = outputs.to(torch.promote_types(outputs.dtype, torch.float32))
-    tol = 1e-3 if outputs.dtype in (torch.float16, torch.bfloat16) else 1e-4
-    if (
-        bool(torch.isfinite(out).all())
-        and bool((out >= 0).all())
-        and bool(((out.sum(dim=1) - 1).abs() <= tol).all())
-    ):
+    if function_to_apply == "sigmoid":
+        return torch.sigmoid(out)
+    if function_to_apply == "none":
         return out
+    if function_to_apply == "auto":
+        tol = 1e-3 if outputs.dtype in (torch.float16, torch.bfloat16) else 1e-4
+        if (
+            bool(torch.isfinite(out).all())
+            and bool((out >= 0).all())
+            and bool(((out.sum(dim=1) - 1).abs() <= tol).all())
+        ):
+            return out
     return torch.softmax(out, dim=-1)
 
 
@@ -521,6 +553,7 @@ def _forward_rows(
     batch_size: Optional[int],
     show_progress: bool = False,
     desc: str = "forward",
+    function_to_apply: str = "auto",
 ) -> Tensor:
     r"""Logits of many rows, at most ``batch_size`` rows per forward call.
 
@@ -544,5 +577,7 @@ def _forward_rows(
             if start == 0:
                 check_positional_arguments(forward_func, (input_ids[chunk],), args)
             out = forward_func(input_ids[chunk], *args)
-            outputs.append(_check_logits(out, index.shape[0]).detach())
+            outputs.append(
+                _check_logits(out, index.shape[0], function_to_apply).detach()
+            )
     return torch.cat(outputs, dim=0)

@@ -69,6 +69,7 @@ from captum_effattn._core.functional import TargetLike, format_target
 from captum_effattn.metrics._core.erase import (
     _check_batch_size,
     _check_fraction,
+    _check_function_to_apply,
     _content_mask,
     _erase,
     _format_additional_forward_args,
@@ -148,6 +149,7 @@ def _erasure_curve(
     padding_side: Optional[str],
     batch_size: Optional[int],
     show_progress: bool,
+    function_to_apply: str = "auto",
 ) -> Tensor:
     r"""p(x)_j - p(perturbed x)_j for every example and fraction: (B, F).
 
@@ -159,6 +161,7 @@ def _erasure_curve(
         mask_token_id, pad_token_id, additional_forward_args,
     )  # fmt: skip
     _check_batch_size(batch_size)
+    _check_function_to_apply(function_to_apply)
     real = torch.ones_like(ids, dtype=torch.bool)
     side = _padding_side(
         padding_side, real if attention_mask is None else real & (attention_mask != 0)
@@ -207,8 +210,9 @@ def _erasure_curve(
         batch_size,
         show_progress=show_progress,
         desc="sufficiency" if keep_top else "necessity",
+        function_to_apply=function_to_apply,
     )
-    probs = _probabilities(logits)
+    probs = _probabilities(logits, function_to_apply)
     n_classes = probs.shape[1]
     p_orig = probs[:n_examples]
     if target is None:
@@ -239,6 +243,7 @@ def sufficiency(
     padding_side: Optional[str] = None,
     batch_size: Optional[int] = DEFAULT_BATCH_SIZE,
     show_progress: bool = False,
+    function_to_apply: str = "auto",
 ) -> Tensor:
     r"""
     Sufficiency of the top-ranked tokens (ERASER, DeYoung et al. 2020,
@@ -308,6 +313,16 @@ def sufficiency(
                     all at once. Default: 64
         show_progress (bool, optional): show a tqdm bar over the forward calls.
                     Default: False
+        function_to_apply (str, optional): how the outputs of
+                    ``forward_func`` become class probabilities, as in Hugging
+                    Face's text-classification pipeline: ``"auto"`` takes
+                    their softmax unless they already are probabilities (as
+                    above); ``"softmax"`` always takes it; ``"sigmoid"``
+                    takes the sigmoid of each output, for multi-label models
+                    (``problem_type="multi_label_classification"``) and
+                    single-logit binary models; ``"none"`` takes the outputs
+                    as they are (``forward_func`` returns probabilities of
+                    its own). Default: ``"auto"``
 
     Returns:
         Tensor: shape (B,), one value per example (NaN for an example without
@@ -348,6 +363,7 @@ def sufficiency(
         padding_side=padding_side,
         batch_size=batch_size,
         show_progress=show_progress,
+        function_to_apply=function_to_apply,
     )[:, 0]
 
 
@@ -367,6 +383,7 @@ def necessity(
     padding_side: Optional[str] = None,
     batch_size: Optional[int] = DEFAULT_BATCH_SIZE,
     show_progress: bool = False,
+    function_to_apply: str = "auto",
 ) -> Tensor:
     r"""
     Necessity of the top-ranked tokens, ERASER's *comprehensiveness* (DeYoung
@@ -437,6 +454,16 @@ def necessity(
                     all at once. Default: 64
         show_progress (bool, optional): show a tqdm bar over the forward calls.
                     Default: False
+        function_to_apply (str, optional): how the outputs of
+                    ``forward_func`` become class probabilities, as in Hugging
+                    Face's text-classification pipeline: ``"auto"`` takes
+                    their softmax unless they already are probabilities (as
+                    above); ``"softmax"`` always takes it; ``"sigmoid"``
+                    takes the sigmoid of each output, for multi-label models
+                    (``problem_type="multi_label_classification"``) and
+                    single-logit binary models; ``"none"`` takes the outputs
+                    as they are (``forward_func`` returns probabilities of
+                    its own). Default: ``"auto"``
 
     Returns:
         Tensor: shape (B,), one value per example (NaN for an example without
@@ -468,6 +495,7 @@ def necessity(
         padding_side=padding_side,
         batch_size=batch_size,
         show_progress=show_progress,
+        function_to_apply=function_to_apply,
     )[:, 0]
 
 
@@ -515,6 +543,7 @@ def aopc_sufficiency(
     padding_side: Optional[str] = None,
     batch_size: Optional[int] = DEFAULT_BATCH_SIZE,
     show_progress: bool = False,
+    function_to_apply: str = "auto",
 ) -> AOPCResult:
     r"""
     AOPC sufficiency: the mean of :func:`sufficiency` over several fractions
@@ -580,6 +609,16 @@ def aopc_sufficiency(
                     all at once. Default: 64
         show_progress (bool, optional): show a tqdm bar over the forward calls.
                     Default: False
+        function_to_apply (str, optional): how the outputs of
+                    ``forward_func`` become class probabilities, as in Hugging
+                    Face's text-classification pipeline: ``"auto"`` takes
+                    their softmax unless they already are probabilities (as
+                    above); ``"softmax"`` always takes it; ``"sigmoid"``
+                    takes the sigmoid of each output, for multi-label models
+                    (``problem_type="multi_label_classification"``) and
+                    single-logit binary models; ``"none"`` takes the outputs
+                    as they are (``forward_func`` returns probabilities of
+                    its own). Default: ``"auto"``
 
     Returns:
         AOPCResult: a named tuple ``(aopc, curve, fractions)`` with ``aopc`` of
@@ -611,6 +650,7 @@ def aopc_sufficiency(
         padding_side=padding_side,
         batch_size=batch_size,
         show_progress=show_progress,
+        function_to_apply=function_to_apply,
     )
 
 
@@ -630,6 +670,7 @@ def aopc_necessity(
     padding_side: Optional[str] = None,
     batch_size: Optional[int] = DEFAULT_BATCH_SIZE,
     show_progress: bool = False,
+    function_to_apply: str = "auto",
 ) -> AOPCResult:
     r"""
     AOPC necessity, ERASER's AOPC comprehensiveness: the mean of
@@ -696,6 +737,16 @@ def aopc_necessity(
                     all at once. Default: 64
         show_progress (bool, optional): show a tqdm bar over the forward calls.
                     Default: False
+        function_to_apply (str, optional): how the outputs of
+                    ``forward_func`` become class probabilities, as in Hugging
+                    Face's text-classification pipeline: ``"auto"`` takes
+                    their softmax unless they already are probabilities (as
+                    above); ``"softmax"`` always takes it; ``"sigmoid"``
+                    takes the sigmoid of each output, for multi-label models
+                    (``problem_type="multi_label_classification"``) and
+                    single-logit binary models; ``"none"`` takes the outputs
+                    as they are (``forward_func`` returns probabilities of
+                    its own). Default: ``"auto"``
 
     Returns:
         AOPCResult: a named tuple ``(aopc, curve, fractions)`` with ``aopc`` of
@@ -727,6 +778,7 @@ def aopc_necessity(
         padding_side=padding_side,
         batch_size=batch_size,
         show_progress=show_progress,
+        function_to_apply=function_to_apply,
     )
 
 

@@ -25,6 +25,7 @@ from captum_effattn._core.functional import TargetLike, format_target
 from captum_effattn.metrics._core.erase import (
     _as_logits,
     _check_batch_size,
+    _check_function_to_apply,
     _content_mask,
     _eval_mode,
     _format_additional_forward_args,
@@ -38,16 +39,25 @@ from captum_effattn.metrics._core.perturbation import token_removal_attack
 _SEARCHES = ("linear", "binary")
 
 
-def _prediction_kept(model_out: Tensor, target: int) -> bool:
+def _predicts(model_out: Tensor, target: int, function_to_apply: str) -> Tensor:
+    r"""Per row, whether the outputs predict class ``target``: it is the
+    largest output, or with ``function_to_apply="sigmoid"`` (independent labels)
+    its sigmoid exceeds 1/2."""
+    if function_to_apply == "sigmoid":
+        return model_out[:, target] > 0
+    return model_out.argmax(dim=1) == target
+
+
+def _prediction_kept(model_out: Tensor, target: int, function_to_apply: str) -> bool:
     r"""Captum ``correct_fn`` for necessity: "correct" while the model still
     predicts ``target``; the search stops at the first k where it does not."""
-    return bool((model_out.argmax(dim=1) == target).all())
+    return bool(_predicts(model_out, target, function_to_apply).all())
 
 
-def _prediction_missing(model_out: Tensor, target: int) -> bool:
+def _prediction_missing(model_out: Tensor, target: int, function_to_apply: str) -> bool:
     r"""Captum ``correct_fn`` for sufficiency: "correct" while the kept tokens
     do not yet give ``target``; the search stops at the first k where they do."""
-    return bool((model_out.argmax(dim=1) != target).any())
+    return bool((~_predicts(model_out, target, function_to_apply)).any())
 
 
 @_eval_mode()  # a model in training mode: dropout off, warned once
@@ -69,6 +79,7 @@ def _minimal_size(
     perturbations_per_eval: int,
     batch_size: Optional[int],
     show_progress: bool,
+    function_to_apply: str = "auto",
 ) -> Tuple[Tensor, Tensor]:
     ids, attributions, attention_mask, special = _validate_token_inputs(
         inputs, attributions, attention_mask, special_tokens_mask, mode,
@@ -86,6 +97,7 @@ def _minimal_size(
             f"{perturbations_per_eval!r}"
         )
     _check_batch_size(batch_size)
+    _check_function_to_apply(function_to_apply)
     args = _format_additional_forward_args(additional_forward_args)
     n_examples = ids.shape[0]
     n_content = _content_mask(ids, attention_mask, special).sum(dim=1)
@@ -100,7 +112,14 @@ def _minimal_size(
         args,
         n_examples,
         batch_size,
+        function_to_apply=function_to_apply,
     )
+    if logits.shape[1] < 2 and function_to_apply != "sigmoid":
+        raise ValueError(
+            "forward_func returned a single output per example: the prediction "
+            "then is whether its sigmoid exceeds 1/2, so pass "
+            "function_to_apply='sigmoid' with the logit"
+        )
     if target is None:
         targets = logits.argmax(dim=1).cpu()
     else:
@@ -162,6 +181,7 @@ def _minimal_size(
                     target=int(targets[b]),
                     perturbations_per_eval=int(perturbations_per_eval),
                     attack_kwargs=attack_kwargs,
+                    correct_fn_kwargs={"function_to_apply": function_to_apply},
                 )
             if k is not None:
                 break
@@ -189,6 +209,7 @@ def minimal_necessary_size(
     perturbations_per_eval: int = 16,
     batch_size: Optional[int] = 64,
     show_progress: bool = False,
+    function_to_apply: str = "auto",
 ) -> Tuple[Tensor, Tensor]:
     r"""
     Size of the minimal necessary set of an attribution, per example: the
@@ -241,6 +262,11 @@ def minimal_necessary_size(
                     default target. Default: 64
         show_progress (bool, optional): tqdm bar over the examples.
                     Default: False
+        function_to_apply (str, optional): as in :func:`necessity`; here
+                    it says what "predicts class j" means: ``"sigmoid"``
+                    (multi-label or single-logit models) reads label j as
+                    predicted while its sigmoid exceeds 1/2, every other
+                    value while output j is the largest. Default: ``"auto"``
 
     Returns:
         (sizes, fractions): two tensors of shape (B,): ``sizes`` the minimal k
@@ -275,6 +301,7 @@ def minimal_necessary_size(
         perturbations_per_eval=perturbations_per_eval,
         batch_size=batch_size,
         show_progress=show_progress,
+        function_to_apply=function_to_apply,
     )
 
 
@@ -295,6 +322,7 @@ def minimal_sufficient_size(
     perturbations_per_eval: int = 16,
     batch_size: Optional[int] = 64,
     show_progress: bool = False,
+    function_to_apply: str = "auto",
 ) -> Tuple[Tensor, Tensor]:
     r"""
     Size of the minimal sufficient set of an attribution, per example: the
@@ -344,6 +372,11 @@ def minimal_sufficient_size(
                     default target. Default: 64
         show_progress (bool, optional): tqdm bar over the examples.
                     Default: False
+        function_to_apply (str, optional): as in :func:`necessity`; here
+                    it says what "predicts class j" means: ``"sigmoid"``
+                    (multi-label or single-logit models) reads label j as
+                    predicted while its sigmoid exceeds 1/2, every other
+                    value while output j is the largest. Default: ``"auto"``
 
     Returns:
         (sizes, fractions): two tensors of shape (B,): ``sizes`` the minimal k
@@ -375,4 +408,5 @@ def minimal_sufficient_size(
         perturbations_per_eval=perturbations_per_eval,
         batch_size=batch_size,
         show_progress=show_progress,
+        function_to_apply=function_to_apply,
     )
