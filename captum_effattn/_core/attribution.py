@@ -63,6 +63,22 @@ HEAD_MODES = ("mean", "max")
 #: Accepted values of ``weighting``.
 WEIGHTINGS = ("none", "value_norm", "gradient")
 
+#: Arguments of Captum's other ``attribute`` methods that a one-line switch
+#: from them may leave behind, with the reason that attention takes none.
+_OTHER_METHODS_ARGS = {
+    "baselines": "attention compares the input with no reference input",
+    "n_steps": "attention is read from one forward pass, not integrated",
+    "method": "attention is read from one forward pass, not integrated",
+    "internal_batch_size": "the batch goes through the model in one pass",
+    "return_convergence_delta": "attention has no convergence delta "
+    "(has_convergence_delta() is False)",
+    "feature_mask": "attention scores every token position",
+    "n_samples": "attention needs no sampling",
+    "perturbations_per_eval": "attention needs no perturbed inputs",
+    "attribute_to_layer_input": "attention is read at the attention modules",
+    "show_progress": "there is one forward pass to run",
+}
+
 LayerType = Union[int, str]
 HeadsType = Union[str, Sequence[int]]
 QueryType = Union[None, int, str]
@@ -84,6 +100,18 @@ class AttentionResult:
     matrices: Dict[int, Tensor]
     rows: Tensor
     certificate: Certificate
+
+
+def _unexpected_arguments(owner: str, kwargs: Dict[str, Any]) -> str:
+    unknown = [name for name in kwargs if name not in _OTHER_METHODS_ARGS]
+    if unknown:
+        return f"{owner}.attribute() got an unexpected keyword argument {unknown[0]!r}"
+    reasons = "; ".join(f"{name}: {_OTHER_METHODS_ARGS[name]}" for name in kwargs)
+    return (
+        f"{owner}.attribute() takes none of Captum's {', '.join(kwargs)} ({reasons}). "
+        "Drop them: from LayerIntegratedGradients, keep inputs, target and "
+        "additional_forward_args"
+    )
 
 
 class _AttentionAttribution(Attribution):
@@ -163,6 +191,7 @@ class _AttentionAttribution(Attribution):
         query: QueryType = None,
         weighting: str = "none",
         return_matrices: bool = False,
+        **kwargs: Any,
     ) -> Union[
         Tensor,
         Tuple[Tensor, ...],
@@ -213,6 +242,10 @@ class _AttentionAttribution(Attribution):
             return_matrices (bool, optional): also return an
                         :class:`AttentionResult` with the matrices and their
                         certificate. Default: False
+            **kwargs: none is taken. Arguments of Captum's other methods
+                        (``baselines``, ``n_steps``,
+                        ``return_convergence_delta``...) get a TypeError that
+                        says why attention needs none of them.
 
         Returns:
             Attributions of the shape of ``inputs`` (a tuple when a tuple came
@@ -220,6 +253,8 @@ class _AttentionAttribution(Attribution):
             zero at padded positions. With ``return_matrices=True``, a tuple
             ``(attributions, AttentionResult)``.
         """
+        if kwargs:
+            raise TypeError(_unexpected_arguments(type(self).__name__, kwargs))
         layer = self._default_layer if layer is None else layer
         if not isinstance(layer, (str, bool)):
             try:

@@ -51,6 +51,31 @@ def test_noise_tunnel_explains_that_token_ids_take_no_noise(tiny_model, cls):
         tunnel.attribute(ids, nt_samples=2, additional_forward_args=(mask,))
 
 
+def test_arguments_of_other_captum_methods_say_why(tiny_model):
+    # the call of a LayerIntegratedGradients workflow, class switched: each
+    # left-over argument is named with the reason attention needs none
+    model = tiny_model("bert")
+    ids, mask = _batch()
+    explainer = EfficientAttention(_forward(model), model=model)
+    with pytest.raises(TypeError, match=r"baselines: .*reference.*n_steps: "):
+        explainer.attribute(
+            ids,
+            baselines=torch.zeros_like(ids),
+            additional_forward_args=(mask,),
+            target=0,
+            n_steps=50,
+        )
+    with pytest.raises(TypeError, match="no convergence delta"):
+        explainer.attribute(
+            ids, additional_forward_args=(mask,), **{"return_convergence_delta": True}
+        )
+    with pytest.raises(TypeError, match="unexpected keyword argument 'layers'"):
+        explainer.attribute(ids, additional_forward_args=(mask,), layers=0)
+    # without them the same call works
+    out = explainer.attribute(ids, additional_forward_args=(mask,), target=0)
+    assert out.shape == ids.shape
+
+
 def test_attribute_is_wrapped_like_captum_methods(tiny_model):
     model = tiny_model("bert")
     explainer = EfficientAttention(_forward(model), model=model)
