@@ -443,6 +443,67 @@ def _method_colors(names: Sequence[str]) -> Dict[str, Any]:
     return {name: palette[i % len(palette)] for i, name in enumerate(names)}
 
 
+def _overlaps(box: Tuple[float, ...], boxes: List[Tuple[float, ...]]) -> bool:
+    x0, y0, x1, y1 = box
+    return any(x0 < b[2] and b[0] < x1 and y0 < b[3] and b[1] < y1 for b in boxes)
+
+
+def _label_points(ax: Any, points: List[Tuple[float, float, str]]) -> None:
+    r"""Name every point of a scatter plot without two names overlapping
+    each other or a marker: each name goes beside its point, right or left,
+    moved up or down by the least that clears the names placed before it
+    (points taken from the bottom up), with a thin line to its point when it
+    had to move."""
+    fig = ax.figure
+    fig.canvas.draw()  # final limits and a renderer to measure text
+    renderer = fig.canvas.get_renderer()
+    axes_box = ax.get_window_extent(renderer)
+    pixels = [tuple(ax.transData.transform((x, y))) for x, y, _ in points]
+    size = 5.0 * fig.dpi / 72.0  # 5 points, in pixels
+    placed = [(px - size, py - size, px + size, py + size) for px, py in pixels]
+    for i in sorted(range(len(points)), key=lambda k: pixels[k][1]):
+        name = points[i][2]
+        probe = ax.text(0, 0, name, fontsize=7)
+        width, height = probe.get_window_extent(renderer).size
+        probe.remove()
+        px, py = pixels[i]
+        steps = [0.0] + [s * k for k in range(1, 16) for s in (1.0, -1.0)]
+        best = None
+        for side in (1.0, -1.0):
+            x0 = px + size if side > 0 else px - size - width
+            if x0 < axes_box.x0 or x0 + width > axes_box.x1:
+                continue
+            for k in steps:
+                y0 = py - height / 2 + k * 0.6 * height
+                box = (x0, y0, x0 + width, y0 + height)
+                if (
+                    y0 >= axes_box.y0
+                    and y0 + height <= axes_box.y1
+                    and not (_overlaps(box, placed))
+                ):
+                    if best is None or abs(k) < abs(best[1]):
+                        best = (box, k)
+                    break
+        if best is None:  # nowhere free: beside the point, as before
+            box = (px + size, py, px + size + width, py + height)
+            best = (box, 0.0)
+        box, k = best
+        placed.append(box)
+        ax.annotate(
+            name,
+            (points[i][0], points[i][1]),
+            xytext=(box[0] - px, box[1] + height / 2 - py),
+            textcoords="offset pixels",
+            fontsize=7,
+            va="center",
+            arrowprops=(
+                dict(arrowstyle="-", lw=0.5, color="0.45", shrinkA=0, shrinkB=3)
+                if k != 0
+                else None
+            ),
+        )
+
+
 def _plots(summary: Dict[str, Any], folder: Path) -> None:
     import matplotlib
 
@@ -507,8 +568,6 @@ def _plots(summary: Dict[str, Any], folder: Path) -> None:
             )
         else:
             ax.plot(x, stats["mean"], "o", color=colors[name])
-        ax.annotate(name, (x, stats["mean"]), fontsize=7, xytext=(4, 3),
-                    textcoords="offset points")  # fmt: skip
     if not points:
         ax.text(0.5, 0.5, "necessity not computed", ha="center", transform=ax.transAxes)
     ax.set_xscale("log")
@@ -517,6 +576,7 @@ def _plots(summary: Dict[str, Any], folder: Path) -> None:
     ax.set_title("Faithfulness vs cost")
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    _label_points(ax, [(max(sec, 1e-6), st["mean"], name) for sec, st, name in points])
     fig.savefig(folder / "faithfulness_vs_time.png", dpi=120)
     plt.close(fig)
 

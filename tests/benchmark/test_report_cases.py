@@ -167,3 +167,38 @@ def test_every_method_has_its_own_plot_colour():
     assert len(names) > 20
     colors = _method_colors(names)
     assert len({tuple(c) for c in colors.values()}) == len(names)
+
+
+def test_scatter_labels_do_not_overlap():
+    # the faithfulness-vs-time plot once printed 21 names on top of each
+    # other (effective, attention, efficient at almost the same point)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from captum_effattn.benchmark.report import _label_points
+
+    names = [f"method-{i}" for i in range(12)] + ["random", "ig"]
+    xs = [0.03 + 0.002 * i for i in range(12)] + [1e-4, 7.0]
+    ys = [0.10 + 0.004 * (i % 4) for i in range(12)] + [0.05, 0.39]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.plot(xs, ys, "o")
+    ax.set_xscale("log")
+    points = list(zip(xs, ys, names))
+    _label_points(ax, points)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [t for t in ax.texts if t.get_text() in names]
+    assert sorted(t.get_text() for t in texts) == sorted(names)
+    # the names' own boxes (an annotation's extent includes its leader line)
+    boxes = [matplotlib.text.Text.get_window_extent(t, renderer) for t in texts]
+    frame = ax.get_window_extent(renderer)
+    for i, a in enumerate(boxes):
+        assert frame.x0 <= a.x0 and a.x1 <= frame.x1 + 1e-6
+        for b in boxes[i + 1 :]:
+            assert not a.overlaps(b), (a, b)
+    # a name beside an isolated point stays there, without a leader line
+    random = texts[names.index("random")]
+    assert random.arrow_patch is None
+    plt.close(fig)
