@@ -205,3 +205,13 @@ def test_minimal_single_output_needs_sigmoid(labels):
     # -0.25, so one token flips it. Example 1: z = -1 - 0.5 + 1 + 0.25 < 0:
     # label 0 is off from the start, and k = 0 already "flips" it
     assert nec.tolist() == [1.0, 0.0]
+
+
+def test_integer_outputs_are_refused(labels):
+    model = labels["model"]
+
+    def predicted_labels(ids, mask):
+        return (model(ids, mask) > 0).long()
+
+    with pytest.raises(TypeError, match="floating-point logits"):
+        _call(necessity, dict(labels, model=predicted_labels), target=0)
