@@ -454,16 +454,9 @@ def necessity(
                     all at once. Default: 64
         show_progress (bool, optional): show a tqdm bar over the forward calls.
                     Default: False
-        function_to_apply (str, optional): how the outputs of
-                    ``forward_func`` become class probabilities, as in Hugging
-                    Face's text-classification pipeline: ``"auto"`` takes
-                    their softmax unless they already are probabilities (as
-                    above); ``"softmax"`` always takes it; ``"sigmoid"``
-                    takes the sigmoid of each output, for multi-label models
-                    (``problem_type="multi_label_classification"``) and
-                    single-logit binary models; ``"none"`` takes the outputs
-                    as they are (``forward_func`` returns probabilities of
-                    its own). Default: ``"auto"``
+        function_to_apply (str, optional): ``"auto"``, ``"softmax"``,
+                    ``"sigmoid"`` (multi-label and single-logit models) or
+                    ``"none"``, as in :func:`sufficiency`. Default: ``"auto"``
 
     Returns:
         Tensor: shape (B,), one value per example (NaN for an example without
@@ -609,16 +602,9 @@ def aopc_sufficiency(
                     all at once. Default: 64
         show_progress (bool, optional): show a tqdm bar over the forward calls.
                     Default: False
-        function_to_apply (str, optional): how the outputs of
-                    ``forward_func`` become class probabilities, as in Hugging
-                    Face's text-classification pipeline: ``"auto"`` takes
-                    their softmax unless they already are probabilities (as
-                    above); ``"softmax"`` always takes it; ``"sigmoid"``
-                    takes the sigmoid of each output, for multi-label models
-                    (``problem_type="multi_label_classification"``) and
-                    single-logit binary models; ``"none"`` takes the outputs
-                    as they are (``forward_func`` returns probabilities of
-                    its own). Default: ``"auto"``
+        function_to_apply (str, optional): ``"auto"``, ``"softmax"``,
+                    ``"sigmoid"`` (multi-label and single-logit models) or
+                    ``"none"``, as in :func:`sufficiency`. Default: ``"auto"``
 
     Returns:
         AOPCResult: a named tuple ``(aopc, curve, fractions)`` with ``aopc`` of
@@ -737,16 +723,9 @@ def aopc_necessity(
                     all at once. Default: 64
         show_progress (bool, optional): show a tqdm bar over the forward calls.
                     Default: False
-        function_to_apply (str, optional): how the outputs of
-                    ``forward_func`` become class probabilities, as in Hugging
-                    Face's text-classification pipeline: ``"auto"`` takes
-                    their softmax unless they already are probabilities (as
-                    above); ``"softmax"`` always takes it; ``"sigmoid"``
-                    takes the sigmoid of each output, for multi-label models
-                    (``problem_type="multi_label_classification"``) and
-                    single-logit binary models; ``"none"`` takes the outputs
-                    as they are (``forward_func`` returns probabilities of
-                    its own). Default: ``"auto"``
+        function_to_apply (str, optional): ``"auto"``, ``"softmax"``,
+                    ``"sigmoid"`` (multi-label and single-logit models) or
+                    ``"none"``, as in :func:`sufficiency`. Default: ``"auto"``
 
     Returns:
         AOPCResult: a named tuple ``(aopc, curve, fractions)`` with ``aopc`` of
