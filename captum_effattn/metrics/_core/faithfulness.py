@@ -322,7 +322,9 @@ def sufficiency(
                     (``problem_type="multi_label_classification"``) and
                     single-logit binary models; ``"none"`` takes the outputs
                     as they are (``forward_func`` returns probabilities of
-                    its own). Default: ``"auto"``
+                    its own). ``target=None`` takes the largest output (of a
+                    multi-label model, its most probable label).
+                    Default: ``"auto"``
 
     Returns:
         Tensor: shape (B,), one value per example (NaN for an example without
