@@ -441,6 +441,14 @@ class ModelAdapter:
             return None
         return int(window)
 
+    @property
+    def pools_first_token(self) -> bool:
+        r"""True for the sequence classifier of an encoder family (BERT,
+        RoBERTa...), whose pooler or head reads the first token, also when
+        ``config.is_decoder=True`` makes its attention causal."""
+        name = type(self.model).__name__
+        return not self.spec.causal and name.endswith("ForSequenceClassification")
+
     def pooled_positions(self, input_ids: Tensor) -> Optional[Tensor]:
         r"""The position whose hidden state a decoder's sequence classifier
         (``GPT2ForSequenceClassification``, ``LlamaForSequenceClassification``

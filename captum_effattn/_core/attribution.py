@@ -476,7 +476,8 @@ class _AttentionAttribution(Attribution):
                         "pass query= the position to read"
                     )
                 return pooled
-            if self.adapter.causal:  # the last real token
+            if self.adapter.causal and not self.adapter.pools_first_token:
+                # the last real token
                 return torch.where(key_mask, pos, -1).amax(1).unsqueeze(1)
             # the first real token: [CLS], with right or left padding
             return torch.where(key_mask, pos, n).amin(1).unsqueeze(1)

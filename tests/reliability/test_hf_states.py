@@ -187,6 +187,25 @@ def test_encoder_family_built_as_a_decoder_is_causal(family):
     assert res.rows[:, 0].tolist() == [21, 14]  # the last real token
 
 
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_encoder_classifier_built_as_a_decoder_reads_the_first_token(family):
+    # BertForSequenceClassification pools [CLS] even with is_decoder=True;
+    # the default query used to be the last real token, a row the logits
+    # never read. Left padding: the first real token, as for encoders
+    model = make_tiny_model(family, is_decoder=True)
+    explainer = EfficientAttention(_forward(model), model=model)
+    for left in (False, True):
+        ids, mask = random_batch(2, 14, lengths=[14, 10], seed=2, left=left)
+        _, res = explainer.attribute(
+            ids, additional_forward_args=(mask,), return_matrices=True
+        )
+        assert res.rows[:, 0].tolist() == ([0, 4] if left else [0, 0])
+        # causal: the first token's row sees only itself
+        scores = explainer.attribute(ids, additional_forward_args=(mask,))
+        first = res.rows[:, 0]
+        assert torch.allclose(scores[torch.arange(2), first], torch.ones(2))
+
+
 # -------------------------------------------- the model as forward_func
 def test_model_as_forward_func_with_a_mask_gpt2_reads_as_its_cache(tiny_model):
     # GPT2ForSequenceClassification.forward(input_ids, cache, attention_mask...):
