@@ -137,6 +137,9 @@ def test_none_takes_outputs_as_they_are(labels):
     # "auto" sees rows that do not sum to 1 and takes their softmax
     auto = _call(necessity, data, target=0)
     assert not torch.allclose(auto, want)
+    # logits are no probabilities
+    with pytest.raises(ValueError, match="are they logits"):
+        _call(necessity, labels, target=0, function_to_apply="none")
 
 
 def test_softmax_is_applied_even_to_probabilities(labels):

@@ -484,6 +484,14 @@ def _probabilities(outputs: Tensor, function_to_apply: str = "auto") -> Tensor:
     if function_to_apply == "sigmoid":
         return torch.sigmoid(out)
     if function_to_apply == "none":
+        tol = 1e-3 if outputs.dtype in (torch.float16, torch.bfloat16) else 1e-6
+        if not bool(((out >= -tol) & (out <= 1 + tol)).all()):
+            raise ValueError(
+                "function_to_apply='none' takes forward_func's outputs as "
+                "probabilities, but they lie outside [0, 1] (from "
+                f"{float(out.min()):.3g} to {float(out.max()):.3g}): are they "
+                "logits? Use 'softmax' (classes) or 'sigmoid' (independent labels)"
+            )
         return out
     if function_to_apply == "auto":
         tol = 1e-3 if outputs.dtype in (torch.float16, torch.bfloat16) else 1e-4
