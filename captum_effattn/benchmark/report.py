@@ -576,7 +576,14 @@ def _plots(summary: Dict[str, Any], folder: Path) -> None:
     ax.set_title("Faithfulness vs cost")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    _label_points(ax, [(max(sec, 1e-6), st["mean"], name) for sec, st, name in points])
+    _label_points(
+        ax,
+        [
+            (max(sec, 1e-6), st["mean"], name)
+            for sec, st, name in points
+            if math.isfinite(st["mean"]) and math.isfinite(sec)
+        ],
+    )
     fig.savefig(folder / "faithfulness_vs_time.png", dpi=120)
     plt.close(fig)
 
