@@ -130,14 +130,15 @@ POLISH_GAP = 1e-3
 #: Active-set corrections of a polished support guess that misses the
 #: tolerance.
 POLISH_STEPS = 1
-#: Support guesses with more than this many entries fewer than the rank
-#: ``r`` of the row's basis are not polished. A row whose answer is a vertex
-#: with entries of 1e-12 (the near one-hot rows of a first layer) shows the
-#: interior point a support short of most of those entries until late, and
-#: the polish of such a guess almost never certifies at float64 tolerances
-#: (on MiniLM's first layer, 6 of 1,566 did, all within 2 of the rank) while
-#: it cost a third of the solve. Degenerate answers with fewer entries are
-#: still certified by the iterate itself (see ``_ipm``).
+#: A support guess with more than this many entries fewer than the rank
+#: ``r`` of the row's basis is polished only once it is the same as the last
+#: iteration's. A row whose answer is a vertex with entries of 1e-12 (the
+#: near one-hot rows of a first layer) shows the interior point a new guess
+#: short of many of those entries at every iteration until late, and such
+#: polishes almost never certify at float64 tolerances (on MiniLM's first
+#: layer 6 of 1,566 did, all within 2 of the rank) while they cost a third
+#: of the solve. Degenerate answers with fewer entries than ``r`` (a one-hot
+#: row) give a guess that stops changing, which is polished.
 POLISH_MAX_DEFICIT = 2
 IPM_RIDGE = 0.0
 #: Iterations in the low-precision working dtype stop below this scaled gap
@@ -589,6 +590,7 @@ def _ipm(
         st["its"] = start["its"]
     st["it0"] = st["its"].clone()
     st["tried"] = torch.zeros_like(real)  # the last polished support
+    st["last"] = torch.zeros_like(real)  # the last iteration's support guess
     st["frozen"] = torch.zeros_like(rows, dtype=torch.bool)
     if not final:
         for key in ("x", "z", "lam"):
@@ -635,11 +637,14 @@ def _ipm(
         mu = (x * z).sum(-1) / st["count"]
         gap = mu * st["count"] ** 2
         live = (out_kkt[st["rows"]] > tol) & ~st["frozen"]
-        # Polish every new support guess once the gap is small, unless it is
-        # far short of the rank (POLISH_MAX_DEFICIT).
+        # Polish every new support guess once the gap is small; one far
+        # short of the rank (POLISH_MAX_DEFICIT) only once it is the same as
+        # the last iteration's.
         support = (x > z) & real
         cand = live & (gap < POLISH_GAP) & (support != st["tried"]).any(-1)
-        cand = cand & (st["rank"] - support.sum(-1) <= POLISH_MAX_DEFICIT)
+        far = st["rank"] - support.sum(-1) > POLISH_MAX_DEFICIT
+        cand = cand & ~(far & (support != st["last"]).any(-1))
+        st["last"] = support
         if bool(cand.any()):
             idx = cand.nonzero().flatten()
             xp, lp, kp = _polish(
