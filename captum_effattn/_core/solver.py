@@ -136,8 +136,8 @@ POLISH_STEPS = 1
 #: near one-hot rows of a first layer) shows the interior point a new guess
 #: short of many of those entries at every iteration until late, and such
 #: polishes almost never certify at float64 tolerances (on MiniLM's first
-#: layer 6 of 1,566 did, all within 2 of the rank) while they cost a third
-#: of the solve. Degenerate answers with fewer entries than ``r`` (a one-hot
+#: layer 6 of 1,566 did, all within 2 of the rank) while they took about a
+#: fifth of the solve. Degenerate answers with fewer entries than ``r`` (a one-hot
 #: row) give a guess that stops changing, which is polished.
 POLISH_MAX_DEFICIT = 2
 IPM_RIDGE = 0.0
@@ -564,10 +564,10 @@ def _ipm(
         "b64": b_all[rows],
         "real": real,
         "unused": bases.unused[grp],
-        "rank": (~bases.unused[grp]).sum(-1),
         "count": real.sum(-1).clamp_min(1).to(wdt),
     }
     st["b"] = st["b64"].to(wdt)
+    st["rank"] = (~st["unused"]).sum(-1)
     blocks = _Blocks(grp, bases, (wdt, dtype), wdt)
     # Start: the projection shifted into the interior, and z = x (dual
     # feasible for λ = 0).

@@ -212,8 +212,8 @@ def test_changing_guesses_far_short_of_the_rank_are_not_polished(monkeypatch):
     # Near one-hot rows (temperature 25, as in a first layer that attends to
     # itself) have vertex answers with entries down to 1e-12, which the
     # interior point resolves late: its guesses miss many of them and change
-    # at every iteration, and polishing each one cost a third of MiniLM's
-    # first-layer solve for nothing. They wait until a guess repeats; the
+    # at every iteration, and polishing each one took about a fifth of
+    # MiniLM's first-layer solve for nothing. They wait until a guess repeats; the
     # answers and the iterations stay the same.
     c, cm, mask, g = _bases(2, 128, 32, seed=3)
     b = _rows(mask, 16, g, temp=25.0) @ c
