@@ -248,3 +248,44 @@ def test_one_hot_rows_are_polished_on_their_one_key():
     assert bool(info.converged.all())
     assert int(info.iterations.max()) <= 8  # measured 6
     torch.testing.assert_close(x, a, atol=1e-15, rtol=0)
+
+
+@pytest.mark.slow
+def test_real_row_that_cycled_with_separate_step_lengths(minilm):
+    # Mutant: the primal and dual step lengths kept apart to the end (the
+    # solver before this guard). On the 6th document of the speed
+    # benchmark's 512 x 8 memory run, row 198 of head 8 in layer 3 then
+    # cycled with a dual residual of 1e-4 for all 100 iterations (KKT
+    # residual 3.6e-5, output residual 5.9e-4, in float64 and in float32);
+    # with one step length after 10 iterations it converges in 42.
+    import runpy
+    from pathlib import Path
+
+    from captum_effattn._core.adapters import ModelAdapter
+    from captum_effattn._core.functional import (
+        _prepare,
+        resolve_rows,
+        run_with_capture,
+    )
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "speed.py"
+    speed = runpy.run_path(str(script), run_name="speed_under_test")
+    model, tok = minilm
+    ids, mask = speed["real_token_batch"](tok, 6, 512, offset=200)
+    ids, mask = ids[5:], mask[5:]
+    adapter = ModelAdapter(model)
+    _, caps, _ = run_with_capture(
+        adapter, lambda: model(input_ids=ids, attention_mask=mask), [3]
+    )
+    got = caps.pop(3)
+    prep = _prepare(
+        "efficient", got["weights"].detach(), got["values"].detach(),
+        adapter.output_weights(3).detach(), mask, resolve_rows(None, mask),
+        adapter.causal, torch.float64, None,
+    )  # fmt: skip
+    c, b, cm = prep.problem()
+    c, b, cm = c[8:9], b[8:9], cm[8:9]  # head 8, all 512 rows
+    x, lam, info = min_norm_simplex_solve(c, b, cm)
+    assert bool(info.converged.all()), info.kkt_residual.max()
+    assert float(_kkt_from_scratch(c, b, x, lam).max()) <= 1e-12
+    assert int(info.iterations[0, 198]) < solver.DEFAULT_MAX_ITER
