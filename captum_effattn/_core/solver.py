@@ -190,12 +190,15 @@ def min_norm_simplex_solve(
     ``D = diag(x / (x + z))`` is positive definite because ``C`` has
     orthonormal columns, so the method is robust to the degenerate rows
     (vertices of the polytope with entries of 1e-12, supports smaller than
-    ``r``) that stall a semismooth Newton method on the dual. Once the gap
-    is small, every new support guess ``S = {x_j > z_j}`` of a row is
-    *polished*: the equality-constrained minimum-norm problem on ``S`` is
-    solved directly in the input dtype, which gives exact zeros off the
-    support, and the row is finished when that candidate meets the KKT
-    tolerance.
+    ``r``) that stall a semismooth Newton method on the dual. Its first
+    iterations take separate primal and dual step lengths, the later ones a
+    common length (``COMMON_STEP_AFTER``), without which the dual residual
+    can cycle. Once the gap is small, every new support guess
+    ``S = {x_j > z_j}`` of a row is *polished* (one far short of the rank
+    only once it repeats, ``POLISH_MAX_DEFICIT``): the equality-constrained
+    minimum-norm problem on ``S`` is solved directly in the input dtype,
+    which gives exact zeros off the support, and the row is finished when
+    that candidate meets the KKT tolerance.
 
     What makes it fast:
 
