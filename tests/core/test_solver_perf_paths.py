@@ -292,3 +292,57 @@ def test_real_rows_that_fail_with_separate_step_lengths(minilm, doc, layer, head
     assert bool(info.converged.all()), info.kkt_residual.max()
     assert float(_kkt_from_scratch(c, b, x, lam).max()) <= 1e-12
     assert int(info.iterations[0, row]) < solver.DEFAULT_MAX_ITER
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("with_rebuild", [True, False])
+def test_cholesky_in_place_retries_failed_rows_on_their_original_matrices(
+    dtype, with_rebuild
+):
+    # Mutant: the in-place factorisation retrying the failed rows from what
+    # is left in place (partial factors) instead of the rebuilt matrices,
+    # or overwriting the caller's matrix when no rebuild is given.
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(7, 6, 9, generator=g, dtype=torch.float64)
+    mats = a @ a.mT / 9
+    q = torch.linalg.qr(torch.randn(2, 6, 6, generator=g, dtype=torch.float64))[0]
+    low = -1e-9 if dtype == torch.float64 else -1e-5  # well below rounding
+    eig = torch.tensor([1.0, 0.5, 0.3, 0.2, 0.1, low], dtype=torch.float64)
+    mats[[2, 5]] = q @ torch.diag(eig) @ q.mT  # PSD up to rounding: fails
+    mats = mats.to(dtype)
+    orig = mats.clone()
+    asked = []
+
+    def rebuild(idx):
+        asked.append(idx.tolist())
+        return orig[idx]
+
+    work = mats.clone()
+    chol = solver._cholesky(work, 0.0, rebuild if with_rebuild else None)
+    assert asked == ([[2, 5]] if with_rebuild else [])
+    if not with_rebuild:
+        torch.testing.assert_close(work, orig, rtol=0, atol=0)
+    assert bool(torch.isfinite(chol).all())
+    torch.testing.assert_close(chol, chol.tril(), rtol=0, atol=0)
+    prod = chol @ chol.mT
+    eps = torch.finfo(dtype).eps
+    good = [0, 1, 3, 4, 6]
+    torch.testing.assert_close(prod[good], orig[good], rtol=0, atol=50 * eps)
+    # the failed rows: their own matrix plus a small ridge
+    shift = (prod[[2, 5]] - orig[[2, 5]]).diagonal(dim1=-2, dim2=-1)
+    assert float(shift.min()) > 0 and float(shift.max()) < 1e-2
+    off = prod[[2, 5]] - orig[[2, 5]] - torch.diag_embed(shift)
+    assert float(off.abs().max()) <= 50 * eps
+
+
+def test_step_length_is_the_largest_feasible_step_up_to_one():
+    g = torch.Generator().manual_seed(4)
+    v = torch.rand(50, 12, generator=g, dtype=torch.float64) + 1e-3
+    dv = torch.randn(50, 12, generator=g, dtype=torch.float64)
+    dv[:10] = dv[:10].abs()  # no decreasing entry: the full step
+    v[:, -3:], dv[:, -3:] = 1.0, 0.0  # padding
+    step = solver._step_length(v, dv)
+    ratio = torch.where(dv < 0, -v / dv, torch.inf)
+    torch.testing.assert_close(step, ratio.amin(-1).clamp(max=1.0))
+    assert bool((step[:10] == 1.0).all())
+    assert float((v + step[:, None] * dv).min()) >= -1e-15
