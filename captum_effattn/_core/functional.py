@@ -137,8 +137,7 @@ class Certificate:
         row_sum_error (Tensor): max ``|Σ_j M_ij − 1|``.
         kkt_residual (Tensor): the largest violation of the optimality (KKT)
                     conditions of a row: primal ``‖Cᵀx − b‖∞``, dual
-                    feasibility and stationarity (see
-                    :class:`~captum_effattn._core.solver.SolverInfo`);
+                    feasibility off the support and stationarity on it;
                     efficient attention only, 0 for the others.
         iterations (Tensor): max interior-point iterations of a row
                     (efficient only).
@@ -148,8 +147,10 @@ class Certificate:
         support_size (Tensor): max number of non-zero entries of a row.
         row_sum_tol (Tensor, optional): the rounding that the row sums may
                     carry from the model, which :meth:`ok` allows by
-                    default: ``2 · n · eps(float32) + eps(dtype)`` for raw
-                    attention rows of n keys computed in ``dtype``. They are
+                    default: ``2 · n · eps(acc) + eps(dtype)`` for raw
+                    attention rows of n keys computed in ``dtype``, where
+                    ``acc`` is the wider of ``dtype`` and float32 (the
+                    softmax's accumulation). They are
                     the model's softmax as it computed it, whose sums drift
                     with the number of keys (up to 9.3e-7 measured at 512
                     tokens on MiniLM in float32), so a fixed bound would
@@ -216,7 +217,7 @@ class Certificate:
         answer from one changed by about 1e-4 (moving 1e-4 of a row's weight
         between two keys passed in 362 of 576 trials at 512 tokens, against
         1 of 576 in float64): certify at that level with float64 algebra.
-        With the default ``sum_tol``, a head whose :attr:`row_sum_tol` is larger (raw
+        With the default ``sum_tol``, a head whose ``row_sum_tol`` is larger (raw
         attention of long inputs, or of a float16 model) is held to that
         instead: the rounding of the model's own softmax, which grows with
         the number of keys.

@@ -3,7 +3,8 @@ r"""Necessity and sufficiency at the attention level.
 Per head and query row, the tokens that efficient attention puts weight on
 form a set ``S`` that is *sufficient at the head level by construction*: the
 head's output is reproduced from the value vectors of ``S`` alone (that is
-the certificate's output residual). :func:`attention_support_test` checks
+the certificate's output residual).
+:func:`~captum_effattn.attention_support_test` checks
 this and measures, at the model level, how much of the prediction survives
 when every layer's raw attention is restricted to ``S`` (sufficiency) or to
 its complement (necessity), complementing the token-deletion metrics of

@@ -147,7 +147,7 @@ def load_model(
 
     Raises:
         ValueError: ``device`` is ``"meta"`` or not available on this
-                    machine (:func:`~captum_effattn._core.adapters.check_device`).
+                    machine.
     """
     device = check_device(device)  # before loading: "meta", no CUDA
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
