@@ -137,8 +137,8 @@ POLISH_STEPS = 1
 #: short of many of those entries at every iteration until late, and such
 #: polishes almost never certify at float64 tolerances (on MiniLM's first
 #: layer 6 of 1,566 did, all within 2 of the rank) while they took about a
-#: fifth of the solve. Degenerate answers with fewer entries than ``r`` (a one-hot
-#: row) give a guess that stops changing, which is polished.
+#: fifth of that layer's solve. Degenerate answers with fewer entries than
+#: ``r`` (a one-hot row) give a guess that stops changing, which is polished.
 POLISH_MAX_DEFICIT = 2
 IPM_RIDGE = 0.0
 #: Iterations after which a row takes one step length for x, z and λ (the
