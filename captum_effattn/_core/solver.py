@@ -442,12 +442,13 @@ def _cholesky(
     (the matrices are PSD up to rounding, with eigenvalues at most 1).
 
     With ``rebuild`` (a function of row indices that returns those rows of
-    ``mat`` again), ``mat`` is overwritten by the factor on CPU, and the rows
-    that fail are rebuilt for their second try. On CPU a factorisation in
-    place skips the new output tensor, whose first writes (fresh pages) cost
-    about as much as the factorisation itself: 9,216 matrices of 33 x 33 in
-    float32 took 29 instead of 52 ms."""
-    in_place = mat.device.type == "cpu"
+    ``mat`` again), ``mat`` is the caller's to give up: on CPU it is
+    overwritten by the factor, and the rows that fail are rebuilt for their
+    second try. A factorisation in place skips the new output tensor, whose
+    first writes (fresh pages) cost about as much as the factorisation
+    itself: 9,216 matrices of 33 x 33 in float32 took 29 instead of 52 ms.
+    Without ``rebuild``, ``mat`` is left as it is."""
+    in_place = rebuild is not None and mat.device.type == "cpu"
     work = mat if rebuild is not None else mat.clone()
     work.diagonal(dim1=-2, dim2=-1).add_(ridge)
     if in_place:
@@ -461,10 +462,8 @@ def _cholesky(
     bad = (info != 0).nonzero().flatten()
     if bad.numel() == 0:
         return chol
-    if rebuild is not None and in_place:
-        orig = rebuild(bad)  # work itself now holds partial factors
-    else:
-        orig = mat[bad]
+    # in place, work holds partial factors now
+    orig = rebuild(bad) if in_place and rebuild is not None else mat[bad]
     extra = max(ridge, torch.finfo(mat.dtype).eps)
     eye = torch.eye(mat.shape[-1], dtype=mat.dtype, device=mat.device)
     while bad.numel() > 0:

@@ -317,17 +317,21 @@ def test_cholesky_in_place_retries_failed_rows_on_their_original_matrices(
         asked.append(idx.tolist())
         return orig[idx]
 
+    eps = torch.finfo(dtype).eps
+    ridge = 10 * eps
     work = mats.clone()
-    chol = solver._cholesky(work, 0.0, rebuild if with_rebuild else None)
+    chol = solver._cholesky(work, ridge, rebuild if with_rebuild else None)
     assert asked == ([[2, 5]] if with_rebuild else [])
-    if not with_rebuild:
+    if not with_rebuild:  # the caller's matrices, ridge and all, untouched
         torch.testing.assert_close(work, orig, rtol=0, atol=0)
     assert bool(torch.isfinite(chol).all())
     torch.testing.assert_close(chol, chol.tril(), rtol=0, atol=0)
     prod = chol @ chol.mT
-    eps = torch.finfo(dtype).eps
     good = [0, 1, 3, 4, 6]
-    torch.testing.assert_close(prod[good], orig[good], rtol=0, atol=50 * eps)
+    eye = torch.eye(6, dtype=dtype)
+    torch.testing.assert_close(
+        prod[good], orig[good] + ridge * eye, rtol=0, atol=50 * eps
+    )
     # the failed rows: their own matrix plus a small ridge
     shift = (prod[[2, 5]] - orig[[2, 5]]).diagonal(dim1=-2, dim2=-1)
     assert float(shift.min()) > 0 and float(shift.max()) < 1e-2
