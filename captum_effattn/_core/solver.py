@@ -147,8 +147,8 @@ IPM_RIDGE = 0.0
 #: ``x - Cλ - z`` involves x: a step of length a_p on x and a_d on (λ, z)
 #: leaves ``(1 - a_d) r_d + (a_p - a_d) dx`` of it, so unequal lengths can
 #: keep it from vanishing. On all rows of 12 MiniLM documents of 512 tokens,
-#: two rows then ended unconverged at the iteration limit (KKT residuals
-#: 5.7e-10 and 4.9); with one length every row converges.
+#: a row then ended unconverged at the iteration limit with a KKT residual
+#: of 4.9; with one length every row converges.
 COMMON_STEP_AFTER = 10
 #: The interior point starts from x = the projection ``C b`` shifted into the
 #: interior, λ = b and z = (x − C b) + START_DUAL · x: z is the shift, which
@@ -161,6 +161,14 @@ START_DUAL = 4.0
 #: or after this many iterations; the row continues in the answer's dtype.
 SWITCH_GAP = 1e-9
 SWITCH_ITERS = 15
+#: They also stop, once the row has a restart point (``SNAPSHOT_GAP``), when
+#: the iterate puts more than this on one key. Such a near one-hot row has
+#: a vertex answer with entries down to 1e-12 that float32 cannot resolve,
+#: so its further float32 iterations were wasted. On MiniLM's first layer,
+#: whose slow rows are one previous-token head, this cut the mean
+#: iterations from 6.1 to 5.5, the most from 37 to 28, and the layer's solve
+#: time by 10%.
+PEAK_SWITCH = 0.99
 #: The continuation restarts from the last low-precision iterate whose
 #: scaled gap was above this (closer to the end, float32 rounding has pushed
 #: the iterate off the central path).
@@ -729,6 +737,8 @@ def _ipm(
             st["snapped"] = st["snapped"] | (finite & (gap < SNAPSHOT_GAP))
             leave = ~finite | (gap < SWITCH_GAP)
             leave = leave | (st["its"] - st["it0"] >= SWITCH_ITERS)
+            # near one-hot rows: on to float64 from their restart point
+            leave = leave | (st["snapped"] & (x.amax(-1) > PEAK_SWITCH))
             st["frozen"] = st["frozen"] | (live & budget & leave)
         active = live & budget & finite & ~st["frozen"]
         if not bool(active.any()):
