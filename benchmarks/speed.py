@@ -54,6 +54,7 @@ __all__ = [
     "main",
     "build_parser",
     "real_token_batch",
+    "layer_problems",
     "support_problems",
     "solve_on_supports",
 ]
@@ -295,12 +296,16 @@ SUPPORT_SOLVE = "one float64 solve per row, final support given"
 SupportProblem = Tuple[Tensor, Tensor, Tensor, Tensor]
 
 
-def support_problems(
-    model: nn.Module, ids: Tensor, mask: Tensor, matrices: Tensor
-) -> List[SupportProblem]:
-    r"""Every layer's full-matrix problems of ``ids`` with their final
-    supports, read off ``matrices = efficient_attention(model, ids, mask)``
-    (the input of :func:`solve_on_supports`)."""
+def layer_problems(
+    model: nn.Module,
+    ids: Tensor,
+    mask: Tensor,
+    layers: Optional[Sequence[int]] = None,
+) -> List[Tuple[Tensor, Tensor, Tensor]]:
+    r"""The solver's problems ``(c, b, col_mask)`` of every row of the given
+    layers (default: all) of ``ids``, in float64, as
+    :func:`~captum_effattn.efficient_attention` builds them: one basis per
+    (example, head), all query rows."""
     from captum_effattn._core.adapters import ModelAdapter
     from captum_effattn._core.functional import (
         _prepare,
@@ -309,7 +314,7 @@ def support_problems(
     )
 
     adapter = ModelAdapter(model)
-    layers = adapter.layer_indices(None)
+    layers = adapter.layer_indices(None) if layers is None else list(layers)
     query = resolve_rows(None, mask)
 
     def call() -> Any:
@@ -324,7 +329,18 @@ def support_problems(
             adapter.output_weights(layer).detach(), mask, query, adapter.causal,
             torch.float64, None,
         )  # fmt: skip
-        c, b, col_mask = prep.problem()
+        problems.append(prep.problem())
+    return problems
+
+
+def support_problems(
+    model: nn.Module, ids: Tensor, mask: Tensor, matrices: Tensor
+) -> List[SupportProblem]:
+    r"""Every layer's full-matrix problems of ``ids`` (:func:`layer_problems`)
+    with their final supports, read off ``matrices = efficient_attention(model,
+    ids, mask)`` (the input of :func:`solve_on_supports`)."""
+    problems = []
+    for layer, (c, b, col_mask) in enumerate(layer_problems(model, ids, mask)):
         support = (matrices[layer] > 0).reshape(b.shape[0], b.shape[1], -1)
         problems.append((c, b, col_mask, support.to(c.dtype)))
     return problems

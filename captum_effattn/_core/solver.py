@@ -626,7 +626,7 @@ def _ipm(
     x0 = blocks.left(st["b"])
     x_start = x0 + torch.clamp(-1.5 * x0.amin(-1, keepdim=True), min=0.0)
     x_start = (x_start + 1.0 / count) * realw
-    z_start = x_start - x0 * realw + START_DUAL * x_start
+    z_start = x_start - x0 + START_DUAL * x_start  # x0 is 0 on padding
     if start is None:
         st["x"], st["z"], st["lam"] = x_start, z_start, st["b"].clone()
         st["its"] = torch.zeros_like(rows)

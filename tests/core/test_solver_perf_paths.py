@@ -275,29 +275,11 @@ def _real_layer_problems(minilm, doc: int, length: int, offset: int, layer: int)
     import runpy
     from pathlib import Path
 
-    from captum_effattn._core.adapters import ModelAdapter
-    from captum_effattn._core.functional import (
-        _prepare,
-        resolve_rows,
-        run_with_capture,
-    )
-
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "speed.py"
     speed = runpy.run_path(str(script), run_name="speed_under_test")
     model, tok = minilm
     ids, mask = speed["real_token_batch"](tok, doc + 1, length, offset=offset)
-    ids, mask = ids[doc:], mask[doc:]
-    adapter = ModelAdapter(model)
-    _, caps, _ = run_with_capture(
-        adapter, lambda: model(input_ids=ids, attention_mask=mask), [layer]
-    )
-    got = caps.pop(layer)
-    prep = _prepare(
-        "efficient", got["weights"].detach(), got["values"].detach(),
-        adapter.output_weights(layer).detach(), mask, resolve_rows(None, mask),
-        adapter.causal, torch.float64, None,
-    )  # fmt: skip
-    return prep.problem()
+    return speed["layer_problems"](model, ids[doc:], mask[doc:], [layer])[0]
 
 
 @pytest.mark.slow
