@@ -80,6 +80,29 @@ def test_readme_commands_and_links():
     assert "make docs" in readme
 
 
+@pytest.mark.slow
+def test_readme_python_snippets_run(monkeypatch):
+    # the README's Python blocks, in order, in one namespace, on the real
+    # model: the one-line switch, the faithful mode and the metrics
+    import torch
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    assert len(blocks) >= 3
+    space: Dict[str, object] = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), space)
+    ids, scores = space["ids"], space["scores"]
+    assert isinstance(scores, torch.Tensor) and scores.shape == ids.shape
+    for name in ("suff", "nec", "aopc"):
+        value = space[name]
+        assert isinstance(value, torch.Tensor) and value.shape == (1,), name
+        assert bool(torch.isfinite(value).all()), name
+    # the metrics snippet keeps the special tokens out of the ranking
+    assert space["kw"]["special_tokens_mask"].sum() == 2  # [CLS], [SEP]
+
+
 def _run_docstring_examples(module_name: str, names: List[str]) -> None:
     module = importlib.import_module(module_name)
     tests = {t.name: t for t in doctest.DocTestFinder().find(module)}

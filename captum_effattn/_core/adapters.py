@@ -177,6 +177,9 @@ def index_list(values: Any, name: str) -> List[int]:
                 f"{name} must be ints (integer indices), got dtype {values.dtype}"
             )
         values = values.reshape(-1).tolist()
+    elif hasattr(values, "__array__") and hasattr(values, "dtype"):
+        # a numpy array (any shape) or scalar: numpy's own ints, bools refused
+        values = _numpy_indices(values, name)
     elif not isinstance(values, Sequence):
         values = [values]
     out = []
@@ -190,6 +193,18 @@ def index_list(values: Any, name: str) -> List[int]:
                 f"{name} must be ints (integer indices), got {v!r} in {values!r}"
             ) from None
     return out
+
+
+def _numpy_indices(values: Any, name: str) -> List[Any]:
+    import numpy as np
+
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(
+            f"{name} must be ints (integer indices), got a numpy array of "
+            f"dtype {arr.dtype}"
+        )
+    return arr.reshape(-1).tolist()
 
 
 def unwrap_model(model: Any) -> Any:

@@ -147,7 +147,9 @@ class _AttentionAttribution(Attribution):
             tol (float, optional): solver tolerance on the KKT residual
                         (efficient attention). Default: 1e-12 in float64,
                         1e-6 in float32
-            max_iter (int, optional): solver iterations at most. Default: 100
+            max_iter (int, optional): solver iterations at most; rows that
+                    miss ``tol`` within them raise a ``RuntimeWarning``.
+                    Default: 100
         """
         Attribution.__init__(self, forward_func)
         if model is None:

@@ -9,6 +9,7 @@ of every example and only for the query rows asked for.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, fields
 from numbers import Integral
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -649,6 +650,7 @@ def solve_layers(
     tol = resolve_tol(tol, dtype)
     if joint is None:
         joint = _joint_by_default(layers[0][0].device)
+    unmet = [0, 0.0]  # rows that missed tol, their largest KKT residual
 
     def solve(preps: Sequence[_Prepared]) -> List[Tuple[Tensor, Tensor, Tensor]]:
         problems = [p.problem() for p in preps]
@@ -659,6 +661,10 @@ def solve_layers(
         else:
             cg, bg, cm = (torch.cat(parts) for parts in zip(*problems))
         x, _, info = min_norm_simplex_solve(cg, bg, cm, tol=tol, max_iter=max_iter)
+        missed = ~info.converged
+        if bool(missed.any()):
+            unmet[0] += int(missed.sum())
+            unmet[1] = max(unmet[1], float(info.kkt_residual[missed].max()))
         sizes = [pr[1].shape[0] * pr[1].shape[1] for pr in problems]
         parts = (
             x.reshape(-1, x.shape[-1]).split(sizes),
@@ -675,12 +681,24 @@ def solve_layers(
         ]
         for prep, solved in zip(preps, solve(preps)):
             results.append(_finish(kind, prep, solved, tol, objective))
-        return results
-    for inputs in layers:
-        prep = _prepare(kind, *inputs, causal=causal, dtype=dtype, rtol=rtol)
-        solved = solve([prep])[0] if kind == "efficient" else None
-        results.append(_finish(kind, prep, solved, tol, objective))
-        del prep
+    else:
+        for inputs in layers:
+            prep = _prepare(kind, *inputs, causal=causal, dtype=dtype, rtol=rtol)
+            solved = solve([prep])[0] if kind == "efficient" else None
+            results.append(_finish(kind, prep, solved, tol, objective))
+            del prep
+    if unmet[0]:
+        warnings.warn(
+            f"efficient attention: {unmet[0]} attention row(s) did not reach the "
+            f"tolerance tol={tol:g} within max_iter={max_iter} iterations "
+            f"(largest KKT residual {unmet[1]:.3g}); they hold the best point "
+            "found, which may not be a distribution output-equivalent to the "
+            "attention. Raise max_iter (default "
+            f"{DEFAULT_MAX_ITER}) or tol, and check the certificate "
+            "(return_certificate=True)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     return results
 
 
@@ -713,7 +731,8 @@ def solve_layer(
         rtol (float, optional): relative tolerance of the numerical rank.
         tol (float, optional): solver tolerance on the KKT residual.
                     Default: 1e-12 in float64, 1e-6 in float32
-        max_iter (int, optional): solver iterations at most. Default: 100
+        max_iter (int, optional): solver iterations at most; rows that miss
+                    ``tol`` within them raise a ``RuntimeWarning``. Default: 100
         objective (str, optional): ``"min_norm"`` or ``"sparse"`` (efficient
                     attention only). Default: ``"min_norm"``
 
@@ -930,7 +949,8 @@ _COMMON_DOC = r"""
         tol (float, optional): solver tolerance on the KKT residual
                     (efficient attention only). Default: 1e-12 in float64,
                     1e-6 in float32
-        max_iter (int, optional): solver iterations at most. Default: 100
+        max_iter (int, optional): solver iterations at most; rows that miss
+                    ``tol`` within them raise a ``RuntimeWarning``. Default: 100
         device (str or torch.device, optional): where the algebra runs
                     (``"cpu"``, ``"cuda"``, ``"cuda:K"``; a clear
                     ``ValueError`` for ``"meta"``, which holds no values, and
@@ -1041,7 +1061,8 @@ effective_attention.__doc__ = (
         """        tol (float, optional): solver tolerance on the KKT residual
                     (efficient attention only). Default: 1e-12 in float64,
                     1e-6 in float32
-        max_iter (int, optional): solver iterations at most. Default: 100
+        max_iter (int, optional): solver iterations at most; rows that miss
+                    ``tol`` within them raise a ``RuntimeWarning``. Default: 100
 """,
         "",
     )

@@ -378,3 +378,120 @@ def test_infidelity_perturb_func_given_to_sensitivity_max_says_so():
     # Captum's own token baselines still work
     chosen, perturbed = perturb(ids, 3)
     assert torch.equal(perturbed[chosen.bool()], torch.full_like(ids, 3)[chosen.bool()])
+
+
+# ------------------------------------------- "delete" without an attention mask
+def _shorter_texts_necessity(model, ids, attr, special, fraction, keep_top):
+    r"""p(x) - p(x') by hand, x' the text with the tokens dropped (no padding)."""
+    out = []
+    for i in range(ids.shape[0]):
+        content = special[i] == 0
+        n = int(content.sum())
+        k = max(1, int(np.ceil(fraction * n - 1e-6)))
+        order = sorted(
+            (p for p in range(ids.shape[1]) if content[p]),
+            key=lambda p: (-float(attr[i, p]), p),
+        )
+        top = set(order[:k])
+        kept = [
+            p for p in range(ids.shape[1]) if not content[p] or ((p in top) == keep_top)
+        ]
+        with torch.no_grad():
+            p0 = model(ids[i : i + 1]).logits.softmax(-1)
+            p1 = model(ids[i : i + 1, kept]).logits.softmax(-1)
+        target = int(p0.argmax())
+        out.append(float(p0[0, target] - p1[0, target]))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("side", [None, "right", "left"])
+def test_delete_without_mask_gives_the_model_the_shorter_text(side):
+    # forward_func(ids) alone, the common Captum style for one unpadded text:
+    # the removed tokens were once replaced by PAD ids that the model read
+    # (a necessity of 0.020 instead of 0.033 on the fine-tuned MiniLM)
+    model = make_tiny_model("bert", seed=3)
+    ids, _ = random_batch(2, 14, seed=5)
+    ids[:, 0], ids[:, -1] = 101, 102
+    special = torch.zeros_like(ids)
+    special[:, [0, -1]] = 1
+    special[1, 5] = 1  # the second text has one content token fewer
+    attr = torch.randn(ids.shape, generator=torch.Generator().manual_seed(1))
+
+    def forward(i):
+        return model(i).logits
+
+    for fraction in (0.2, 0.5):
+        for keep_top, metric in ((False, necessity), (True, sufficiency)):
+            got = metric(
+                forward, ids, attr, special_tokens_mask=special,
+                fraction=fraction, padding_side=side,
+            )  # fmt: skip
+            want = _shorter_texts_necessity(
+                model, ids, attr, special, fraction, keep_top
+            )
+            torch.testing.assert_close(got.double(), want, atol=1e-6, rtol=0)
+    # a per-position argument that is the same everywhere (token type ids)
+    # is cut to the kept positions with the ids
+    tt = torch.zeros_like(ids)
+    got = necessity(
+        lambda i, t: model(i, token_type_ids=t).logits, ids, attr,
+        additional_forward_args=(tt,), special_tokens_mask=special,
+        fraction=0.5, padding_side=side,
+    )  # fmt: skip
+    want = _shorter_texts_necessity(model, ids, attr, special, 0.5, False)
+    torch.testing.assert_close(got.double(), want, atol=1e-6, rtol=0)
+
+
+def test_minimal_size_without_mask_searches_the_shorter_texts(make_bow):
+    # class 1 (3.25 against 1.25); removing 9 leaves class 1 (2.5), removing
+    # 9 and 5 flips it (0.5): size 2. The PAD ids that a deletion once left
+    # (weights 5, -5) flipped it at size 1.
+    model = make_bow()
+    ids = torch.tensor([[CLS, 9, 5, 4, SEP]])
+    special = torch.tensor([[1, 0, 0, 0, 1]])
+    attr = torch.tensor([[0.0, 0.9, 0.5, 0.1, 0.0]])
+    for search in ("linear", "binary"):
+        sizes, fractions = minimal_necessary_size(
+            model, ids, attr, special_tokens_mask=special, search=search
+        )
+        assert sizes.tolist() == [2.0]
+        assert fractions.tolist() == pytest.approx([2 / 3])
+
+
+def test_pad_and_deleting_everything_without_mask_are_refused():
+    model = make_tiny_model("bert", seed=3)
+    ids, _ = random_batch(1, 12, seed=5)
+    attr = torch.randn(ids.shape, generator=torch.Generator().manual_seed(1))
+
+    def forward(i):
+        return model(i).logits
+
+    with pytest.raises(ValueError, match='mode="pad" hides the removed tokens'):
+        necessity(forward, ids, attr, mode="pad", fraction=0.5)
+    # no special tokens marked: fraction 1 deletes the whole text
+    with pytest.raises(ValueError, match="removed every token of a text"):
+        necessity(forward, ids, attr, fraction=1.0)
+    # with a mask both work (the model gets the mask)
+    mask = torch.ones_like(ids)
+    necessity(
+        lambda i, m: model(i, attention_mask=m).logits, ids, attr,
+        attention_mask=mask, mode="pad", fraction=1.0,
+    )  # fmt: skip
+
+
+def test_one_tuple_inputs_and_empty_texts(make_bow, hand_batch):
+    b = hand_batch
+    kw = dict(attention_mask=b["mask"], special_tokens_mask=b["special"])
+    model = make_bow()
+    want = necessity(model, b["ids"], b["attr"], **kw)
+    # Captum's tuple form of a single input, as the attributions allow
+    torch.testing.assert_close(necessity(model, (b["ids"],), (b["attr"],), **kw), want)
+    sizes = minimal_sufficient_size(model, (b["ids"],), b["attr"], **kw)[0]
+    torch.testing.assert_close(
+        sizes, minimal_sufficient_size(model, b["ids"], b["attr"], **kw)[0]
+    )
+    empty = torch.zeros(1, 0, dtype=torch.long)
+    with pytest.raises(ValueError, match="has no positions"):
+        necessity(model, empty, torch.zeros(1, 0), attention_mask=empty)
+    with pytest.raises(ValueError, match="has no positions"):
+        token_removal_attack(empty, 1, attributions=torch.zeros(1, 0))

@@ -215,3 +215,27 @@ def test_function_to_apply_on_minilm(minilm):
     with torch.no_grad():
         p0 = torch.sigmoid(m["forward"](m["ids"], m["mask"]))[:, 0]
     assert torch.isfinite(res.aopc).all() and (res.curve <= p0[:, None] + 1e-6).all()
+
+
+def test_delete_without_mask_on_minilm(minilm):
+    # one unpadded review and forward_func(ids) alone: deleting without a
+    # mask must give what deleting with a mask does (the kept tokens, new
+    # padding hidden), not a text with [PAD] tokens in it
+    m = minilm
+    real = m["mask"][0] == 1
+    ids, special = m["ids"][:1, real], m["special"][:1, real]
+    attr = m["model"].bert.embeddings.word_embeddings(ids).norm(dim=-1).detach()
+
+    def no_mask(x):
+        return m["model"](input_ids=x).logits
+
+    for func in (sufficiency, necessity):
+        for fraction in (0.2, 0.5):
+            got = func(
+                no_mask, ids, attr, special_tokens_mask=special, fraction=fraction
+            )
+            want = func(
+                m["forward"], ids, attr, attention_mask=torch.ones_like(ids),
+                special_tokens_mask=special, fraction=fraction,
+            )  # fmt: skip
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=0)

@@ -7,6 +7,7 @@ whose tolerance was not reached."""
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -377,7 +378,14 @@ def test_certificate_flags_unconverged_heads(tiny_model):
     # example 0 needs iterations (n = 20 > d_h + 1); example 1 (n = 6) is
     # answered in closed form and must stay converged
     ids, mask = random_batch(2, 20, lengths=[20, 6], seed=2)
-    _, cert = efficient_attention(model, ids, mask, max_iter=1, return_certificate=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # converged: no warning
+        efficient_attention(model, ids, mask)
+    # unconverged rows are said out loud, not only in the certificate
+    with pytest.warns(RuntimeWarning, match=r"row\(s\) did not reach the tol"):
+        _, cert = efficient_attention(
+            model, ids, mask, max_iter=1, return_certificate=True
+        )
     assert not cert.ok() and not cert.worst()["all_converged"]
     assert "all converged: False" in str(cert)
     assert not bool(cert.converged[:, 0].all())
@@ -385,14 +393,18 @@ def test_certificate_flags_unconverged_heads(tiny_model):
     torch.testing.assert_close(cert.converged, cert.kkt_residual <= 1e-12)
     assert int(cert.iterations.max()) == 1
     # an unreachable tolerance: every head is flagged, none is hidden
-    _, cert = efficient_attention(
-        model, ids, mask, tol=0.0, max_iter=3, return_certificate=True
-    )
+    with pytest.warns(RuntimeWarning, match="tol=0 within max_iter=3"):
+        _, cert = efficient_attention(
+            model, ids, mask, tol=0.0, max_iter=3, return_certificate=True
+        )
     assert not bool(cert.converged.any()) and not cert.ok()
-    # the attribution class reports the same through its AttentionResult
-    _, res = EfficientAttention(_forward(model), model=model, max_iter=1).attribute(
-        ids, additional_forward_args=(mask,), query="all", return_matrices=True
-    )
+    # the attribution class warns, and reports the same through its
+    # AttentionResult
+    explainer = EfficientAttention(_forward(model), model=model, max_iter=1)
+    with pytest.warns(RuntimeWarning, match="did not reach the tolerance"):
+        _, res = explainer.attribute(
+            ids, additional_forward_args=(mask,), query="all", return_matrices=True
+        )
     assert not res.certificate.ok()
     assert not bool(res.certificate.converged[0, 0].all())
     assert bool(res.certificate.converged[0, 1].all())

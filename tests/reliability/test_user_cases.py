@@ -263,6 +263,12 @@ def test_heads_query_and_layer_forms(tiny_model):
     assert torch.equal(run(heads=3), run(heads=[3]))
     assert torch.equal(run(heads=torch.tensor([0, 1])), run(heads=[0, 1]))
     assert torch.equal(run(heads=(np.int64(2),)), run(heads=[2]))
+    assert torch.equal(run(heads=np.array([2])), run(heads=[2]))
+    assert torch.equal(run(heads=np.array([[0], [3]])), run(heads=[0, 3]))
+    with pytest.raises(TypeError, match="numpy array of dtype float64"):
+        run(heads=np.array([1.0]))
+    with pytest.raises(TypeError, match="numpy array of dtype bool"):
+        run(heads=np.array([True]))
     assert torch.equal(run(query=np.int64(5)), run(query=5))
     assert torch.equal(run(query=torch.tensor(5)), run(query=5))
     with pytest.raises(TypeError, match="integer indices"):

@@ -66,6 +66,12 @@ def _check_ids(input_ids: Any, name: str = "inputs") -> None:
         raise ValueError(
             f"{name} must have shape (batch, seq_len), got {tuple(input_ids.shape)}"
         )
+    if input_ids.shape[1] == 0:
+        raise ValueError(
+            f"{name} has no positions (shape {tuple(input_ids.shape)}): an empty "
+            "text has no tokens to rank or remove; tokenize it with its special "
+            "tokens or leave it out"
+        )
 
 
 def _check_mask(mask: Any, input_ids: Tensor, name: str) -> Optional[Tensor]:
@@ -198,6 +204,8 @@ def _validate_token_inputs(
     write padding, an all-ones tensor counts as a mask) or a second copy of
     it, and in ``"delete"`` mode none may vary along the positions (it would
     no longer line up with the re-packed ids)."""
+    if isinstance(inputs, tuple) and len(inputs) == 1:
+        inputs = inputs[0]  # Captum's form of a single input
     _check_ids(inputs)
     if inputs.shape[0] == 0:
         raise ValueError("inputs is an empty batch: pass at least one example")
@@ -267,6 +275,14 @@ def _validate_token_inputs(
             )
         attention_mask = attention_mask.to(device=inputs.device)
     special = _check_mask(special_tokens_mask, inputs, "special_tokens_mask")
+    if attention_mask is None and mode == "pad":
+        raise ValueError(
+            'mode="pad" hides the removed tokens through the attention mask, '
+            "and no attention_mask was given, so the model would read the new "
+            "padding tokens as text; pass attention_mask= (torch.ones_like(ids) "
+            "for a batch without padding) with a forward_func(ids, mask, ...), "
+            'or use mode="delete" (which then drops the tokens) or "mask"'
+        )
     if attention_mask is not None and mode in ("delete", "pad"):
         padded = inputs[attention_mask == 0].unique()
         if padded.numel() == 1 and int(padded) != int(pad_token_id):
@@ -410,6 +426,61 @@ def _erase(
         new_mask = attention_mask.masked_fill(erase, 0)
         return ids, new_mask
     raise ValueError(f"Unknown mode {mode!r}; expected one of {MODES}")
+
+
+def _deleting_forward(
+    forward_func: Callable[..., Any], side: str, function_to_apply: str
+) -> Callable[..., Tensor]:
+    r"""``forward_func`` for ``"delete"`` mode without an attention mask.
+
+    The metrics then run with a mask of ones of their own, so that
+    :func:`_erase` marks the new padding; the returned function, called as
+    ``(ids, mask, *rest)``, drops that padding instead of showing it to a
+    model that takes no mask: it calls ``forward_func(ids', *rest')`` once
+    per text length on the rows of that length, with ``ids'`` their kept
+    tokens only (the shorter text itself, ERASER's deletion) and the
+    per-position tensors of ``rest`` cut to the same positions.
+    """
+
+    def forward(ids: Tensor, mask: Tensor, *rest: Any) -> Tensor:
+        n = ids.shape[1]
+        lengths = (mask != 0).sum(dim=1)
+        if bool((lengths == 0).any()):
+            raise ValueError(
+                'mode="delete" removed every token of a text, and without an '
+                "attention mask the model cannot be given an empty text; pass "
+                "special_tokens_mask= (special tokens are never removed), "
+                "fractions below 1, or attention_mask= with a "
+                "forward_func(ids, mask, ...)"
+            )
+        out: Optional[Tensor] = None
+        for length in torch.unique(lengths).tolist():
+            rows = (lengths == length).nonzero().flatten()
+            cols = (
+                torch.arange(n - length, n) if side == "left" else torch.arange(length)
+            )
+            cols = cols.to(ids.device)
+
+            def cut(arg: Any) -> Any:
+                if not isinstance(arg, Tensor) or arg.shape[:1] != ids.shape[:1]:
+                    return arg
+                arg = arg.index_select(0, rows.to(arg.device))
+                if arg.dim() >= 2 and arg.shape[1] == n:  # per position
+                    arg = arg.index_select(1, cols.to(arg.device))
+                return arg
+
+            sub_ids, sub_rest = cut(ids), tuple(cut(a) for a in rest)
+            check_positional_arguments(forward_func, (sub_ids,), sub_rest)
+            res = _check_logits(
+                forward_func(sub_ids, *sub_rest), rows.numel(), function_to_apply
+            )
+            if out is None:
+                out = res.new_empty((ids.shape[0],) + res.shape[1:])
+            out[rows.to(out.device)] = res
+        assert out is not None  # ids has at least one row
+        return out
+
+    return forward
 
 
 def _select_rows(arg: Any, index: Tensor, n_examples: int) -> Any:

@@ -71,6 +71,7 @@ from captum_effattn.metrics._core.erase import (
     _check_fraction,
     _check_function_to_apply,
     _content_mask,
+    _deleting_forward,
     _erase,
     _format_additional_forward_args,
     _forward_rows,
@@ -167,6 +168,10 @@ def _erasure_curve(
         padding_side, real if attention_mask is None else real & (attention_mask != 0)
     )
     args = _format_additional_forward_args(additional_forward_args)
+    if attention_mask is None and mode == "delete":
+        # no mask to hide new padding: drop the tokens from the text itself
+        attention_mask = torch.ones_like(ids)
+        forward_func = _deleting_forward(forward_func, side, function_to_apply)
     n_examples, seq_len = ids.shape
     n_fracs = len(fractions)
 
@@ -286,7 +291,10 @@ def sufficiency(
                     several. Tensors whose first dimension is B are taken per
                     example. Default: None
         attention_mask (Tensor, optional): (B, N), 1 for tokens and 0 for
-                    padding. Padding is never removed nor counted. Default: None
+                    padding. Padding is never removed nor counted. Without
+                    it, ``"delete"`` calls ``forward_func(ids)`` on the
+                    shorter texts themselves (one call per length) and
+                    ``"pad"`` is refused. Default: None
         special_tokens_mask (Tensor, optional): (B, N) bool or 0/1, as a Hugging
                     Face tokenizer returns it with
                     ``return_special_tokens_mask=True``: those positions are
@@ -429,7 +437,10 @@ def necessity(
                     several. Tensors whose first dimension is B are taken per
                     example. Default: None
         attention_mask (Tensor, optional): (B, N), 1 for tokens and 0 for
-                    padding. Padding is never removed nor counted. Default: None
+                    padding. Padding is never removed nor counted. Without
+                    it, ``"delete"`` calls ``forward_func(ids)`` on the
+                    shorter texts themselves (one call per length) and
+                    ``"pad"`` is refused. Default: None
         special_tokens_mask (Tensor, optional): (B, N) bool or 0/1, as a Hugging
                     Face tokenizer returns it with
                     ``return_special_tokens_mask=True``: those positions are
@@ -574,7 +585,10 @@ def aopc_sufficiency(
                     several. Tensors whose first dimension is B are taken per
                     example. Default: None
         attention_mask (Tensor, optional): (B, N), 1 for tokens and 0 for
-                    padding. Padding is never removed nor counted. Default: None
+                    padding. Padding is never removed nor counted. Without
+                    it, ``"delete"`` calls ``forward_func(ids)`` on the
+                    shorter texts themselves (one call per length) and
+                    ``"pad"`` is refused. Default: None
         special_tokens_mask (Tensor, optional): (B, N) bool or 0/1, as a Hugging
                     Face tokenizer returns it with
                     ``return_special_tokens_mask=True``: those positions are
@@ -695,7 +709,10 @@ def aopc_necessity(
                     several. Tensors whose first dimension is B are taken per
                     example. Default: None
         attention_mask (Tensor, optional): (B, N), 1 for tokens and 0 for
-                    padding. Padding is never removed nor counted. Default: None
+                    padding. Padding is never removed nor counted. Without
+                    it, ``"delete"`` calls ``forward_func(ids)`` on the
+                    shorter texts themselves (one call per length) and
+                    ``"pad"`` is refused. Default: None
         special_tokens_mask (Tensor, optional): (B, N) bool or 0/1, as a Hugging
                     Face tokenizer returns it with
                     ``return_special_tokens_mask=True``: those positions are

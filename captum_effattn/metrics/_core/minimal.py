@@ -27,6 +27,7 @@ from captum_effattn.metrics._core.erase import (
     _check_batch_size,
     _check_function_to_apply,
     _content_mask,
+    _deleting_forward,
     _eval_mode,
     _format_additional_forward_args,
     _forward_rows,
@@ -99,6 +100,11 @@ def _minimal_size(
     _check_batch_size(batch_size)
     _check_function_to_apply(function_to_apply)
     args = _format_additional_forward_args(additional_forward_args)
+    if attention_mask is None and mode == "delete":
+        # no mask to hide new padding: drop the tokens from the text itself
+        side = _padding_side(padding_side, torch.ones_like(ids, dtype=torch.bool))
+        attention_mask = torch.ones_like(ids)
+        forward_func = _deleting_forward(forward_func, side, function_to_apply)
     n_examples = ids.shape[0]
     n_content = _content_mask(ids, attention_mask, special).sum(dim=1)
 
@@ -237,7 +243,9 @@ def minimal_necessary_size(
         additional_forward_args (Any, optional): further arguments of
                     ``forward_func``; tensors whose first dimension is B are
                     taken per example. Default: None
-        attention_mask (Tensor, optional): (B, N), 0 at padding. Default: None
+        attention_mask (Tensor, optional): (B, N), 0 at padding. Without it,
+                    ``"delete"`` searches on the shorter texts themselves, as
+                    :func:`necessity` does. Default: None
         special_tokens_mask (Tensor, optional): (B, N), positions never removed
                     nor counted. Default: None
         mode (str, optional): ``"delete"``, ``"mask"`` or ``"pad"``, as in
@@ -351,7 +359,9 @@ def minimal_sufficient_size(
         additional_forward_args (Any, optional): further arguments of
                     ``forward_func``; tensors whose first dimension is B are
                     taken per example. Default: None
-        attention_mask (Tensor, optional): (B, N), 0 at padding. Default: None
+        attention_mask (Tensor, optional): (B, N), 0 at padding. Without it,
+                    ``"delete"`` searches on the shorter texts themselves, as
+                    :func:`necessity` does. Default: None
         special_tokens_mask (Tensor, optional): (B, N), positions never removed
                     nor counted. Default: None
         mode (str, optional): ``"delete"``, ``"mask"`` or ``"pad"``, as in
