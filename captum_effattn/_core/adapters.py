@@ -207,15 +207,30 @@ def _numpy_indices(values: Any, name: str) -> List[Any]:
     return arr.reshape(-1).tolist()
 
 
+def _compiled_inner(model: Any) -> Optional[nn.Module]:
+    r"""The eager module of a ``torch.compile``\ d one (``OptimizedModule``),
+    else None."""
+    inner = getattr(model, "_orig_mod", None)
+    if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module):
+        return inner
+    return None
+
+
 def unwrap_model(model: Any) -> Any:
-    r"""The module inside ``torch.nn.DataParallel`` and
-    ``DistributedDataParallel`` wrappers (any depth); anything else as it is.
-    Hooks and forward passes then act on the model itself: a data-parallel
-    wrapper would scatter the batch over replicas, and the attention each
-    replica records would cover only its share of the examples."""
-    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        model = model.module
-    return model
+    r"""The module inside ``torch.nn.DataParallel``,
+    ``DistributedDataParallel`` and ``torch.compile`` wrappers (any depth);
+    anything else as it is. Hooks and forward passes then act on the model
+    itself: a data-parallel wrapper would scatter the batch over replicas,
+    and the attention each replica records would cover only its share of the
+    examples; compiled code skips hooks added after compilation, and its
+    ``forward(*args, **kwargs)`` hides the attention mask's name."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif _compiled_inner(model) is not None:
+            model = _compiled_inner(model)
+        else:
+            return model
 
 
 @contextlib.contextmanager

@@ -295,6 +295,14 @@ class _AttentionAttribution(Attribution):
             else list(range(adapter.num_layers))
         )
 
+        named = [(f"inputs[{i}]", t) for i, t in enumerate(formatted)]
+        named += [(f"additional_forward_args[{i}]", t) for i, t in enumerate(extra)]
+        for name, t in named:
+            if isinstance(t, Tensor) and t.device.type == "meta":
+                raise ValueError(
+                    f"{name} is on the meta device, which holds no values: create "
+                    "it on the CPU (or the model's device)"
+                )
         check_positional_arguments(self.forward_func, formatted, extra)
 
         def call() -> Any:

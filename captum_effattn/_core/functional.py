@@ -378,6 +378,12 @@ def check_token_inputs(
             f"input_ids must have shape (batch, seq), got {tuple(input_ids.shape)}; "
             "add a batch dimension with input_ids.unsqueeze(0)"
         )
+    for name, t in (("input_ids", input_ids), ("attention_mask", attention_mask)):
+        if isinstance(t, Tensor) and t.device.type == "meta":
+            raise ValueError(
+                f"{name} is on the meta device, which holds no values: create it "
+                "on the CPU (or the model's device)"
+            )
     b, n = input_ids.shape
     if b == 0:
         raise ValueError(
@@ -449,13 +455,13 @@ def resolve_rows(rows: RowsType, mask: Tensor) -> Tensor:
     device = mask.device
     if rows is None:
         return torch.arange(n, device=device).expand(b, n)
-    if isinstance(rows, int):
-        rows = [rows]
     if isinstance(rows, (list, tuple)) and len(rows) == 0:
         raise ValueError("rows is empty: name at least one query position, or None")
     t = torch.as_tensor(rows, device=device)
-    if t.is_floating_point():
-        raise TypeError("rows must be integer positions")
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"rows must be integer positions, got {rows!r}")
+    if t.dim() == 0:  # an int, a numpy or a 0-d torch integer
+        t = t.reshape(1)
     t = t.long()
     if t.dim() == 1:
         t = t.expand(b, -1)
@@ -804,7 +810,10 @@ def run_with_capture(
     if calls == 0:
         raise ValueError(
             "forward_func never called the model whose attention is read; pass "
-            "model= the Hugging Face model that forward_func runs"
+            "model= the Hugging Face model that forward_func runs. A "
+            "torch.compile'd model that has already run skips the hooks that "
+            "read the attention: call the uncompiled model (compiled._orig_mod) "
+            "in forward_func"
         )
     if calls > 1:
         raise ValueError(
@@ -816,7 +825,12 @@ def run_with_capture(
     for idx in layers:
         got = rec.layers.get(idx, {})
         if "weights" not in got or "values" not in got:
-            raise ValueError(f"layer {idx} produced no attention; {got.keys()}")
+            raise ValueError(
+                f"layer {idx} produced no attention (captured: {sorted(got)}): "
+                "the hooks that read it did not run. A torch.compile'd model "
+                "that has already run skips hooks added after compilation: "
+                "call the uncompiled model (compiled._orig_mod) in forward_func"
+            )
         if not bool(torch.isfinite(got["weights"]).all()):
             raise ValueError(
                 f"the model produced NaN or inf attention in layer {idx}; check the "

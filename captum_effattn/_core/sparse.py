@@ -58,10 +58,15 @@ def caratheodory_reduce(
                     as zero. Default: 1e-12
 
     Returns:
-        (vertices (..., n), support sizes (...)). Every returned row has the
-        same ``Cᵀx`` as the input row (up to rounding), is non-negative, and
-        has at most ``rank(C)`` non-zeros.
+        (vertices (..., n), support sizes (...)) in the dtype of ``x``. Every
+        returned row has the same ``Cᵀx`` as the input row (up to rounding),
+        is non-negative, and has at most ``rank(C)`` non-zeros. The walk runs
+        in float64 whatever the input dtype: its ridges and thresholds are
+        below float32's rounding, where the Cholesky factorisations of
+        rank-deficient ``C_Sᵀ C_S`` fail.
     """
+    out_dtype = x.dtype
+    x, c, a = x.double(), c.double(), a.double()
     n = x.shape[-1]
     dtype = x.dtype
     ridge = 1e-12
@@ -104,4 +109,4 @@ def caratheodory_reduce(
         <= ((x.unsqueeze(-2) @ c).squeeze(-2) - b).abs().amax(-1) + 1e-15
     )
     x = torch.where(better.unsqueeze(-1), torch.clamp(sol, min=0.0), x)
-    return x, (x > 0).sum(-1)
+    return x.to(out_dtype), (x > 0).sum(-1)

@@ -87,6 +87,16 @@ def test_sparse_objective_on_a_model(tiny_model):
     assert torch.allclose(scores.double(), e[-1, :, :, 0].mean(1), atol=1e-6)
     with pytest.raises(ValueError, match="objective"):
         EfficientAttention(model, objective="densest")
+    # float32 algebra: the walk's Cholesky factorisations once failed there
+    e32, cert32 = efficient_attention(
+        model, ids, mask, objective="sparse", dtype=torch.float32,
+        return_certificate=True,
+    )  # fmt: skip
+    assert e32.dtype == torch.float32 and cert32.ok(), str(cert32)
+    assert bool((cert32.support_size <= cert32.rank).all())
+    torch.testing.assert_close(e32.double(), e, atol=1e-5, rtol=0)
+    scores = EfficientAttention(model, objective="sparse", dtype=torch.float32)
+    scores.attribute(ids, additional_forward_args=(mask,))
 
 
 @pytest.mark.parametrize("objective", ["min_norm", "sparse"])

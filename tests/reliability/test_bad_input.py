@@ -220,6 +220,23 @@ def test_model_on_the_meta_device(tiny_model):
             cls(_forward(model), model=model)
 
 
+def test_inputs_on_the_meta_device(tiny_model):
+    # used to fail with "Tensor.item() cannot be called on meta tensors"
+    model = tiny_model("bert")
+    ids, mask = _batch()
+    for a, b, name in (
+        (ids.to("meta"), mask, "input_ids"),
+        (ids, mask.to("meta"), "attention_mask"),
+    ):
+        with pytest.raises(ValueError, match=f"{name} is on the meta device"):
+            efficient_attention(model, a, b)
+        for cls in CLASSES:
+            with pytest.raises(ValueError, match="is on the meta device"):
+                cls(_forward(model), model=model).attribute(
+                    a, additional_forward_args=(b,)
+                )
+
+
 # ---------------------------------------------------------------- the model
 def _sdpa_bert() -> nn.Module:
     from transformers import BertConfig, BertForSequenceClassification

@@ -279,6 +279,14 @@ def test_heads_query_and_layer_forms(tiny_model):
         run(layer=True)
     with pytest.raises(ValueError, match="rows is empty"):
         attention_weights(model, ids, mask, rows=[])
+    # rows takes the integer forms that layers and query take; bools are
+    # refused (True was once row 1)
+    want = attention_weights(model, ids, mask, rows=3)
+    for form in (np.int64(3), torch.tensor(3), [np.int64(3)], np.array([3])):
+        assert torch.equal(attention_weights(model, ids, mask, rows=form), want)
+    for bad in (True, [True, False], 1.0, torch.tensor([0.5])):
+        with pytest.raises(TypeError, match="rows must be integer positions"):
+            attention_weights(model, ids, mask, rows=bad)
     with pytest.raises(ValueError, match="heads must be"):
         run(heads=[])
 
