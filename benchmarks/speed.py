@@ -822,6 +822,43 @@ def _report(
 # command line
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _length(text: str) -> int:
+    value = _count(text)
+    if not 3 <= value <= 512:  # [CLS], a token, [SEP]; MiniLM's positions
+        raise argparse.ArgumentTypeError(f"must lie in [3, 512], got {value}")
+    return value
+
+
+def _lengths(text: str) -> str:
+    for item in (v for v in text.split(",") if v):
+        _length(item)
+    return text
+
+
+def _memory_spec(text: str) -> str:
+    if text == "none":
+        return text
+    for item in text.split(","):
+        parts = item.lower().split("x")
+        if len(parts) != 2:
+            raise argparse.ArgumentTypeError(
+                f"expected LENGTHxBATCH items such as 512x8 (or 'none'), got {item!r}"
+            )
+        _length(parts[0])
+        _count(parts[1])
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="speed.py",
@@ -834,52 +871,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch intra-op threads"
+        "--threads", type=_count, default=None, help="torch intra-op threads"
     )
     parser.add_argument(
         "--docs",
-        type=int,
+        type=_count,
         default=None,
         help="documents for forward/attribute (default 16; quick 4)",
     )
     parser.add_argument(
         "--full-docs",
-        type=int,
+        type=_count,
         default=None,
         help="documents for all-rows efficient_attention (default 16; quick 2)",
     )
     parser.add_argument(
         "--baseline-docs",
-        type=int,
+        type=_count,
         default=None,
         help="examples for LIG and Lime (default 2; quick 1)",
     )
     parser.add_argument(
         "--faithful-docs",
-        type=int,
+        type=_count,
         default=None,
         help="examples for the faithful (first-layer gradient) mode "
         "(default 4; quick 1)",
     )
     parser.add_argument(
-        "--length", type=int, default=128, help="tokens per document (default 128)"
+        "--length", type=_length, default=128, help="tokens per document (default 128)"
     )
-    parser.add_argument("--ig-steps", type=int, default=50)
-    parser.add_argument("--lime-samples", type=int, default=500)
+    parser.add_argument("--ig-steps", type=_count, default=50)
+    parser.add_argument("--lime-samples", type=_count, default=500)
     parser.add_argument(
         "--repeat",
-        type=int,
+        type=_count,
         default=3,
         help="timed repetitions of the cheap methods (the minimum is reported)",
     )
     parser.add_argument(
         "--scaling",
+        type=_lengths,
         default=None,
         help="lengths for the growth table (default 64,128,256,512; quick 64,128)",
     )
-    parser.add_argument("--scaling-docs", type=int, default=1)
+    parser.add_argument("--scaling-docs", type=_count, default=1)
     parser.add_argument(
         "--memory",
+        type=_memory_spec,
         default=None,
         help="LENGTHxBATCH configurations for peak memory, comma separated "
         "(default 512x1,512x8; quick 256x1,256x2; 'none' to skip)",

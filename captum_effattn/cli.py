@@ -103,6 +103,12 @@ def _seed(text: str) -> int:
 def _methods(text: str) -> List[str]:
     from captum_effattn.benchmark.methods import parse_methods
 
+    if not text.replace(",", "").strip():
+        # an empty variable ("$METHODS") would start the whole default run
+        raise argparse.ArgumentTypeError(
+            "no method named; leave --methods out (or pass 'default') for the "
+            "default methods"
+        )
     try:
         return parse_methods(text)
     except ValueError as err:
@@ -452,7 +458,7 @@ def _check_model(path: Optional[str], max_length: Optional[int]) -> Optional[int
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from captum_effattn.benchmark.methods import default_methods
-    from captum_effattn.benchmark.report import OutputDir, OutputDirError
+    from captum_effattn.benchmark.report import OUTPUT_FILES, OutputDir, OutputDirError
 
     methods = args.methods or default_methods()
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -461,11 +467,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise CLIError(f"--model {args.model}: no such model folder")
     args.max_length = _check_model(args.model, args.max_length)
     out: Optional[OutputDir] = None
-    if rank == 0:  # check the output folder before any work
-        try:
+    # check the output folder before any work, in every process: one that
+    # went on alone would wait for the others at the distributed start-up
+    try:
+        if rank == 0:
             out = OutputDir(args.out)
-        except OutputDirError as err:
-            raise CLIError(str(err)) from None
+        else:
+            OutputDir.check(args.out)
+    except OutputDirError as err:
+        raise CLIError(str(err)) from None
+    if out is not None:
+        old = [name for name in OUTPUT_FILES if (out.path / name).exists()]
+        if old:
+            _err(
+                f"note: {out.path} holds the outputs of an earlier run "
+                f"({', '.join(old)}); this run replaces them when it ends"
+            )
     # SIGTERM (timeout, Slurm, torchrun stopping its workers) becomes
     # SystemExit, so that the staging folder is removed as for Ctrl-C
     previous = _exit_on_sigterm()
@@ -569,6 +586,17 @@ def _bench(
             f"note: the model was fine-tuned on {report['dataset']!r}, "
             f"not {splits.name!r}"
         )
+    elif rank == 0:
+        trained = (report.get("dataset_options") or {}).get("seed")
+        here = (splits.options or {}).get("seed")
+        if trained is not None and here is not None and trained != here:
+            _err(
+                f"note: the model was fine-tuned on the split of --seed {trained}, "
+                f"this run tests on the split of --seed {here}: some test "
+                "documents were training documents of the model, and its "
+                "held-out accuracy is that of the other split; pass --seed "
+                f"{trained}, or fine-tune with --seed {here}"
+            )
     meta["heldout_accuracy"] = report.get("accuracy")
     meta["heldout_size"] = report.get("num_test")
     meta["majority_accuracy"] = report.get("majority_accuracy")

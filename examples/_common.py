@@ -99,6 +99,28 @@ def out_path(out: str, default_name: str) -> Path:
     return path
 
 
+def max_length(text: str) -> int:
+    r"""An ``argparse`` type: a token budget with room for [CLS], [SEP] and
+    one word (at least 3)."""
+    value = positive_int(text)
+    if value < 3:
+        raise argparse.ArgumentTypeError(
+            f"must be at least 3 ([CLS], a token, [SEP]), got {value}"
+        )
+    return value
+
+
+def fraction(text: str) -> float:
+    r"""An ``argparse`` type: a number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {value}")
+    return value
+
+
 def positive_int(text: str) -> int:
     r"""An ``argparse`` type: an integer of at least 1."""
     try:

@@ -19,7 +19,14 @@ import time
 from typing import Callable, Dict, Optional, Sequence
 
 import torch
-from _common import documents, load_classifier, out_path, positive_int
+from _common import (
+    documents,
+    fraction,
+    load_classifier,
+    max_length,
+    out_path,
+    positive_int,
+)
 from captum.attr import LayerIntegratedGradients
 
 from captum_effattn import AttentionWeights, EfficientAttention
@@ -45,9 +52,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--model", default=None, help="a local HF classifier")
     parser.add_argument("--n", type=positive_int, default=3, help="number of documents")
     parser.add_argument("--ig-steps", type=positive_int, default=16, help="IG steps")
-    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--max-length", type=max_length, default=128)
     parser.add_argument(
-        "--fraction", type=float, default=0.2, help="share of tokens (top-k)"
+        "--fraction", type=fraction, default=0.2, help="share of tokens (top-k)"
     )
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -131,10 +138,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     header = f"{'method':<22s}" + "".join(
         f"{name + ' ' + arrows[name]:>24s}" for name, _ in METRICS
     )
-    print(header + f"{'seconds':>9s}")
+    print(header + f"{'s/doc':>9s}")
     for name, values in table.items():
         line = f"{name:<22s}" + "".join(f"{values[m]:>24.4f}" for m, _ in METRICS)
-        print(line + f"{values['seconds']:>9.2f}")
+        print(line + f"{values['seconds'] / ids.shape[0]:>9.3f}")
 
     path = out_path(args.out, "compare_methods.csv")
     with path.open("w", newline="") as f:

@@ -19,7 +19,7 @@ import time
 from typing import List, Optional, Sequence
 
 import torch
-from _common import documents, load_classifier, out_path
+from _common import documents, load_classifier, max_length, out_path
 
 from captum_effattn import AttentionWeights, EfficientAttention
 
@@ -62,12 +62,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument("--model", default=None, help="a local HF classifier")
     parser.add_argument("--text", default=None, help="text to explain")
-    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--max-length", type=max_length, default=256)
     args = parser.parse_args(argv)
     start = time.perf_counter()
 
     clf = load_classifier(args.model)
     model, tokenizer = clf.model, clf.tokenizer
+    if args.text is not None and not args.text.strip():
+        parser.error("--text is empty: give a text, or leave --text out")
     text = args.text or documents(1)[0]
     enc = tokenizer(
         text, return_tensors="pt", truncation=True, max_length=args.max_length

@@ -48,3 +48,26 @@ def test_example_runs(script, tmp_path):
     written = tmp_path / output
     assert written.is_file() and written.stat().st_size > 0, proc.stdout[-2000:]
     assert f"wrote {written}" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "script, args, message",
+    [
+        ("compare_methods.py", ["--fraction", "0"], "must lie in (0, 1]"),
+        ("compare_methods.py", ["--max-length", "1"], "must be at least 3"),
+        ("explain_one.py", ["--text", " "], "--text is empty"),
+    ],
+)
+def test_example_refuses_bad_arguments_at_once(script, args, message, tmp_path):
+    # before any model is loaded: --fraction 0 once failed after all the
+    # work, --max-length 1 and an empty --text were silently ignored
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), "--out", str(tmp_path), *args],
+        cwd=tmp_path,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert not list(tmp_path.iterdir())

@@ -115,17 +115,7 @@ class OutputDir:
 
     def __init__(self, path: Union[str, Path]) -> None:
         self.path = Path(path).expanduser().absolute()
-        if self.path.exists() and not self.path.is_dir():
-            raise OutputDirError(f"output path {self.path} exists and is not a folder")
-        anchor = self.path
-        while not anchor.exists():
-            anchor = anchor.parent
-        if not anchor.is_dir():
-            raise OutputDirError(
-                f"cannot create the output folder {self.path}: {anchor} is not a folder"
-            )
-        if not os.access(anchor, os.W_OK | os.X_OK):
-            raise OutputDirError(f"output folder {self.path} is not writable")
+        anchor = self.check(self.path)
         try:
             self.staging = Path(
                 tempfile.mkdtemp(prefix=".captum-effattn-partial-", dir=anchor)
@@ -134,6 +124,29 @@ class OutputDir:
             raise OutputDirError(
                 f"output folder {self.path} is not writable ({err})"
             ) from None
+
+    @staticmethod
+    def check(path: Union[str, Path]) -> Path:
+        r"""The checks of the constructor without creating anything (for the
+        processes of a distributed run other than the one that writes);
+        returns the nearest existing folder at or above ``path``.
+
+        Raises:
+            OutputDirError: as the constructor.
+        """
+        path = Path(path).expanduser().absolute()
+        if path.exists() and not path.is_dir():
+            raise OutputDirError(f"output path {path} exists and is not a folder")
+        anchor = path
+        while not anchor.exists():
+            anchor = anchor.parent
+        if not anchor.is_dir():
+            raise OutputDirError(
+                f"cannot create the output folder {path}: {anchor} is not a folder"
+            )
+        if not os.access(anchor, os.W_OK | os.X_OK):
+            raise OutputDirError(f"output folder {path} is not writable")
+        return anchor
 
     def commit(self) -> List[Path]:
         r"""Move the staged files into the output folder.
@@ -682,6 +695,11 @@ def _examples_html(result: BenchResult, summary: Dict[str, Any]) -> str:
         "Scores explain the predicted class.</p>",
     ]
     shown = [e for e in result.examples if "tokens" in e]
+    own = {
+        (row["example"], row["method"]): row["value"]
+        for row in result.rows
+        if row["metric"] == "aopc_necessity"
+    }
     for ex in shown:
         parts.append(
             f"<h2>Example {ex['example']} (test index {ex['test_index']})</h2>"
@@ -695,10 +713,16 @@ def _examples_html(result: BenchResult, summary: Dict[str, Any]) -> str:
             if scores is None:
                 continue
             stats = summary["methods"][method]["metrics"]
-            nec = stats.get("aopc_necessity", {}).get("mean")
-            note = (
-                f"<br><small>AOPC nec. {_fmt(nec)}</small>" if nec is not None else ""
-            )
+            mean = stats.get("aopc_necessity", {}).get("mean")
+            value = own.get((ex["example"], method))
+            note = ""
+            if value is not None:  # this example's, then the method's mean
+                note = f"<br><small>AOPC nec. {_fmt(value)}"
+                note += (
+                    f" (mean {_fmt(mean)})</small>" if mean is not None else "</small>"
+                )
+            elif mean is not None:
+                note = f"<br><small>mean AOPC nec. {_fmt(mean)}</small>"
             tokens = _token_html(ex["tokens"], scores, ex.get("special"))
             parts.append(
                 f'<tr><td class="method">{html.escape(METHODS[method].label)}'

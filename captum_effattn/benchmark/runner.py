@@ -423,7 +423,12 @@ def _batch_metrics(
             ):
                 _, share = fn(forward, ids, attr, target, search="binary", **common)
                 out[key] = share
-    seed = _seed_for(config.seed, batch_index, name)
+    # One set of perturbations per batch for every method, so that their
+    # infidelity and sensitivity are compared on the same perturbed inputs
+    # (a seed per method once scored identical attributions 200x apart);
+    # the method's own randomness (LIME) keeps a seed per method.
+    seed = _seed_for(config.seed, batch_index, "perturbations")
+    method_seed = _seed_for(config.seed, batch_index, name)
     b = ids.shape[0]
     if "infidelity" not in skip:
         from captum.metrics import infidelity
@@ -471,7 +476,7 @@ def _batch_metrics(
             m = additional_forward_args[0]
             rep = x.shape[0] // b
             rctx = dict(ctx, special_tokens_mask=special.repeat_interleave(rep, 0))
-            torch.manual_seed(seed)
+            torch.manual_seed(method_seed)
             with torch.enable_grad():  # sensitivity_max runs under no_grad
                 scores = attribute(name, model, forward, x, m, target, **rctx)
             return (scores,) if isinstance(inputs, tuple) else scores

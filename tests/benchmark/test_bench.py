@@ -181,13 +181,36 @@ def test_bench_writes_every_output(first_run):
     page = (out / "examples.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and "<style>" in page
     assert "[CLS]" in page and "rgba(" in page and "Efficient attention" in page
+    # each example shows its own AOPC necessity (once the method's mean for all)
+    rows = read_rows(out / "results.csv")
+    mean = data["methods"]["efficient"]["metrics"]["aopc_necessity"]["mean"]
+    checked = 0
+    for example in sorted({r["example"] for r in rows}, key=int):
+        if f"<h2>Example {example} " not in page:
+            continue  # not kept for display
+        checked += 1
+        own = next(
+            float(r["value"])
+            for r in rows
+            if r["example"] == example
+            and r["method"] == "efficient"
+            and r["metric"] == "aopc_necessity"
+        )
+        section = page.split(f"<h2>Example {example} ")[1].split("</table>")[0]
+        label = section.split("Efficient attention")[1].split("</td>")[0]
+        assert f"AOPC nec. {own:.3f}" in label and f"(mean {mean:.3f})" in label
+    assert checked >= 2
     for png in ("aopc_curves.png", "faithfulness_vs_time.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_bench_is_deterministic(tiny, first_run, tmp_path):
+def test_bench_is_deterministic(tiny, first_run, tmp_path, capsys):
     out = tmp_path / "again"
     assert main(bench_args(tiny, out)) == 0
+    assert "outputs of an earlier run" not in capsys.readouterr().err
+    # the same folder again: its files are replaced, with a note
+    assert main(bench_args(tiny, out)) == 0
+    assert "outputs of an earlier run (results.csv" in capsys.readouterr().err
     assert without_timing(read_rows(out / "results.csv")) == without_timing(
         read_rows(first_run / "results.csv")
     )
@@ -196,6 +219,48 @@ def test_bench_is_deterministic(tiny, first_run, tmp_path):
     assert without_timing(read_rows(other / "results.csv")) != without_timing(
         read_rows(first_run / "results.csv")
     )
+
+
+def test_methods_share_their_perturbations(tiny, tmp_path):
+    # With at most d_h + 1 = 9 tokens efficient attention is raw attention
+    # (closed form), so the two methods must score the same infidelity and
+    # sensitivity: they once drew perturbations of their own (a seed per
+    # method), which put identical attributions up to 200x apart.
+    out = tmp_path / "short"
+    extra = ["--methods", "efficient,attention", "--max-length", "8"]
+    assert main(bench_args(tiny, out, extra=extra)) == 0
+    values: dict = {}
+    for row in read_rows(out / "results.csv"):
+        if row["metric"] in ("infidelity", "sensitivity"):
+            values.setdefault((row["example"], row["metric"]), {})[row["method"]] = (
+                float(row["value"])
+            )
+    assert len(values) == 8  # 4 examples, 2 metrics
+    for key, by_method in values.items():
+        assert by_method["efficient"] == pytest.approx(
+            by_method["attention"], rel=1e-6, abs=1e-9
+        ), key
+
+
+def test_bench_notes_a_model_trained_on_another_split(tiny, tmp_path, capsys):
+    # a model fine-tuned on seed 0's split and tested on seed 1's has seen
+    # some of the test documents: the run says so (it once said nothing)
+    import shutil
+
+    from captum_effattn.benchmark.data import load_dataset
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny["model"], model)
+    name = load_dataset(f"csv:{tiny['csv']}").name
+    (model / "report.json").write_text(
+        json.dumps({"dataset": name, "dataset_options": {"seed": 0}})
+    )
+    args = bench_args(tiny, tmp_path / "out", n=1, extra=["--methods", "random"])
+    args[args.index("--model") + 1] = str(model)
+    assert main(args + ["--seed", "1"]) == 0
+    assert "fine-tuned on the split of --seed 0" in capsys.readouterr().err
+    assert main(args + ["--seed", "0"]) == 0
+    assert "fine-tuned on the split" not in capsys.readouterr().err
 
 
 def _close(a: List[dict], b: List[dict]) -> None:
@@ -254,6 +319,8 @@ def _assert_usage_error(capsys, code: int, needle: str, parent: Path, out: Path)
         (("--dataset", "no-such-data"), "unknown data set 'no-such-data'"),
         (("--methods", "efficient,nope"), "unknown method 'nope'"),
         (("--n", "0"), "must be at least 1"),
+        (("--methods", ""), "no method named"),
+        (("--methods", " , "), "no method named"),
         (("--skip-metrics", "speed"), "unknown metric group"),
     ],
 )
@@ -286,6 +353,13 @@ def test_bench_rejects_unwritable_out(tiny, tmp_path, capsys):
     code = main(bench_args(tiny, out))
     _assert_usage_error(capsys, code, "is not a folder", tmp_path, out)
     assert blocker.read_text() == "not a folder"
+    # a torchrun worker other than rank 0 checks it too: it once went on to
+    # the distributed start-up and waited there for rank 0, which had exited
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RANK", "1")
+        env.setenv("WORLD_SIZE", "2")
+        code = main(bench_args(tiny, out))
+    _assert_usage_error(capsys, code, "is not a folder", tmp_path, out)
 
 
 @pytest.mark.skipif(

@@ -62,3 +62,21 @@ def test_floor_row_times_the_factorisations(speed, tiny_model):
     assert row.examples == b
     assert row.extra["rows"] == layers * b * h * n
     assert row.extra["cholesky_float64"] > 0 and row.extra["cholesky_float32"] > 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--scaling", "abc"], "expected an integer"),
+        (["--memory", "foo"], "LENGTHxBATCH"),
+        (["--memory", "512x0"], "must be at least 1"),
+        (["--length", "1"], "must lie in [3, 512]"),
+        (["--docs", "0"], "must be at least 1"),
+        (["--repeat", "0"], "must be at least 1"),
+    ],
+)
+def test_bad_arguments_are_usage_errors(speed, capsys, args, message):
+    # they once ended in tracebacks mid-run, or (0 documents) ran
+    with pytest.raises(SystemExit) as exc:
+        speed.build_parser().parse_args(args)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
