@@ -187,12 +187,18 @@ def test_a_compiled_model_is_read_through_its_eager_module(tiny_model):
             rtol=0,
         )
         # a forward_func that calls compiled code that has already run skips
-        # the hooks: a clear error, not a silent answer
+        # the hooks (unless dynamo falls back to eager code, e.g. once its
+        # recompilation limit is reached): a clear error or the right answer,
+        # never a silent wrong one
         with torch.no_grad():
             compiled(input_ids=ids, attention_mask=mask)
         explainer = EfficientAttention(_forward(compiled), model=compiled)
-        with pytest.raises(ValueError, match="_orig_mod"):
-            explainer.attribute(ids, additional_forward_args=(mask,))
+        try:
+            got = explainer.attribute(ids, additional_forward_args=(mask,))
+        except ValueError as err:
+            assert "_orig_mod" in str(err)
+        else:
+            torch.testing.assert_close(got, want, atol=0, rtol=0)
     finally:
         torch._dynamo.reset()
 
