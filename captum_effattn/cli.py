@@ -643,6 +643,45 @@ def _bench(
     return 0
 
 
+def _classifier_labels(path: Path) -> Optional[int]:
+    r"""The number of labels of the sequence classifier saved in ``path``;
+    None for a folder without one (a base model, whose head is new)."""
+    import json
+
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not any(
+        str(a).endswith("ForSequenceClassification")
+        for a in config.get("architectures") or []
+    ):
+        return None
+    if config.get("id2label"):
+        return len(config["id2label"])
+    return int(config.get("num_labels", 2))
+
+
+def _label_names(path: Path) -> Optional[List[str]]:
+    r"""The label names of the classifier in ``path``, from its config's
+    ``id2label`` (None when it has none beyond ``LABEL_k``)."""
+    import json
+
+    n = _classifier_labels(path)
+    if n is None:
+        return None
+    try:
+        id2label = json.loads((path / "config.json").read_text()).get("id2label")
+    except (OSError, ValueError):
+        id2label = None
+    if not id2label:
+        return [str(k) for k in range(n)]
+    names = [str(id2label.get(str(k), k)) for k in range(n)]
+    if names == [f"LABEL_{k}" for k in range(n)]:
+        return [str(k) for k in range(n)]
+    return names
+
+
 def _load_model(path: Any, num_labels: int, device: Any) -> Tuple[Any, Any]:
     r""":func:`~captum_effattn.benchmark.models.load_model` with its errors
     (not a model folder, a classifier with another number of labels) as
@@ -671,6 +710,15 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     if args.model is not None and not Path(args.model).is_dir():
         raise CLIError(f"--model {args.model}: no such model folder")
     args.max_length = _check_model(args.model, args.max_length)
+    if args.model is not None:
+        have = _classifier_labels(Path(args.model))
+        if have is not None and have != splits.num_labels:
+            raise CLIError(
+                f"--model {args.model} is a sequence classifier with {have} "
+                f"labels and {args.dataset!r} has {splits.num_labels}; start "
+                "from its base model, or from a classifier with "
+                f"{splits.num_labels} labels"
+            )
     try:
         device = resolve_device(args.device)
     except ValueError as err:
@@ -738,7 +786,15 @@ def _cmd_explain(args: argparse.Namespace) -> int:
             f"`{PROG} finetune --dataset rt-verdict` for a real classifier)"
         )
     report = _held_out_report(path) if path is not None else {}
-    labels = report.get("label_names") or ["0", "1"]
+    labels = report.get("label_names")
+    if not labels and args.model is not None:
+        labels = _label_names(path)  # type: ignore[arg-type]
+        if labels is None:
+            note += (
+                " (no sequence classifier in this folder: its classification "
+                "head is new and untrained, so the prediction means nothing)"
+            )
+    labels = labels or ["0", "1"]
     model, tokenizer = _load_model(path, len(labels), device)
     max_length = _fit_max_length(args.max_length, model.config, tokenizer)
     text = args.text
@@ -757,8 +813,15 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         max_length=max_length,
         return_special_tokens_mask=True,
     )
-    if bool(enc["special_tokens_mask"].all()):
+    special_ids = set(tokenizer.all_special_ids)  # "[SEP]" typed as text too
+    if all(int(t) in special_ids for t in enc["input_ids"][0].tolist()):
         raise CLIError(f"--text {text[:40]!r} has no tokens besides special ones")
+    whole = len(tokenizer(text, add_special_tokens=True)["input_ids"])
+    if whole > enc["input_ids"].shape[1]:
+        note += (
+            f"\nnote: the text has {whole} tokens; only the first "
+            f"{enc['input_ids'].shape[1]} are explained (--max-length)"
+        )
     ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
     try:  # before the model runs: ids beyond its embedding table, ...
         check_token_inputs(ModelAdapter(model), ids, mask)

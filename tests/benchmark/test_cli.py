@@ -120,6 +120,61 @@ def test_explain_on_tiny_model(tiny_model_dir, capsys):
     assert len([ln for ln in lines if ln.strip() and ln.strip()[0].isdigit()]) >= 5
 
 
+def _three_labels(folder: Path, source: Path, names=None) -> Path:
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    kw = {"num_labels": 3} if names is None else {"id2label": dict(enumerate(names))}
+    model = BertForSequenceClassification.from_pretrained(
+        str(source), ignore_mismatched_sizes=True, **kw
+    )
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(source)).save_pretrained(folder)
+    return folder
+
+
+def test_explain_reads_the_classifiers_labels(tiny_model_dir, tmp_path, capsys):
+    # a 3-label classifier once failed to load (2 labels were assumed), and
+    # id2label names were printed as numbers
+    three = _three_labels(tmp_path / "m3", tiny_model_dir, ["neg", "neu", "pos"])
+    assert main(["explain", "--model", str(three), "--text", "A fine film."]) == 0
+    out = capsys.readouterr().out
+    pred = out.split("prediction: ")[1].split(" ")[0]
+    assert pred in ("neg", "neu", "pos")
+    assert "untrained" not in out
+
+
+def test_explain_notes_truncation_and_untrained_heads(tiny_model_dir, tmp_path, capsys):
+    from transformers import BertModel
+
+    base = tmp_path / "base"
+    BertModel.from_pretrained(str(tiny_model_dir)).save_pretrained(base)
+    for name in ("vocab.txt", "tokenizer_config.json", "tokenizer.json"):
+        if (tiny_model_dir / name).exists():
+            (base / name).write_bytes((tiny_model_dir / name).read_bytes())
+    text = " ".join(["a long and rather dull film with one good scene"] * 20)
+    argv = ["explain", "--model", str(base), "--text", text, "--max-length", "64"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "only the first 64 are explained" in out
+    assert "head is new and untrained" in out
+    # special tokens typed as text are not a text either
+    assert main(["explain", "--model", str(base), "--text", "[SEP] [CLS]"]) == 2
+    assert "no tokens besides special ones" in capsys.readouterr().err
+
+
+def test_finetune_refuses_a_classifier_with_other_labels(
+    tiny_model_dir, tmp_path, capsys
+):
+    # it once ended in a size-mismatch traceback (exit 1)
+    three = _three_labels(tmp_path / "m3", tiny_model_dir)
+    data = tmp_path / "two.csv"
+    data.write_text("text,label\n" + "".join(f"t{i},{i % 2}\n" for i in range(20)))
+    argv = ["finetune", "--dataset", f"csv:{data}", "--model", str(three)]
+    assert main(argv + ["--max-train", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "classifier with 3 labels" in err and "has 2" in err
+
+
 @pytest.fixture(scope="module")
 def small_vocab_model_dir(tmp_path_factory) -> Path:
     r"""A tiny BERT with 500 embedding rows, saved with MiniLM's tokenizer
