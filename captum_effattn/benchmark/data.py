@@ -784,6 +784,11 @@ def load_dataset(
         ['1st']
     """
     if name.startswith(CSV_PREFIX):
+        if options:
+            raise TypeError(
+                f"a csv: data set takes no loader options, got {sorted(options)}; "
+                "its settings are the columns of the file (text, label, group)"
+            )
         return load_csv(name[len(CSV_PREFIX) :], seed=seed, test_size=test_size)
     if name not in DATASETS:
         known = ", ".join(DATASETS)

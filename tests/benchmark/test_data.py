@@ -260,6 +260,13 @@ def test_csv_label_of_a_single_group_stays_in_train(tmp_path: Path) -> None:
     assert not {e.group for e in splits.train} & {e.group for e in splits.test}
 
 
+def test_csv_refuses_loader_options(tmp_path: Path) -> None:
+    # they were silently dropped
+    path = _write_csv(tmp_path / "x.csv", [("a", 0), ("b", 1)] * 5, "text,label")
+    with pytest.raises(TypeError, match=r"takes no loader options.*reviews_per_doc"):
+        load_dataset(f"csv:{path}", reviews_per_doc=3)
+
+
 def test_csv_with_int_labels_without_groups(tmp_path: Path) -> None:
     rows = [(f"t{i}", [3, 7][i % 2]) for i in range(40)]
     path = _write_csv(tmp_path / "ints.csv", rows, "text,label")
