@@ -8,6 +8,7 @@ of every example and only for the query rows asked for.
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from dataclasses import dataclass, fields
@@ -860,6 +861,41 @@ def check_algebra_dtype(dtype: Any) -> None:
         )
 
 
+#: Keyword arguments of the public functions themselves (a misspelling of
+#: one would otherwise reach the model's ``**kwargs`` and vanish there).
+_OWN_OPTIONS = (
+    "layers", "rows", "dtype", "rtol", "tol", "max_iter", "device",
+    "return_certificate", "objective", "show_progress",
+)  # fmt: skip
+
+
+def _check_model_kwargs(model: nn.Module, model_kwargs: Dict[str, Any]) -> None:
+    r"""Refuse keyword arguments that are neither our options nor named
+    parameters of ``model.forward``: Hugging Face models take ``**kwargs``
+    and would silently ignore a misspelled option (``max_chunk_bytes``,
+    ``rowz``)."""
+    if not model_kwargs:
+        return
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return
+    named = [
+        name
+        for name, p in params.items()
+        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    ]
+    unknown = sorted(k for k in model_kwargs if k not in named)
+    if unknown:
+        raise TypeError(
+            f"unknown keyword argument(s) {unknown}: neither an option of the "
+            f"attention functions ({', '.join(_OWN_OPTIONS)}) nor a named "
+            f"argument of {type(model).__name__}.forward ({', '.join(named)}), "
+            "to which "
+            "the other keyword arguments go"
+        )
+
+
 def _matrices(
     kind: str,
     model: nn.Module,
@@ -887,6 +923,7 @@ def _matrices(
     ids, mask = ids.to(model_device), mask.to(model_device)
     idx = adapter.layer_indices(layers)
     row_idx = resolve_rows(rows, mask)
+    _check_model_kwargs(model, model_kwargs)
 
     def call() -> Any:
         return model(input_ids=ids, attention_mask=mask.long(), **model_kwargs)

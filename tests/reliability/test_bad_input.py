@@ -220,6 +220,23 @@ def test_model_on_the_meta_device(tiny_model):
             cls(_forward(model), model=model)
 
 
+def test_misspelled_options_are_not_swallowed_by_the_model(tiny_model):
+    # Hugging Face models take **kwargs: a misspelled option (or the
+    # internal solver's max_chunk_bytes) reached them and vanished
+    model = tiny_model("bert")
+    ids, mask = _batch()
+    for fn in (efficient_attention, effective_attention, attention_weights):
+        for bad in (dict(max_chunk_bytes=2**20), dict(rowz=0)):
+            with pytest.raises(TypeError, match="unknown keyword argument"):
+                fn(model, ids, mask, **bad)
+    # the model's own named arguments still pass through
+    zeros = torch.zeros_like(ids)
+    torch.testing.assert_close(
+        efficient_attention(model, ids, mask, token_type_ids=zeros),
+        efficient_attention(model, ids, mask),
+    )
+
+
 def test_inputs_on_the_meta_device(tiny_model):
     # used to fail with "Tensor.item() cannot be called on meta tensors"
     model = tiny_model("bert")
