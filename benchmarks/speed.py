@@ -823,13 +823,9 @@ def _report(
 
 
 def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+    from captum_effattn.cli import _positive_int  # the CLI's own check
+
+    return _positive_int(text)
 
 
 def _length(text: str) -> int:
