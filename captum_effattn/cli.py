@@ -664,7 +664,8 @@ def _classifier_labels(path: Path) -> Optional[int]:
 
 def _label_names(path: Path) -> Optional[List[str]]:
     r"""The label names of the classifier in ``path``, from its config's
-    ``id2label`` (None when it has none beyond ``LABEL_k``)."""
+    ``id2label`` (numbers for the default ``LABEL_k``); None for a folder
+    without a sequence classifier."""
     import json
 
     n = _classifier_labels(path)
@@ -816,7 +817,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     special_ids = set(tokenizer.all_special_ids)  # "[SEP]" typed as text too
     if all(int(t) in special_ids for t in enc["input_ids"][0].tolist()):
         raise CLIError(f"--text {text[:40]!r} has no tokens besides special ones")
-    whole = len(tokenizer(text, add_special_tokens=True)["input_ids"])
+    whole = len(tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"])
     if whole > enc["input_ids"].shape[1]:
         note += (
             f"\nnote: the text has {whole} tokens; only the first "
