@@ -483,6 +483,24 @@ def _deleting_forward(
     return forward
 
 
+def _masked_deletion(
+    forward_func: Callable[..., Any],
+    input_ids: Tensor,
+    attention_mask: Optional[Tensor],
+    mode: str,
+    padding_side: Optional[str],
+    function_to_apply: str,
+) -> Tuple[Callable[..., Any], Optional[Tensor]]:
+    r"""``(forward_func, attention_mask)`` for the metrics: as given, except
+    in ``"delete"`` mode without a mask, where the metrics run with a mask of
+    ones and :func:`_deleting_forward` gives the model the shorter texts."""
+    if attention_mask is not None or mode != "delete":
+        return forward_func, attention_mask
+    side = _padding_side(padding_side, torch.ones_like(input_ids, dtype=torch.bool))
+    forward = _deleting_forward(forward_func, side, function_to_apply)
+    return forward, torch.ones_like(input_ids)
+
+
 def _select_rows(arg: Any, index: Tensor, n_examples: int) -> Any:
     r"""Rows ``index`` of a per-example tensor argument (first dim == batch);
     anything else is passed through unchanged."""

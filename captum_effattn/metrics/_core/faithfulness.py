@@ -71,11 +71,11 @@ from captum_effattn.metrics._core.erase import (
     _check_fraction,
     _check_function_to_apply,
     _content_mask,
-    _deleting_forward,
     _erase,
     _format_additional_forward_args,
     _forward_rows,
     _keep_mask,
+    _masked_deletion,
     _num_tokens,
     _padding_side,
     _probabilities,
@@ -168,10 +168,10 @@ def _erasure_curve(
         padding_side, real if attention_mask is None else real & (attention_mask != 0)
     )
     args = _format_additional_forward_args(additional_forward_args)
-    if attention_mask is None and mode == "delete":
-        # no mask to hide new padding: drop the tokens from the text itself
-        attention_mask = torch.ones_like(ids)
-        forward_func = _deleting_forward(forward_func, side, function_to_apply)
+    # no mask to hide new padding: "delete" drops the tokens from the text
+    forward_func, attention_mask = _masked_deletion(
+        forward_func, ids, attention_mask, mode, padding_side, function_to_apply
+    )
     n_examples, seq_len = ids.shape
     n_fracs = len(fractions)
 

@@ -27,10 +27,10 @@ from captum_effattn.metrics._core.erase import (
     _check_batch_size,
     _check_function_to_apply,
     _content_mask,
-    _deleting_forward,
     _eval_mode,
     _format_additional_forward_args,
     _forward_rows,
+    _masked_deletion,
     _padding_side,
     _select_rows,
     _validate_token_inputs,
@@ -100,11 +100,10 @@ def _minimal_size(
     _check_batch_size(batch_size)
     _check_function_to_apply(function_to_apply)
     args = _format_additional_forward_args(additional_forward_args)
-    if attention_mask is None and mode == "delete":
-        # no mask to hide new padding: drop the tokens from the text itself
-        side = _padding_side(padding_side, torch.ones_like(ids, dtype=torch.bool))
-        attention_mask = torch.ones_like(ids)
-        forward_func = _deleting_forward(forward_func, side, function_to_apply)
+    # no mask to hide new padding: "delete" drops the tokens from the text
+    forward_func, attention_mask = _masked_deletion(
+        forward_func, ids, attention_mask, mode, padding_side, function_to_apply
+    )
     n_examples = ids.shape[0]
     n_content = _content_mask(ids, attention_mask, special).sum(dim=1)
 
