@@ -643,9 +643,11 @@ def _bench(
     return 0
 
 
-def _classifier_labels(path: Path) -> Optional[int]:
-    r"""The number of labels of the sequence classifier saved in ``path``;
-    None for a folder without one (a base model, whose head is new)."""
+def _label_names(path: Path) -> Optional[List[str]]:
+    r"""The label names of the sequence classifier saved in ``path``, one
+    per label, from its config's ``id2label`` (numbers for the default
+    ``LABEL_k``); None for a folder without one (a base model, whose head is
+    new)."""
     import json
 
     try:
@@ -657,26 +659,8 @@ def _classifier_labels(path: Path) -> Optional[int]:
         for a in config.get("architectures") or []
     ):
         return None
-    if config.get("id2label"):
-        return len(config["id2label"])
-    return int(config.get("num_labels", 2))
-
-
-def _label_names(path: Path) -> Optional[List[str]]:
-    r"""The label names of the classifier in ``path``, from its config's
-    ``id2label`` (numbers for the default ``LABEL_k``); None for a folder
-    without a sequence classifier."""
-    import json
-
-    n = _classifier_labels(path)
-    if n is None:
-        return None
-    try:
-        id2label = json.loads((path / "config.json").read_text()).get("id2label")
-    except (OSError, ValueError):
-        id2label = None
-    if not id2label:
-        return [str(k) for k in range(n)]
+    id2label = config.get("id2label") or {}
+    n = len(id2label) if id2label else int(config.get("num_labels", 2))
     names = [str(id2label.get(str(k), k)) for k in range(n)]
     if names == [f"LABEL_{k}" for k in range(n)]:
         return [str(k) for k in range(n)]
@@ -712,7 +696,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         raise CLIError(f"--model {args.model}: no such model folder")
     args.max_length = _check_model(args.model, args.max_length)
     if args.model is not None:
-        have = _classifier_labels(Path(args.model))
+        names = _label_names(Path(args.model))
+        have = None if names is None else len(names)
         if have is not None and have != splits.num_labels:
             raise CLIError(
                 f"--model {args.model} is a sequence classifier with {have} "

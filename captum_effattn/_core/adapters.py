@@ -227,10 +227,11 @@ def unwrap_model(model: Any) -> Any:
     while True:
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
             model = model.module
-        elif _compiled_inner(model) is not None:
-            model = _compiled_inner(model)
-        else:
+            continue
+        inner = _compiled_inner(model)
+        if inner is None:
             return model
+        model = inner
 
 
 @contextlib.contextmanager
