@@ -16,7 +16,9 @@ concatenated and cut to exactly ``--length`` tokens):
 * Captum ``LayerIntegratedGradients`` on the embeddings (50 steps, internal
   batch 50) and Captum ``Lime`` on tokens (500 samples, 50 per evaluation);
 
-then how ``efficient_attention`` (all rows) grows with the length n, and the
+then how ``efficient_attention`` (all rows) grows with the length n (and,
+with ``--batches``, how the per-example times change with the batch size: on
+a GPU, where the solver's cost is mostly kernel launches, they fall), and the
 peak memory of ``efficient_attention`` on long inputs (each measured in a
 fresh process). The classification head of the packaged MiniLM is random,
 which does not change any timing.
@@ -236,6 +238,12 @@ def _time_methods(
         special |= ids[:k] == sid
     pad_id = tokenizer.pad_token_id or 0
     lig = LayerIntegratedGradients(fwd, model.base_model.embeddings)
+    # a short call first, out of the timing: on a GPU the first backward
+    # pass loads its kernels
+    lig.attribute(
+        ids[:1], baselines=torch.where(special[:1], ids[:1], pad_id),
+        target=int(target[0]), additional_forward_args=(mask[:1],), n_steps=2,
+    )  # fmt: skip
     start = time.perf_counter()
     for i in range(k):
         lig.attribute(
@@ -261,6 +269,10 @@ def _time_methods(
     mask_id = tokenizer.mask_token_id if tokenizer.mask_token_id is not None else pad_id
     lime = Lime(fwd)
     feature = torch.arange(n, device=device)[None]
+    lime.attribute(
+        ids[:1], baselines=mask_id, target=int(target[0]),
+        additional_forward_args=(mask[:1],), feature_mask=feature, n_samples=2,
+    )  # fmt: skip
     start = time.perf_counter()
     for i in range(k):
         lime.attribute(
@@ -530,6 +542,48 @@ def _scaling(
     return out
 
 
+def _batch_growth(
+    model: nn.Module,
+    tokenizer: Any,
+    sizes: Sequence[int],
+    args: argparse.Namespace,
+    device: torch.device,
+    log: Callable[[str], None],
+) -> List[Dict[str, Any]]:
+    r"""Per-example times at several batch sizes: on a GPU the solver's cost
+    is mostly a fixed number of kernel launches per call, so it shrinks per
+    example as the batch grows (on a CPU it hardly does)."""
+    from captum_effattn import EfficientAttention, efficient_attention
+
+    all_ids, all_mask = real_token_batch(tokenizer, max(sizes), args.length)
+    all_ids, all_mask = all_ids.to(device), all_mask.to(device)
+    explainer = EfficientAttention(_forward_func(model), model=model)
+    out = []
+    for b in sizes:
+        ids, mask = all_ids[:b], all_mask[:b]
+
+        def forward() -> None:
+            with torch.no_grad():
+                model(input_ids=ids, attention_mask=mask, output_attentions=True)
+
+        def attribute() -> None:
+            explainer.attribute(ids, additional_forward_args=(mask,))
+
+        t_fwd = _time(forward, device, args.repeat) / b
+        t_att = _time(attribute, device, args.repeat) / b
+        row: Dict[str, Any] = {"batch": b, "forward": t_fwd, "attribute": t_att}
+        if b <= args.batch_full_max:
+            start = time.perf_counter()
+            _, cert = efficient_attention(model, ids, mask, return_certificate=True)
+            _sync(device)
+            row["full"] = (time.perf_counter() - start) / b
+            row["certificate_ok"] = cert.ok(rtol=1e-6)
+        out.append(row)
+        full = f", full {row['full']:.3f}" if "full" in row else ""
+        log(f"batch {b}: forward {t_fwd:.4f}, attribute {t_att:.4f}{full} s/example")
+    return out
+
+
 # ----------------------------------------------------------------------------
 # memory (measured in a fresh process each)
 
@@ -687,6 +741,7 @@ def _report(
     args: argparse.Namespace,
     device: torch.device,
     length: int,
+    batches: Sequence[Dict[str, Any]] = (),
 ) -> str:
     by = {r.name: r for r in rows}
     fwd = by["forward"].per_example
@@ -783,6 +838,25 @@ def _report(
                 f"{s['attribute_vs_forward']:.2f} | {_fmt(s['full'])} | "
                 f"{s['full_vs_forward']:.1f} | {s['max_iterations']} |"
             )
+    if batches:
+        lines += [
+            "",
+            f"## Growth with the batch size (per example, {length} tokens)",
+            "",
+            "| batch | forward | attribute default | × forward | all rows "
+            "| × forward |",
+            "|---|---|---|---|---|---|",
+        ]
+        for g in batches:
+            full = (
+                f"{_fmt(g['full'])} | {g['full'] / g['forward']:.1f}"
+                if "full" in g
+                else "not run | "
+            )
+            lines.append(
+                f"| {g['batch']} | {_fmt(g['forward'])} | {_fmt(g['attribute'])} | "
+                f"{g['attribute'] / g['forward']:.2f} | {full} |"
+            )
     if memory:
         lines += [
             "",
@@ -838,6 +912,15 @@ def _length(text: str) -> int:
 def _lengths(text: str) -> str:
     for item in (v for v in text.split(",") if v):
         _length(item)
+    return text
+
+
+def _counts(text: str) -> str:
+    items = [v for v in text.split(",") if v]
+    if not items:
+        raise argparse.ArgumentTypeError("expected sizes such as 16,64,256")
+    for item in items:
+        _count(item)
     return text
 
 
@@ -913,6 +996,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--scaling-docs", type=_count, default=1)
     parser.add_argument(
+        "--batches",
+        type=_counts,
+        default=None,
+        help="batch sizes for a growth table of forward, attribute and all rows "
+        "(e.g. 16,64,256; default none)",
+    )
+    parser.add_argument(
+        "--batch-full-max",
+        type=_count,
+        default=64,
+        help="the largest batch of the --batches table that also times all rows "
+        "(default 64)",
+    )
+    parser.add_argument(
         "--memory",
         type=_memory_spec,
         default=None,
@@ -970,8 +1067,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log(f"{ids.shape[0]} documents of {args.length} tokens on {device}")
     rows = _time_methods(model, tokenizer, ids, mask, args, device, log)
     scaling = _scaling(model, tokenizer, lengths, args, device, log)
+    sizes = [int(v) for v in (args.batches or "").split(",") if v]
+    batches = _batch_growth(model, tokenizer, sizes, args, device, log) if sizes else []
     memory = _memory(tokenizer, configs, args, log)
-    text = _report(rows, scaling, memory, args, device, args.length)
+    text = _report(rows, scaling, memory, args, device, args.length, batches)
     print(text)
     if args.markdown:
         with open(args.markdown, "w") as fh:
@@ -980,7 +1079,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with open(args.json, "w") as fh:
             json.dump(
                 {"rows": [asdict(r) for r in rows], "scaling": scaling,
-                 "memory": memory,
+                 "batches": batches, "memory": memory,
                  "machine": _machine(device), "argv": list(argv or sys.argv[1:])},
                 fh, indent=2,
             )  # fmt: skip

@@ -16,6 +16,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+#: Set to ``cpu`` to run the ``gpu`` tests on the CPU (a dry run of the GPU
+#: checks before a GPU is at hand; they then compare the CPU with itself).
+GPU_TESTS_DEVICE_ENV = "CAPTUM_EFFATTN_GPU_TESTS_DEVICE"
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--runslow", action="store_true", default=False, help="also run slow tests"
@@ -33,13 +38,21 @@ def pytest_collection_modifyitems(
     config: pytest.Config, items: List[pytest.Item]
 ) -> None:
     skip_gpu = pytest.mark.skip(reason="needs CUDA")
+    dry_run = os.environ.get(GPU_TESTS_DEVICE_ENV) == "cpu"
     skip_slow = pytest.mark.skip(reason="slow: run with --runslow or -m slow")
     slow = _slow_requested(config)
     for item in items:
-        if "gpu" in item.keywords and not torch.cuda.is_available():
+        if "gpu" in item.keywords and not (torch.cuda.is_available() or dry_run):
             item.add_marker(skip_gpu)
         if "slow" in item.keywords and not slow:
             item.add_marker(skip_slow)
+
+
+@pytest.fixture
+def gpu_device() -> torch.device:
+    r"""The device of the ``gpu`` tests: CUDA, or the CPU for a dry run
+    (``CAPTUM_EFFATTN_GPU_TESTS_DEVICE=cpu``)."""
+    return torch.device(os.environ.get(GPU_TESTS_DEVICE_ENV) or "cuda")
 
 
 @pytest.fixture(scope="session")

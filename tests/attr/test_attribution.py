@@ -258,14 +258,14 @@ def test_float_ids_and_wrong_model(setup, tiny_model):
 
 
 @pytest.mark.gpu
-def test_runs_on_cuda(setup):
+def test_runs_on_cuda(setup, gpu_device):
     model, ids, mask = setup
-    model_cuda = model.to("cuda")
+    model_cuda = model.to(gpu_device)
     try:
         out = EfficientAttention(_forward(model_cuda), model=model_cuda).attribute(
-            ids.cuda(), additional_forward_args=(mask.cuda(),)
+            ids.to(gpu_device), additional_forward_args=(mask.to(gpu_device),)
         )
-        assert out.device.type == "cuda"
+        assert out.device.type == gpu_device.type
     finally:
         model.to("cpu")
     ref = EfficientAttention(_forward(model), model=model).attribute(

@@ -304,6 +304,40 @@ def test_torchrun_two_processes_match_single(tiny, first_run, tmp_path):
     assert meta["processes"] == 2
 
 
+@pytest.mark.gpu
+def test_bench_on_the_gpu_matches_the_cpu(tiny, first_run, tmp_path, gpu_device):
+    # The same run on the device: the same rows, and the same numbers for the
+    # methods without random draws. The erasure metrics rank tokens, and
+    # scores that tie on the CPU (exact zeros off an efficient support) can
+    # come out 1e-17 apart on the GPU, so those are compared per method
+    # through their means; Lime and random draw on the device's generator.
+    out = tmp_path / "gpu"
+    args = bench_args(tiny, out)
+    args[args.index("--threads") : args.index("--threads") + 2] = []
+    assert main(args + ["--device", str(gpu_device)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
+    dev, cpu = read_rows(out / "results.csv"), read_rows(first_run / "results.csv")
+    key = ("example", "method", "metric")
+    assert [tuple(r[k] for k in key) for r in dev] == [
+        tuple(r[k] for k in key) for r in cpu
+    ]
+    means: dict = {}
+    for d, c in zip(dev, cpu):
+        assert d["prediction"] == c["prediction"] and d["n_tokens"] == c["n_tokens"]
+        if d["method"] in ("lime", "random") or d["metric"] in (
+            "infidelity", "sensitivity", "seconds",
+        ):  # fmt: skip
+            continue
+        pair = means.setdefault((d["method"], d["metric"]), [0.0, 0.0])
+        pair[0] += float(d["value"] or 0.0)
+        pair[1] += float(c["value"] or 0.0)
+    assert len(means) >= 10
+    for name, (d_sum, c_sum) in means.items():
+        assert d_sum == pytest.approx(c_sum, abs=0.05 * 4), name
+    meta = json.loads((out / "results.json").read_text())["meta"]
+    assert meta["device"].startswith(gpu_device.type)
+
+
 # ------------------------------------------------------------------ bad input
 def _assert_usage_error(capsys, code: int, needle: str, parent: Path, out: Path):
     err = capsys.readouterr().err

@@ -10,15 +10,19 @@ import pytest
 import torch
 from effattn_testing import random_batch
 
-from captum_effattn import EfficientAttention, efficient_attention
+from captum_effattn import (
+    EfficientAttention,
+    effective_attention,
+    efficient_attention,
+)
 from captum_effattn._core.solver import head_bases, min_norm_simplex_solve
 
 pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture
-def device() -> torch.device:
-    return torch.device("cuda")
+def device(gpu_device) -> torch.device:
+    return gpu_device
 
 
 def _problem(groups: int, n: int, dh: int, rows: int, seed: int, temp: float):
@@ -121,3 +125,107 @@ def test_real_minilm_document_on_gpu(device, minilm, real_batch):
         model.to("cpu")
     assert cert.ok(rtol=1e-6), str(cert)
     torch.testing.assert_close(e_gpu.cpu(), e_cpu, atol=1e-4, rtol=0)
+
+
+# ------------------------------------------------ the rest of the product
+# Each check below runs one public entry point on the device and on the CPU
+# and asks for the CPU's answer (to the float32 model's rounding, ~1e-6).
+
+
+def _on(model, device):
+    r"""The model moved to ``device``; the caller moves it back."""
+    return model.to(device)
+
+
+def _forward(model):
+    def forward(ids, mask):
+        return model(input_ids=ids, attention_mask=mask).logits
+
+    return forward
+
+
+def test_float32_algebra_certifies(device, tiny_model):
+    model = tiny_model("bert")
+    ids, mask = random_batch(2, 40, lengths=[40, 31], seed=5)
+    e64 = efficient_attention(model, ids, mask)
+    _on(model, device)
+    try:
+        e32, cert = efficient_attention(
+            model, ids.to(device), mask.to(device), dtype=torch.float32,
+            return_certificate=True,
+        )  # fmt: skip
+    finally:
+        model.to("cpu")
+    assert e32.dtype == torch.float32 and e32.device.type == device.type
+    assert cert.ok(), str(cert)
+    torch.testing.assert_close(e32.cpu().double(), e64, atol=1e-3, rtol=0)
+
+
+def test_sparse_objective_and_effective_attention(device, tiny_model):
+    model = tiny_model("bert")
+    ids, mask = random_batch(2, 30, lengths=[30, 24], seed=6)
+    sparse_cpu = efficient_attention(model, ids, mask, objective="sparse", layers=0)
+    eff_cpu = effective_attention(model, ids, mask)
+    _on(model, device)
+    try:
+        sparse, cert = efficient_attention(
+            model, ids.to(device), mask.to(device), objective="sparse", layers=0,
+            return_certificate=True,
+        )  # fmt: skip
+        eff = effective_attention(model, ids.to(device), mask.to(device))
+    finally:
+        model.to("cpu")
+    assert cert.ok(rtol=1e-6), str(cert)
+    # the sparse vertex can differ where several vertices tie; its row sums,
+    # support sizes and output equivalence (the certificate) must not
+    torch.testing.assert_close(sparse.sum(-1).cpu(), sparse_cpu.sum(-1))
+    assert bool((sparse.cpu() > 0).sum(-1).le(sparse_cpu.gt(0).sum(-1) + 2).all())
+    torch.testing.assert_close(eff.cpu(), eff_cpu, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "cls, options",
+    [
+        ("EfficientAttention", dict(layer=0, query="all", weighting="gradient")),
+        ("EfficientAttention", dict(layer="gradient_rollout")),
+        ("EfficientAttention", dict(layer="mean", heads=[0, 2])),
+        ("AttentionRollout", dict()),
+        ("EffectiveAttention", dict(layer=-1)),
+    ],
+)
+def test_attribution_modes_match_cpu(device, tiny_model, cls, options):
+    import captum_effattn
+
+    model = tiny_model("bert")
+    ids, mask = random_batch(3, 26, lengths=[26, 19, 23], seed=7)
+    explainer = getattr(captum_effattn, cls)(_forward(model), model=model)
+    cpu = explainer.attribute(ids, target=1, additional_forward_args=(mask,), **options)
+    _on(model, device)
+    try:
+        dev = explainer.attribute(
+            ids.to(device), target=1, additional_forward_args=(mask.to(device),),
+            **options,
+        )  # fmt: skip
+    finally:
+        model.to("cpu")
+    assert dev.device.type == device.type and dev.shape == cpu.shape
+    scale = float(cpu.abs().max())
+    torch.testing.assert_close(dev.cpu(), cpu, atol=1e-4 * max(scale, 1.0), rtol=0)
+
+
+def test_support_test_matches_cpu(device, tiny_model):
+    from captum_effattn import attention_support_test
+
+    model = tiny_model("bert")
+    ids, mask = random_batch(2, 30, lengths=[30, 25], seed=8)
+    cpu = attention_support_test(model, ids, mask, target=1)
+    _on(model, device)
+    try:
+        dev = attention_support_test(model, ids.to(device), mask.to(device), target=1)
+    finally:
+        model.to("cpu")
+    assert dev.certificate.ok(rtol=1e-6), str(dev.certificate)
+    for name in ("p_full", "p_efficient", "sufficiency", "necessity"):
+        torch.testing.assert_close(
+            getattr(dev, name).cpu(), getattr(cpu, name), atol=1e-4, rtol=0
+        )

@@ -355,3 +355,19 @@ def test_step_length_is_the_largest_feasible_step_up_to_one():
     torch.testing.assert_close(step, ratio.amin(-1).clamp(max=1.0))
     assert bool((step[:10] == 1.0).all())
     assert float((v + step[:, None] * dv).min()) >= -1e-15
+
+
+@pytest.mark.parametrize(
+    "free, expected",
+    [
+        (140 * 2**30, 16 * 2**30),  # an H200: the cap
+        (40 * 2**30, 5 * 2**30),  # an eighth of the free memory
+        (1 * 2**30, 256 * 2**20),  # never below the CPU's budget
+    ],
+)
+def test_chunk_budget_on_cuda(monkeypatch, free, expected):
+    # fewer chunks are faster on a GPU (each runs the whole loop of kernel
+    # launches), within an eighth of the free memory
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free, 2 * free))
+    assert solver._default_chunk_bytes(torch.device("cuda")) == expected
+    assert solver._default_chunk_bytes(torch.device("cpu")) == 256 * 2**20
