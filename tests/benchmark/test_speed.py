@@ -73,6 +73,8 @@ def test_floor_row_times_the_factorisations(speed, tiny_model):
         (["--length", "1"], "must lie in [3, 512]"),
         (["--docs", "0"], "must be at least 1"),
         (["--repeat", "0"], "must be at least 1"),
+        (["--batches", "16,0"], "must be at least 1"),
+        (["--batches", ","], "expected sizes"),
     ],
 )
 def test_bad_arguments_are_usage_errors(speed, capsys, args, message):
@@ -80,3 +82,28 @@ def test_bad_arguments_are_usage_errors(speed, capsys, args, message):
     with pytest.raises(SystemExit) as exc:
         speed.build_parser().parse_args(args)
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_batch_growth_table(speed, minilm):
+    # --batches: per-example times at each batch size, all rows only up to
+    # --batch-full-max, and a table in the report
+    model, tokenizer = minilm
+    args = speed.build_parser().parse_args(
+        ["--batches", "1,2", "--batch-full-max", "1", "--length", "16", "--repeat", "1"]
+    )
+    rows = speed._batch_growth(
+        model, tokenizer, [1, 2], args, torch.device("cpu"), lambda text: None
+    )
+    assert [r["batch"] for r in rows] == [1, 2]
+    assert "full" in rows[0] and rows[0]["certificate_ok"] and "full" not in rows[1]
+    assert all(r["forward"] > 0 and r["attribute"] > 0 for r in rows)
+    table = [
+        speed.Row("forward", "", 1.0, 1),
+        speed.Row("EfficientAttention.attribute", "", 2.0, 1),
+        speed.Row("efficient_attention", "", 3.0, 1),
+        speed.Row("LayerIntegratedGradients", "", 4.0, 1),
+        speed.Row("Lime", "", 5.0, 1),
+    ]
+    text = speed._report(table, [], [], args, torch.device("cpu"), 16, rows)
+    assert "## Growth with the batch size (per example, 16 tokens)" in text
+    assert "| 2 |" in text and "not run" in text
