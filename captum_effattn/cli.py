@@ -763,7 +763,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         path: Optional[Path] = Path(args.model)
         note = f"model: {path}"
     else:
-        path = find_cached_model("rt-verdict")
+        # the split of the default document: a model fine-tuned on another
+        # seed's split may have trained on it
+        path = find_cached_model("rt-verdict", seed=0)
         note = (
             f"model: all-MiniLM-L6-v2 fine-tuned on rt-verdict ({path})"
             if path is not None
@@ -792,6 +794,12 @@ def _cmd_explain(args: argparse.Namespace) -> int:
             "\ntext: the first rt-verdict test document (5 reviews of one "
             f"movie; majority verdict: {gold})"
         )
+        trained = (report.get("dataset_options") or {}).get("seed")
+        if trained is not None and trained != 0:
+            note += (
+                f" (the model was fine-tuned on the split of seed {trained}, "
+                "so this document may be one of its training documents)"
+            )
     enc = tokenizer(
         text,
         return_tensors="pt",

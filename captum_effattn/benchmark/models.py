@@ -613,7 +613,9 @@ def get_or_finetune(
 
 
 def find_cached_model(
-    dataset: str = "rt-verdict", cache: Optional[Union[str, Path]] = None
+    dataset: str = "rt-verdict",
+    cache: Optional[Union[str, Path]] = None,
+    seed: Optional[int] = None,
 ) -> Optional[Path]:
     r"""The newest complete cached fine-tuned model of a data set, if any.
 
@@ -625,6 +627,10 @@ def find_cached_model(
         dataset (str, optional): a data set name. Default: ``"rt-verdict"``
         cache (str or Path, optional): the folder holding cached models.
                     Default: ``cache_dir() / "models"``
+        seed (int, optional): prefer the models fine-tuned on the split of
+                    this seed (whose test documents they never saw); the
+                    newest of any split when none was. Default: None (the
+                    newest of any split)
 
     Returns:
         Path or None: the model folder (load it with :func:`load_model`), or
@@ -632,7 +638,7 @@ def find_cached_model(
 
     Examples::
 
-        >>> path = find_cached_model("rt-verdict")
+        >>> path = find_cached_model("rt-verdict", seed=0)
         >>> model, tokenizer = load_model(path) if path else load_model()
     """
     root = Path(cache).expanduser() if cache is not None else cache_dir() / "models"
@@ -643,4 +649,18 @@ def find_cached_model(
         for p in root.glob(f"{dataset}-*")
         if (p / REPORT_FILE).is_file() and (p / "config.json").is_file()
     ]
+    if seed is not None:
+        same = [p for p in found if _split_seed(p) == seed]
+        found = same or found
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def _split_seed(path: Path) -> Optional[int]:
+    r"""The seed of the split a cached model was fine-tuned on, from its
+    ``report.json`` (None when unreadable)."""
+    try:
+        report = json.loads((path / REPORT_FILE).read_text())
+        seed = (report.get("dataset_options") or {}).get("seed")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return seed if isinstance(seed, int) else None

@@ -143,6 +143,25 @@ def test_explain_reads_the_classifiers_labels(tiny_model_dir, tmp_path, capsys):
     assert "untrained" not in out
 
 
+def test_explain_default_document_notes_another_split(tiny_model_dir, tmp_path, capsys):
+    # without --text explain reads the first test document of seed 0's
+    # split, which a model fine-tuned on another split may have trained on
+    import json
+    import shutil
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "seed1")
+    report = {"dataset": "rt-verdict", "dataset_options": {"seed": 1}}
+    (folder / "report.json").write_text(json.dumps(report))
+    assert main(["explain", "--model", str(folder), "--max-length", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "the first rt-verdict test document" in out
+    assert "fine-tuned on the split of seed 1" in out
+    report["dataset_options"]["seed"] = 0
+    (folder / "report.json").write_text(json.dumps(report))
+    assert main(["explain", "--model", str(folder), "--max-length", "64"]) == 0
+    assert "fine-tuned on the split of seed" not in capsys.readouterr().out
+
+
 def test_explain_notes_truncation_and_untrained_heads(tiny_model_dir, tmp_path, capsys):
     from transformers import BertModel
 

@@ -4,6 +4,7 @@ packaged MiniLM (``slow``)."""
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any, Dict, Iterator
@@ -198,3 +199,29 @@ def test_minilm_finetunes_above_chance(tmp_path: Path) -> None:
     assert (Path(report["path"]) / "report.json").is_file()
     assert model.config.num_hidden_layers == 6
     assert report["accuracy"] > max(0.6, report["majority_accuracy"])
+
+
+def test_find_cached_model_prefers_the_split_of_a_seed(tmp_path: Path) -> None:
+    # explain and the examples read seed 0's test documents: a newer model
+    # fine-tuned on another seed's split may have trained on them
+    from captum_effattn.benchmark.models import find_cached_model
+
+    def cached(name: str, seed: object, mtime: int) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text("{}")
+        report = {"dataset": "rt-verdict", "dataset_options": {"seed": seed}}
+        (folder / "report.json").write_text(json.dumps(report))
+        os.utime(folder, (mtime, mtime))
+        return folder
+
+    old = cached("rt-verdict-aaa", 0, 1_000)
+    new = cached("rt-verdict-bbb", 1, 2_000)
+    cached("rt-snippets-ccc", 0, 3_000)  # another data set
+    assert find_cached_model("rt-verdict", tmp_path) == new
+    assert find_cached_model("rt-verdict", tmp_path, seed=0) == old
+    assert find_cached_model("rt-verdict", tmp_path, seed=1) == new
+    assert find_cached_model("rt-verdict", tmp_path, seed=5) == new  # none: newest
+    (old / "report.json").write_text("not json")
+    assert find_cached_model("rt-verdict", tmp_path, seed=0) == new
+    assert find_cached_model("rt-verdict", tmp_path / "none", seed=0) is None
