@@ -459,6 +459,7 @@ def _check_model(path: Optional[str], max_length: Optional[int]) -> Optional[int
 def _cmd_bench(args: argparse.Namespace) -> int:
     from captum_effattn.benchmark.methods import default_methods
     from captum_effattn.benchmark.report import OUTPUT_FILES, OutputDir, OutputDirError
+    from captum_effattn.benchmark.runner import METRIC_GROUPS
 
     methods = args.methods or default_methods()
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -483,6 +484,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                 f"note: {out.path} holds the outputs of an earlier run "
                 f"({', '.join(old)}); this run replaces them when it ends"
             )
+    if rank == 0 and set(args.skip_metrics) >= set(METRIC_GROUPS):
+        _err(
+            "note: every metric group is skipped: results.csv will hold no "
+            "rows; the attribution times are in summary.md and results.json"
+        )
     # SIGTERM (timeout, Slurm, torchrun stopping its workers) becomes
     # SystemExit, so that the staging folder is removed as for Ctrl-C
     previous = _exit_on_sigterm()

@@ -242,6 +242,27 @@ def test_methods_share_their_perturbations(tiny, tmp_path):
         ), key
 
 
+def test_bench_timing_only_run(tiny, tmp_path, capsys):
+    # every metric group skipped: a timing-only run, with a note that the
+    # times are not in results.csv (which once held only its header, unsaid)
+    out = tmp_path / "times"
+    skip = ["--skip-metrics", "erasure,aopc,minimal,infidelity,sensitivity"]
+    assert main(bench_args(tiny, out, extra=skip)) == 0
+    assert "results.csv will hold no rows" in capsys.readouterr().err
+    assert read_rows(out / "results.csv") == []
+    summary = (out / "summary.md").read_text()
+    for method in METHODS.split(","):
+        assert f"| `{method}` | 0." in summary
+    methods = json.loads((out / "results.json").read_text())["methods"]
+    assert set(methods) == set(METHODS.split(","))
+    assert all(
+        m["seconds_per_example"] > 0 and not m["metrics"] for m in methods.values()
+    )
+    some = ["--skip-metrics", "aopc", "--methods", "random"]
+    assert main(bench_args(tiny, tmp_path / "some", extra=some)) == 0
+    assert "will hold no rows" not in capsys.readouterr().err
+
+
 def test_bench_notes_a_model_trained_on_another_split(tiny, tmp_path, capsys):
     # a model fine-tuned on seed 0's split and tested on seed 1's has seen
     # some of the test documents: the run says so (it once said nothing)
