@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -297,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=4,
         help="examples shown in examples.html",
     )
+    bench.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the finished batches that an interrupted run with the same "
+        f"settings left in OUT/{CHECKPOINT_DIR}",
+    )
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
     _threads_option(bench)
 
@@ -489,18 +496,40 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             "note: every metric group is skipped: results.csv will hold no "
             "rows; the attribution times are in summary.md and results.json"
         )
+    checkpoint = Path(args.out).expanduser().absolute() / CHECKPOINT_DIR
+    if rank == 0 and not args.resume and _saved_batches(checkpoint):
+        _err(
+            f"note: {checkpoint} holds {_saved_batches(checkpoint)} finished "
+            "batch(es) of an interrupted run; --resume would reuse those that "
+            "match this run's settings (this run computes them again)"
+        )
     # SIGTERM (timeout, Slurm, torchrun stopping its workers) becomes
     # SystemExit, so that the staging folder is removed as for Ctrl-C
     previous = _exit_on_sigterm()
     try:
-        return _bench(args, methods, out, rank, world)
+        return _bench(args, methods, out, rank, world, checkpoint)
     except BaseException:
         if out is not None:
             out.discard()
+            saved = _saved_batches(checkpoint)
+            if saved:
+                _err(
+                    f"note: {saved} finished batch(es) are kept in {checkpoint}: "
+                    "run the same command with --resume to skip them"
+                )
         raise
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+#: The folder inside ``--out`` where ``bench`` saves each finished batch
+#: until the run has written its outputs (for ``--resume``).
+CHECKPOINT_DIR = ".bench-checkpoint"
+
+
+def _saved_batches(folder: Path) -> int:
+    return len(list(folder.glob("batch-*.json"))) if folder.is_dir() else 0
 
 
 def _exit_on_sigterm() -> Any:
@@ -517,7 +546,12 @@ def _exit_on_sigterm() -> Any:
 
 
 def _bench(
-    args: argparse.Namespace, methods: List[str], out: Any, rank: int, world: int
+    args: argparse.Namespace,
+    methods: List[str],
+    out: Any,
+    rank: int,
+    world: int,
+    checkpoint: Path,
 ) -> int:
     from captum_effattn.benchmark.data import DATASETS
     from captum_effattn.benchmark.models import CacheDirError, get_or_finetune
@@ -636,10 +670,18 @@ def _bench(
         world_size=world,
         meta=meta,
         show_progress=not args.quiet,
+        checkpoint=checkpoint,
+        resume=args.resume,
     )
     if result is not None:
         result.meta["bench_seconds"] = round(time.perf_counter() - start, 2)
+        if args.resume:
+            _err(
+                f"note: --resume: {result.meta['resumed_batches']} batch(es) "
+                f"taken from {checkpoint}, the others computed"
+            )
         written = write_report(result, out)
+        shutil.rmtree(checkpoint, ignore_errors=True)  # the outputs are whole
         summary = Path(out.path) / "summary.md"
         print(summary.read_text())
         print("wrote " + ", ".join(str(p) for p in written))

@@ -390,7 +390,13 @@ def _markdown(summary: Dict[str, Any]) -> str:
         f"{' and expensive ones' if cfg.get('sensitivity_all') else ' only'}); "
         f"lime samples {cfg.get('lime_samples')}, IG steps {cfg.get('ig_steps')}",
         f"- device: {meta.get('device')}, processes: {meta.get('processes')}, "
-        f"torch threads: {meta.get('torch_threads')}",
+        f"torch threads: {meta.get('torch_threads')}"
+        + (
+            f"; {meta['resumed_batches']} batch(es) resumed from an interrupted "
+            "run (their times are that run's)"
+            if meta.get("resumed_batches")
+            else ""
+        ),
         f"- versions: torch {ver['torch']}, transformers {ver['transformers']}, "
         f"captum {ver['captum']}, captum_effattn {ver['captum_effattn']}, "
         f"python {ver['python']}",

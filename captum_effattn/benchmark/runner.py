@@ -45,6 +45,8 @@ exactly the batches of a single-process run.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import sys
@@ -52,7 +54,8 @@ import time
 import zlib
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -532,6 +535,65 @@ def _batches(n: int, size: int) -> List[List[int]]:
     return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
 
 
+class _Checkpoint:
+    r"""The finished batches of a run, one JSON file each, keyed by
+    everything that decides their numbers: the settings, the model, the data
+    set, the batch's examples, the device type and the package version."""
+
+    def __init__(
+        self,
+        folder: Union[str, Path],
+        config: BenchConfig,
+        meta: Optional[Dict[str, Any]],
+        device: torch.device,
+    ) -> None:
+        from captum_effattn import __version__
+
+        self.folder = Path(folder)
+        meta = meta or {}
+        self.base = dict(
+            config=config.to_dict(),
+            model=meta.get("model"),
+            dataset=meta.get("dataset_description"),
+            device=device.type,
+            version=__version__,
+        )
+
+    def _key(self, examples: List[int]) -> str:
+        text = json.dumps(dict(self.base, examples=examples), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def _path(self, batch: int) -> Path:
+        return self.folder / f"batch-{batch:05d}.json"
+
+    def load(
+        self, batch: int, examples: List[int]
+    ) -> Optional[Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]]:
+        r"""The saved rows and example infos of ``batch``, or None when
+        there are none for these settings (or the file is unreadable)."""
+        try:
+            data = json.loads(self._path(batch).read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or data.get("key") != self._key(examples):
+            return None
+        return data["rows"], data["infos"]
+
+    def save(
+        self,
+        batch: int,
+        examples: List[int],
+        rows: List[Dict[str, Any]],
+        infos: List[Dict[str, Any]],
+    ) -> None:
+        r"""Write ``batch`` atomically (a file is complete or absent)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        data = dict(key=self._key(examples), rows=rows, infos=infos)
+        tmp = self._path(batch).with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self._path(batch))
+
+
 def run_benchmark(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -543,6 +605,8 @@ def run_benchmark(
     world_size: int = 1,
     meta: Optional[Dict[str, Any]] = None,
     show_progress: bool = True,
+    checkpoint: Optional[Union[str, Path]] = None,
+    resume: bool = False,
 ) -> Optional[BenchResult]:
     r"""Attribute, time and score every method on ``config.n`` test examples.
 
@@ -565,6 +629,16 @@ def run_benchmark(
                     description, held-out accuracy, ...). Default: None
         show_progress (bool, optional): tqdm bars (rank 0 only).
                     Default: True
+        checkpoint (str or Path, optional): a folder where every finished
+                    batch is saved (``batch-NNNNN.json``, created with the
+                    first one), so that an interrupted run can be resumed.
+                    Default: None (nothing saved)
+        resume (bool, optional): take the batches saved in ``checkpoint`` by
+                    an earlier run of the same settings, model, examples and
+                    device type instead of computing them again (their
+                    times are the earlier run's). Each batch's random draws
+                    are seeded by its index, so the numbers are those of an
+                    uninterrupted run. Default: False
 
     Returns:
         BenchResult on rank 0, None on other ranks.
@@ -611,8 +685,19 @@ def run_benchmark(
         unit="method-batch",
         disable=not show_progress or rank != 0,
     )
+    saved = _Checkpoint(checkpoint, config, meta, device) if checkpoint else None
+    resumed = 0
     for bi in mine:
         index = batches[bi]
+        if saved is not None and resume:
+            done = saved.load(bi, [chosen[i][0] for i in index])
+            if done is not None:
+                rows += done[0]
+                infos += done[1]
+                resumed += 1
+                bar.update(len(config.methods))
+                continue
+        batch_rows: List[Dict[str, Any]] = []
         enc = tokenizer(
             [chosen[i][1].text for i in index],
             truncation=True,
@@ -686,7 +771,7 @@ def run_benchmark(
                     length = info["n_tokens"]
                     info["scores"][name] = attr[j, :length].float().cpu().tolist()
                 for metric, vals in values.items():
-                    rows.append(
+                    batch_rows.append(
                         dict(
                             example=info["example"],
                             test_index=info["test_index"],
@@ -700,20 +785,24 @@ def run_benchmark(
                         )
                     )
             bar.update(1)
-        infos.extend(batch_info)
+        rows += batch_rows
+        infos += batch_info
+        if saved is not None:
+            saved.save(bi, [chosen[i][0] for i in index], batch_rows, batch_info)
     bar.close()
 
     if world_size > 1:
         import torch.distributed as dist
 
         gathered: Optional[List[Any]] = [None] * world_size if rank == 0 else None
-        dist.gather_object((rows, infos), gathered, dst=0)
+        dist.gather_object((rows, infos, resumed), gathered, dst=0)
         if rank != 0:
             return None
-        rows, infos = [], []
-        for part_rows, part_infos in gathered or []:
+        rows, infos, resumed = [], [], 0
+        for part_rows, part_infos, part_resumed in gathered or []:
             rows += part_rows
             infos += part_infos
+            resumed += part_resumed
     method_rank = {m: k for k, m in enumerate(config.methods)}
     rows.sort(key=lambda r: (method_rank[r["method"]], r["example"]))
     infos.sort(key=lambda r: r["example"])
@@ -725,5 +814,6 @@ def run_benchmark(
         processes=world_size,
         torch_threads=torch.get_num_threads(),
         argv=" ".join(sys.argv),
+        resumed_batches=resumed,
     )
     return BenchResult(config=config, rows=rows, examples=infos, meta=info_meta)

@@ -263,6 +263,64 @@ def test_bench_timing_only_run(tiny, tmp_path, capsys):
     assert "will hold no rows" not in capsys.readouterr().err
 
 
+def test_bench_resumes_an_interrupted_run(
+    tiny, first_run, tmp_path, capsys, monkeypatch
+):
+    # a run that fails in its second batch keeps the first one; --resume
+    # reuses it and gives the numbers of an uninterrupted run
+    from captum_effattn.benchmark import runner
+
+    n_methods = len(METHODS.split(","))
+    calls: List[str] = []  # one per method and batch computed
+    real = runner._batch_metrics
+
+    def counting(name, *args, **kwargs):
+        calls.append(name)
+        return real(name, *args, **kwargs)
+
+    def failing(name, *args, **kwargs):
+        if len(calls) == n_methods:  # the second batch
+            raise RuntimeError("interrupted")
+        return counting(name, *args, **kwargs)
+
+    out = tmp_path / "run"
+    saved = out / ".bench-checkpoint"
+
+    def interrupted(extra: List[str] = ()) -> str:
+        calls.clear()
+        monkeypatch.setattr(runner, "_batch_metrics", failing)
+        with pytest.raises(RuntimeError, match="interrupted"):
+            main(bench_args(tiny, out, extra=list(extra)))
+        assert [p.name for p in saved.iterdir()] == ["batch-00000.json"]
+        err = capsys.readouterr().err
+        assert "1 finished batch(es) are kept" in err and "--resume" in err
+        return err
+
+    interrupted()
+    assert sorted(p.name for p in out.iterdir()) == [saved.name]  # no outputs
+    # without --resume the saved batch is computed again, with a note
+    assert "--resume would reuse" in interrupted()
+    # another seed: the saved batch is not this run's, so nothing is reused
+    calls.clear()
+    monkeypatch.setattr(runner, "_batch_metrics", counting)
+    assert main(bench_args(tiny, out, extra=["--seed", "1", "--resume"])) == 0
+    assert "--resume: 0 batch(es) taken" in capsys.readouterr().err
+    assert len(calls) == 2 * n_methods
+    assert not saved.exists()  # removed once the outputs are written
+    # interrupted again, then resumed: one batch computed, the same numbers
+    interrupted()
+    calls.clear()
+    monkeypatch.setattr(runner, "_batch_metrics", counting)
+    assert main(bench_args(tiny, out, extra=["--resume"])) == 0
+    assert "--resume: 1 batch(es) taken" in capsys.readouterr().err
+    assert len(calls) == n_methods  # the second batch only
+    assert without_timing(read_rows(out / "results.csv")) == without_timing(
+        read_rows(first_run / "results.csv")
+    )
+    assert "1 batch(es) resumed" in (out / "summary.md").read_text()
+    assert not saved.exists()
+
+
 def test_bench_notes_a_model_trained_on_another_split(tiny, tmp_path, capsys):
     # a model fine-tuned on seed 0's split and tested on seed 1's has seen
     # some of the test documents: the run says so (it once said nothing)
