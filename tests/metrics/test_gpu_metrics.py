@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from captum.metrics import infidelity
-from effattn_testing import random_batch
+from effattn_testing import on_cpu_and_device, random_batch
 
 from captum_effattn.metrics import (
     aopc_necessity,
@@ -53,12 +53,9 @@ def test_erasure_metrics_match_cpu(gpu_device, tiny_model):
             minimal_necessary_size(fwd, ids, scores, **kw)[0].double(),
         ]
 
-    cpu = all_metrics(ids, mask, special, scores)
-    model.to(gpu_device)
-    try:
-        dev = all_metrics(*(t.to(gpu_device) for t in (ids, mask, special, scores)))
-    finally:
-        model.to("cpu")
+    cpu, dev = on_cpu_and_device(
+        all_metrics, model, gpu_device, ids, mask, special, scores
+    )
     for c, d in zip(cpu, dev):
         assert d.device.type == gpu_device.type
         torch.testing.assert_close(
@@ -79,12 +76,7 @@ def test_token_perturbations_with_infidelity(gpu_device, tiny_model):
             target=1, n_perturb_samples=4, max_examples_per_batch=6,
         )  # fmt: skip
 
-    cpu = run(ids, mask, special, scores)
-    model.to(gpu_device)
-    try:
-        dev = run(*(t.to(gpu_device) for t in (ids, mask, special, scores)))
-    finally:
-        model.to("cpu")
+    cpu, dev = on_cpu_and_device(run, model, gpu_device, ids, mask, special, scores)
     # the seeded generator draws on the CPU: the same perturbations on both
     assert dev.device.type == gpu_device.type
     torch.testing.assert_close(dev.cpu(), cpu, rtol=1e-4, atol=1e-6)
