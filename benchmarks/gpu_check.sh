@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The GPU checks of issue 7 in one call, for a machine with CUDA: the tests
 # marked ``gpu`` (slow ones included), then benchmarks/speed.py on the GPU.
-# Logs and tables go to $OUT (default ./gpu-out). DEVICE=cpu gives a dry run
-# of the same steps on the CPU. Needs the package's dependencies, the
-# packaged MiniLM and scattertext importable (PYTHONPATH is extended with the
-# repository root, so the package need not be installed).
+# Logs and tables go to $OUT (default ./gpu-out, both from the folder it is
+# called from). DEVICE=cpu gives a dry run of the same steps on the CPU. Needs
+# the package's dependencies, the packaged MiniLM and scattertext importable
+# (PYTHONPATH is extended with the repository root, so the package need not
+# be installed). The extra speed.py options run from the repository root.
 #
 #   bash benchmarks/gpu_check.sh [extra speed.py options]
 set -u
+OUT=$(realpath -m "${OUT:-gpu-out}")
 cd "$(dirname "$0")/.."
-OUT=${OUT:-gpu-out}
 DEVICE=${DEVICE:-cuda}
 TEST_SECONDS=${TEST_SECONDS:-180}
 SPEED_SECONDS=${SPEED_SECONDS:-330}

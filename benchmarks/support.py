@@ -53,7 +53,8 @@ def _rows(dataset: str, args: argparse.Namespace) -> List[str]:
     from captum_effattn.benchmark.models import find_cached_model, load_model
     from captum_effattn.benchmark.runner import select_examples
 
-    path = find_cached_model(dataset)
+    # a model fine-tuned on this split never saw its test documents
+    path = find_cached_model(dataset, seed=args.seed)
     model, tok = load_model(path) if path else load_model()
     note = "fine-tuned" if path else "untrained head"
     chosen = select_examples(

@@ -466,7 +466,6 @@ def _check_model(path: Optional[str], max_length: Optional[int]) -> Optional[int
 def _cmd_bench(args: argparse.Namespace) -> int:
     from captum_effattn.benchmark.methods import default_methods
     from captum_effattn.benchmark.report import OUTPUT_FILES, OutputDir, OutputDirError
-    from captum_effattn.benchmark.runner import METRIC_GROUPS
 
     methods = args.methods or default_methods()
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -491,11 +490,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                 f"note: {out.path} holds the outputs of an earlier run "
                 f"({', '.join(old)}); this run replaces them when it ends"
             )
-    if rank == 0 and set(args.skip_metrics) >= set(METRIC_GROUPS):
-        _err(
-            "note: every metric group is skipped: results.csv will hold no "
-            "rows; the attribution times are in summary.md and results.json"
-        )
     checkpoint = Path(args.out).expanduser().absolute() / CHECKPOINT_DIR
     if rank == 0 and not args.resume and _saved_batches(checkpoint):
         _err(
@@ -508,14 +502,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     previous = _exit_on_sigterm()
     try:
         return _bench(args, methods, out, rank, world, checkpoint)
-    except BaseException:
+    except BaseException as err:
         if out is not None:
             out.discard()
             saved = _saved_batches(checkpoint)
-            if saved:
+            if saved and not isinstance(err, CLIError):
                 _err(
-                    f"note: {saved} finished batch(es) are kept in {checkpoint}: "
-                    "run the same command with --resume to skip them"
+                    f"note: {checkpoint} holds {saved} finished batch(es): the "
+                    "same command with --resume reuses those of this run's "
+                    "settings"
                 )
         raise
     finally:
@@ -679,6 +674,13 @@ def _bench(
             _err(
                 f"note: --resume: {result.meta['resumed_batches']} batch(es) "
                 f"taken from {checkpoint}, the others computed"
+            )
+        if not result.rows:
+            _err(
+                "note: no metric was computed (every group skipped, or only "
+                "sensitivity, which expensive methods skip without "
+                "--sensitivity-all): results.csv holds no rows; the "
+                "attribution times are in summary.md and results.json"
             )
         written = write_report(result, out)
         shutil.rmtree(checkpoint, ignore_errors=True)  # the outputs are whole

@@ -76,6 +76,12 @@ def load_classifier(model_path: Optional[str] = None) -> Classifier:
                 f"all-MiniLM-L6-v2 fine-tuned on {report.get('dataset', '?')} "
                 f"(held-out accuracy {report['accuracy']:.3f}; {path})"
             )
+        trained = (report.get("dataset_options") or {}).get("seed")
+        if trained is not None and trained != 0:
+            description += (
+                f"; fine-tuned on the split of seed {trained}, so the seed-0 "
+                "test documents shown here may be among its training documents"
+            )
     model, tokenizer = load_model(path, num_labels=len(labels))
     return Classifier(model, tokenizer, labels, description)
 

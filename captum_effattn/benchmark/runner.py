@@ -537,37 +537,53 @@ def _batches(n: int, size: int) -> List[List[int]]:
 
 class _Checkpoint:
     r"""The finished batches of a run, one JSON file each, keyed by
-    everything that decides their numbers: the settings, the model, the data
-    set, the batch's examples, the device type and the package version."""
+    everything that decides their numbers: the settings, a hash of the
+    model's weights, the batch's examples (index, text and label), the
+    device type and the library versions. A batch that cannot be saved
+    (full disk, unwritable folder) stops the saving with a warning, not the
+    run."""
 
     def __init__(
         self,
         folder: Union[str, Path],
         config: BenchConfig,
-        meta: Optional[Dict[str, Any]],
+        model: torch.nn.Module,
         device: torch.device,
     ) -> None:
+        import captum
+        import transformers
+
         from captum_effattn import __version__
 
         self.folder = Path(folder)
-        meta = meta or {}
+        self.failed = False
+        weights = hashlib.sha256()
+        for name, t in unwrap_model(model).state_dict().items():
+            t = t.detach().cpu().contiguous()
+            weights.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            weights.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
         self.base = dict(
             config=config.to_dict(),
-            model=meta.get("model"),
-            dataset=meta.get("dataset_description"),
+            weights=weights.hexdigest(),
             device=device.type,
-            version=__version__,
+            versions=[
+                torch.__version__,
+                transformers.__version__,
+                captum.__version__,
+                __version__,
+            ],
         )
 
-    def _key(self, examples: List[int]) -> str:
-        text = json.dumps(dict(self.base, examples=examples), sort_keys=True)
+    def _key(self, examples: Sequence[Tuple[int, Example]]) -> str:
+        batch = [[i, ex.text, int(ex.label)] for i, ex in examples]
+        text = json.dumps(dict(self.base, examples=batch), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def _path(self, batch: int) -> Path:
         return self.folder / f"batch-{batch:05d}.json"
 
     def load(
-        self, batch: int, examples: List[int]
+        self, batch: int, examples: Sequence[Tuple[int, Example]]
     ) -> Optional[Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]]:
         r"""The saved rows and example infos of ``batch``, or None when
         there are none for these settings (or the file is unreadable)."""
@@ -582,16 +598,29 @@ class _Checkpoint:
     def save(
         self,
         batch: int,
-        examples: List[int],
+        examples: Sequence[Tuple[int, Example]],
         rows: List[Dict[str, Any]],
         infos: List[Dict[str, Any]],
     ) -> None:
         r"""Write ``batch`` atomically (a file is complete or absent)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        if self.failed:
+            return
         data = dict(key=self._key(examples), rows=rows, infos=infos)
         tmp = self._path(batch).with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self._path(batch))
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, self._path(batch))
+        except OSError as err:
+            import warnings
+
+            self.failed = True
+            warnings.warn(
+                f"cannot save finished batches in {self.folder} ({err}); the "
+                "run goes on, but --resume will not be able to reuse them",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
 
 def run_benchmark(
@@ -634,8 +663,9 @@ def run_benchmark(
                     first one), so that an interrupted run can be resumed.
                     Default: None (nothing saved)
         resume (bool, optional): take the batches saved in ``checkpoint`` by
-                    an earlier run of the same settings, model, examples and
-                    device type instead of computing them again (their
+                    an earlier run of the same settings, model weights,
+                    examples (their texts and labels), device type and
+                    library versions instead of computing them again (their
                     times are the earlier run's). Each batch's random draws
                     are seeded by its index, so the numbers are those of an
                     uninterrupted run. Default: False
@@ -685,12 +715,12 @@ def run_benchmark(
         unit="method-batch",
         disable=not show_progress or rank != 0,
     )
-    saved = _Checkpoint(checkpoint, config, meta, device) if checkpoint else None
+    saved = _Checkpoint(checkpoint, config, model, device) if checkpoint else None
     resumed = 0
     for bi in mine:
         index = batches[bi]
         if saved is not None and resume:
-            done = saved.load(bi, [chosen[i][0] for i in index])
+            done = saved.load(bi, [chosen[i] for i in index])
             if done is not None:
                 rows += done[0]
                 infos += done[1]
@@ -788,7 +818,7 @@ def run_benchmark(
         rows += batch_rows
         infos += batch_info
         if saved is not None:
-            saved.save(bi, [chosen[i][0] for i in index], batch_rows, batch_info)
+            saved.save(bi, [chosen[i] for i in index], batch_rows, batch_info)
     bar.close()
 
     if world_size > 1:

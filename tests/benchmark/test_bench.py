@@ -248,7 +248,7 @@ def test_bench_timing_only_run(tiny, tmp_path, capsys):
     out = tmp_path / "times"
     skip = ["--skip-metrics", "erasure,aopc,minimal,infidelity,sensitivity"]
     assert main(bench_args(tiny, out, extra=skip)) == 0
-    assert "results.csv will hold no rows" in capsys.readouterr().err
+    assert "results.csv holds no rows" in capsys.readouterr().err
     assert read_rows(out / "results.csv") == []
     summary = (out / "summary.md").read_text()
     for method in METHODS.split(","):
@@ -260,7 +260,12 @@ def test_bench_timing_only_run(tiny, tmp_path, capsys):
     )
     some = ["--skip-metrics", "aopc", "--methods", "random"]
     assert main(bench_args(tiny, tmp_path / "some", extra=some)) == 0
-    assert "will hold no rows" not in capsys.readouterr().err
+    assert "holds no rows" not in capsys.readouterr().err
+    # only sensitivity left, which an expensive method skips by default
+    lime = ["--skip-metrics", "erasure,aopc,minimal,infidelity", "--methods", "lime"]
+    assert main(bench_args(tiny, tmp_path / "lime", extra=lime)) == 0
+    assert "results.csv holds no rows" in capsys.readouterr().err
+    assert read_rows(tmp_path / "lime" / "results.csv") == []
 
 
 def test_bench_resumes_an_interrupted_run(
@@ -293,7 +298,7 @@ def test_bench_resumes_an_interrupted_run(
             main(bench_args(tiny, out, extra=list(extra)))
         assert [p.name for p in saved.iterdir()] == ["batch-00000.json"]
         err = capsys.readouterr().err
-        assert "1 finished batch(es) are kept" in err and "--resume" in err
+        assert "holds 1 finished batch(es)" in err and "--resume" in err
         return err
 
     interrupted()
@@ -319,6 +324,52 @@ def test_bench_resumes_an_interrupted_run(
     )
     assert "1 batch(es) resumed" in (out / "summary.md").read_text()
     assert not saved.exists()
+
+
+def test_checkpoint_key_covers_weights_and_texts(tiny, tmp_path):
+    # a saved batch is reused only for the same model weights and the same
+    # texts and labels (an edited csv or a retrained model at the same path
+    # once reused stale batches); a checkpoint that cannot be written warns
+    # and the run goes on
+    from captum_effattn.benchmark.data import Example
+    from captum_effattn.benchmark.models import load_model
+    from captum_effattn.benchmark.runner import BenchConfig, run_benchmark
+
+    model, tokenizer = load_model(tiny["model"])
+    test = [Example(f"a {w} film about the plot", i % 2) for i, w in
+            enumerate(["good", "dull", "great", "weak"])]  # fmt: skip
+    config = BenchConfig("csv:x", n=4, methods=["attention"], batch_size=2)
+    ck = tmp_path / "ck"
+
+    def run(model, test, resume=True):
+        result = run_benchmark(
+            model, tokenizer, test, config, checkpoint=ck, resume=resume,
+            show_progress=False,
+        )  # fmt: skip
+        rows = [{k: v for k, v in r.items() if k != "seconds"} for r in result.rows]
+        return result.meta["resumed_batches"], json.dumps(rows)  # NaN == NaN
+
+    assert run(model, test, resume=False)[0] == 0
+    assert sorted(p.name for p in ck.iterdir()) == [
+        "batch-00000.json", "batch-00001.json",
+    ]  # fmt: skip
+    resumed, rows = run(model, test)
+    assert resumed == 2 and rows == run(model, test, resume=False)[1]
+    edited = [Example(ex.text.replace("plot", "cast"), ex.label) for ex in test]
+    assert run(model, edited)[0] == 0
+    relabelled = [Example(ex.text, 1 - ex.label) for ex in test]
+    assert run(model, relabelled)[0] == 0
+    other, _ = load_model(tiny["model"])
+    with torch.no_grad():
+        other.classifier.weight.neg_()
+    assert run(other, test)[0] == 0
+    bad = tmp_path / "file"
+    bad.write_text("not a folder")
+    with pytest.warns(RuntimeWarning, match="cannot save finished batches"):
+        result = run_benchmark(
+            model, tokenizer, test, config, checkpoint=bad, show_progress=False
+        )
+    assert len(result.rows) == len(json.loads(rows))
 
 
 def test_bench_notes_a_model_trained_on_another_split(tiny, tmp_path, capsys):
