@@ -491,9 +491,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                 f"({', '.join(old)}); this run replaces them when it ends"
             )
     checkpoint = Path(args.out).expanduser().absolute() / CHECKPOINT_DIR
-    if rank == 0 and not args.resume and _saved_batches(checkpoint):
+    earlier = _saved_batches(checkpoint) if rank == 0 and not args.resume else 0
+    if earlier:
         _err(
-            f"note: {checkpoint} holds {_saved_batches(checkpoint)} finished "
+            f"note: {checkpoint} holds {earlier} finished "
             "batch(es) of an interrupted run; --resume would reuse those that "
             "match this run's settings (this run computes them again)"
         )
@@ -549,7 +550,11 @@ def _bench(
     checkpoint: Path,
 ) -> int:
     from captum_effattn.benchmark.data import DATASETS
-    from captum_effattn.benchmark.models import CacheDirError, get_or_finetune
+    from captum_effattn.benchmark.models import (
+        CacheDirError,
+        get_or_finetune,
+        split_seed,
+    )
     from captum_effattn.benchmark.report import write_report
     from captum_effattn.benchmark.runner import (
         BenchConfig,
@@ -622,7 +627,7 @@ def _bench(
             f"not {splits.name!r}"
         )
     elif rank == 0:
-        trained = (report.get("dataset_options") or {}).get("seed")
+        trained = split_seed(report)
         here = (splits.options or {}).get("seed")
         if trained is not None and here is not None and trained != here:
             _err(
@@ -798,7 +803,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     from captum_effattn import attention_weights, efficient_attention
     from captum_effattn._core.adapters import ModelAdapter
     from captum_effattn._core.functional import check_token_inputs
-    from captum_effattn.benchmark.models import find_cached_model
+    from captum_effattn.benchmark.models import find_cached_model, split_seed
     from captum_effattn.benchmark.runner import resolve_device
 
     if args.text is not None and not args.text.strip():
@@ -844,7 +849,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
             "\ntext: the first rt-verdict test document (5 reviews of one "
             f"movie; majority verdict: {gold})"
         )
-        trained = (report.get("dataset_options") or {}).get("seed")
+        trained = split_seed(report)
         if trained is not None and trained != 0:
             note += (
                 f" (the model was fine-tuned on the split of seed {trained}, "

@@ -52,7 +52,7 @@ def cached_model_dir(dataset: str = DATASET) -> Optional[Path]:
 
 def load_classifier(model_path: Optional[str] = None) -> Classifier:
     r"""The classifier the examples explain (see the module docstring)."""
-    from captum_effattn.benchmark.models import load_model
+    from captum_effattn.benchmark.models import load_model, split_seed
 
     path = Path(model_path) if model_path else cached_model_dir()
     if path is None:
@@ -76,7 +76,7 @@ def load_classifier(model_path: Optional[str] = None) -> Classifier:
                 f"all-MiniLM-L6-v2 fine-tuned on {report.get('dataset', '?')} "
                 f"(held-out accuracy {report['accuracy']:.3f}; {path})"
             )
-        trained = (report.get("dataset_options") or {}).get("seed")
+        trained = split_seed(report)
         if trained is not None and trained != 0:
             description += (
                 f"; fine-tuned on the split of seed {trained}, so the seed-0 "

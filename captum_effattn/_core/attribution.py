@@ -37,6 +37,7 @@ from captum_effattn._core.functional import (
     OBJECTIVES,
     Certificate,
     check_algebra_dtype,
+    check_not_meta,
     check_solver_options,
     check_token_inputs,
     format_target,
@@ -297,12 +298,7 @@ class _AttentionAttribution(Attribution):
 
         named = [(f"inputs[{i}]", t) for i, t in enumerate(formatted)]
         named += [(f"additional_forward_args[{i}]", t) for i, t in enumerate(extra)]
-        for name, t in named:
-            if isinstance(t, Tensor) and t.device.type == "meta":
-                raise ValueError(
-                    f"{name} is on the meta device, which holds no values: create "
-                    "it on the CPU (or the model's device)"
-                )
+        check_not_meta(named)
         check_positional_arguments(self.forward_func, formatted, extra)
 
         def call() -> Any:

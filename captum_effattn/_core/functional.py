@@ -37,6 +37,7 @@ __all__ = [
     "solve_layer",
     "solve_layers",
     "check_token_inputs",
+    "check_not_meta",
     "check_vocabulary",
     "format_target",
     "TargetLike",
@@ -338,6 +339,17 @@ def check_vocabulary(top_id: int, vocab_size: Optional[int]) -> None:
         )
 
 
+def check_not_meta(named: Sequence[Tuple[str, Any]]) -> None:
+    r"""Raise a ``ValueError`` for the first tensor of ``(name, value)``
+    pairs that is on the meta device (shapes without values)."""
+    for name, t in named:
+        if isinstance(t, Tensor) and t.device.type == "meta":
+            raise ValueError(
+                f"{name} is on the meta device, which holds no values: create it "
+                "on the CPU (or the model's device)"
+            )
+
+
 def check_token_inputs(
     adapter: ModelAdapter,
     input_ids: Any,
@@ -379,12 +391,7 @@ def check_token_inputs(
             f"input_ids must have shape (batch, seq), got {tuple(input_ids.shape)}; "
             "add a batch dimension with input_ids.unsqueeze(0)"
         )
-    for name, t in (("input_ids", input_ids), ("attention_mask", attention_mask)):
-        if isinstance(t, Tensor) and t.device.type == "meta":
-            raise ValueError(
-                f"{name} is on the meta device, which holds no values: create it "
-                "on the CPU (or the model's device)"
-            )
+    check_not_meta([("input_ids", input_ids), ("attention_mask", attention_mask)])
     b, n = input_ids.shape
     if b == 0:
         raise ValueError(

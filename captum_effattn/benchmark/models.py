@@ -69,6 +69,7 @@ __all__ = [
     "evaluate",
     "finetune_settings",
     "find_cached_model",
+    "split_seed",
     "CacheDirError",
 ]
 
@@ -655,12 +656,24 @@ def find_cached_model(
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def _split_seed(path: Path) -> Optional[int]:
-    r"""The seed of the split a cached model was fine-tuned on, from its
-    ``report.json`` (None when unreadable)."""
-    try:
-        report = json.loads((path / REPORT_FILE).read_text())
-        seed = (report.get("dataset_options") or {}).get("seed")
-    except (OSError, ValueError, AttributeError):
-        return None
+def split_seed(report: Any) -> Optional[int]:
+    r"""The seed of the split a model was fine-tuned on, from its fine-tuning
+    report (the ``report.json`` of its folder, as a dict), or None when the
+    report does not say.
+
+    Examples::
+
+        >>> split_seed({"dataset_options": {"seed": 1}})
+        1
+    """
+    options = report.get("dataset_options") if isinstance(report, dict) else None
+    seed = options.get("seed") if isinstance(options, dict) else None
     return seed if isinstance(seed, int) else None
+
+
+def _split_seed(path: Path) -> Optional[int]:
+    r""":func:`split_seed` of a cached model folder (None when unreadable)."""
+    try:
+        return split_seed(json.loads((path / REPORT_FILE).read_text()))
+    except (OSError, ValueError):
+        return None

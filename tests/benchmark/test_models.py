@@ -225,3 +225,6 @@ def test_find_cached_model_prefers_the_split_of_a_seed(tmp_path: Path) -> None:
     (old / "report.json").write_text("not json")
     assert find_cached_model("rt-verdict", tmp_path, seed=0) == new
     assert find_cached_model("rt-verdict", tmp_path / "none", seed=0) is None
+    assert models.split_seed({"dataset_options": {"seed": 3}}) == 3
+    for report in ({}, {"dataset_options": None}, [], {"dataset_options": {}}):
+        assert models.split_seed(report) is None
