@@ -37,10 +37,13 @@ methods that are not marked ``expensive`` in the registry (``ig``, ``lime``,
 ``"erasure"``).
 
 Determinism: the example choice, the batches, Lime's samples and the metric
-perturbations all derive from ``seed`` (per batch and method), so the same
-seed gives the same ``results.csv`` (timings aside). Batches are formed
-before they are shared out, so a multi-process run (``torchrun``) computes
-exactly the batches of a single-process run.
+perturbations all derive from ``seed``, so the same seed gives the same
+``results.csv`` (timings aside). The metric perturbations are seeded per
+document (by its index in the test split), so a document's ``infidelity`` and
+``sensitivity`` do not depend on the batch size or on which documents share
+its batch; a method's own randomness (Lime's samples) is seeded per batch and
+method. Batches are formed before they are shared out, so a multi-process
+run (``torchrun``) computes exactly the batches of a single-process run.
 """
 
 from __future__ import annotations
@@ -358,8 +361,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _seed_for(seed: int, batch: int, name: str) -> int:
-    return (seed * 1_000_003 + batch * 7919 + zlib.crc32(name.encode())) % 2**31
+def _seed_for(seed: int, index: int, name: str) -> int:
+    return (seed * 1_000_003 + index * 7919 + zlib.crc32(name.encode())) % 2**31
 
 
 # ----------------------------------------------------------------------------
@@ -379,7 +382,10 @@ def _batch_metrics(
     ctx: Dict[str, Any],
     config: BenchConfig,
     batch_index: int,
+    doc_index: Sequence[int],
 ) -> Dict[str, Tensor]:
+    r"""The metrics of one method on one batch; ``doc_index`` holds the
+    documents' indices in the test split, which seed their perturbations."""
     from captum_effattn.metrics import (
         aopc_necessity,
         aopc_sufficiency,
@@ -426,11 +432,12 @@ def _batch_metrics(
             ):
                 _, share = fn(forward, ids, attr, target, search="binary", **common)
                 out[key] = share
-    # One set of perturbations per batch for every method, so that their
+    # The same perturbations of a document for every method, so that their
     # infidelity and sensitivity are compared on the same perturbed inputs
-    # (a seed per method once scored identical attributions 200x apart);
-    # the method's own randomness (LIME) keeps a seed per method.
-    seed = _seed_for(config.seed, batch_index, "perturbations")
+    # (a seed per method once scored identical attributions 200x apart),
+    # drawn per document, so that they do not depend on its batch; the
+    # method's own randomness (LIME) keeps a seed per batch and method.
+    seeds = [_seed_for(config.seed, i, "perturbations") for i in doc_index]
     method_seed = _seed_for(config.seed, batch_index, name)
     b = ids.shape[0]
     if "infidelity" not in skip:
@@ -443,7 +450,7 @@ def _batch_metrics(
             mode=mode,
             attention_mask=mask,
             special_tokens_mask=special,
-            seed=seed,
+            example_seeds=seeds,
         )
 
         def prob(ids_: Tensor, mask_: Tensor) -> Tensor:
@@ -471,7 +478,7 @@ def _batch_metrics(
             tokenizer=tokenizer,
             attention_mask=mask,
             special_tokens_mask=special,
-            seed=seed,
+            example_seeds=seeds,
         )
 
         def explain(inputs: Any, additional_forward_args: Any = None, target=None):
@@ -535,13 +542,19 @@ def _batches(n: int, size: int) -> List[List[int]]:
     return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
 
 
+#: Raised whenever the way a batch's numbers are computed changes within one
+#: package version, so that ``--resume`` never mixes batches of the two ways
+#: (2: the metric perturbations are drawn per document, not per batch).
+CHECKPOINT_FORMAT = 2
+
+
 class _Checkpoint:
     r"""The finished batches of a run, one JSON file each, keyed by
     everything that decides their numbers: the settings, a hash of the
     model's weights, the batch's examples (index, text and label), the
-    device type and the library versions. A batch that cannot be saved
-    (full disk, unwritable folder) stops the saving with a warning, not the
-    run."""
+    device type, the library versions and ``CHECKPOINT_FORMAT``. A batch
+    that cannot be saved (full disk, unwritable folder) stops the saving
+    with a warning, not the run."""
 
     def __init__(
         self,
@@ -563,6 +576,7 @@ class _Checkpoint:
             weights.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
             weights.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
         self.base = dict(
+            format=CHECKPOINT_FORMAT,
             config=config.to_dict(),
             weights=weights.hexdigest(),
             device=device.type,
@@ -666,9 +680,10 @@ def run_benchmark(
                     an earlier run of the same settings, model weights,
                     examples (their texts and labels), device type and
                     library versions instead of computing them again (their
-                    times are the earlier run's). Each batch's random draws
-                    are seeded by its index, so the numbers are those of an
-                    uninterrupted run. Default: False
+                    times are the earlier run's). The random draws are
+                    seeded by the batch's index and its documents' indices,
+                    so the numbers are those of an uninterrupted run.
+                    Default: False
 
     Returns:
         BenchResult on rank 0, None on other ranks.
@@ -794,6 +809,7 @@ def run_benchmark(
                 ctx,
                 config,
                 bi,
+                [chosen[i][0] for i in index],
             )
             for j, info in enumerate(batch_info):
                 info["seconds"][name] = seconds

@@ -172,6 +172,95 @@ def test_bad_arguments():
         perturb(ids[:, :5])  # not a repetition of the (3, 8) masks
 
 
+def _pad_to(rows, width, left=False):
+    out = torch.full((len(rows), width), PAD)
+    for i, row in enumerate(rows):
+        if left:
+            out[i, width - len(row) :] = torch.tensor(row)
+        else:
+            out[i, : len(row)] = torch.tensor(row)
+    return out
+
+
+@pytest.mark.parametrize(
+    "kind, options",
+    [
+        ("infidelity", dict(probability=0.5)),
+        ("infidelity", dict(n_tokens=2, mode="pad")),
+        ("sensitivity", dict(n_tokens=1)),
+        ("sensitivity", dict(probability=0.3, mode="random")),
+    ],
+)
+def test_example_seeds_make_draws_independent_of_the_batch(kind, options):
+    # a document's perturbations depend on its seed only: not on the other
+    # documents of its batch, their number, the padded width or the side
+    doc = [CLS, 4, 5, 6, 7, 8, 9, 10, SEP]
+    others = [[CLS, 11, 12, SEP], [CLS, 4, 6, 8, 10, 12, 5, 7, 9, 11, SEP]]
+    m = 6
+
+    def perturbed_doc(rows, where, seeds, width, left):
+        ids = _pad_to(rows, width, left)
+        mask = (ids != PAD).long()
+        special = ((ids == CLS) | (ids == SEP) | (ids == PAD)).long()
+        perturb = token_perturb_func(
+            kind, attention_mask=mask, special_tokens_mask=special,
+            mask_token_id=MASK, vocab_size=VOCAB, protected_ids=SPECIAL_IDS,
+            example_seeds=seeds, **options,
+        )  # fmt: skip
+        out = []
+        for _ in range(2):  # Captum may call it several times
+            got = perturb(_expand(ids, m))
+            new = got if kind == "sensitivity" else got[1]
+            rows_of_doc = new[where * m : (where + 1) * m]
+            real = _expand(mask, m)[where * m : (where + 1) * m].bool()
+            out.append(rows_of_doc[real].view(m, len(doc)))
+        return torch.cat(out)
+
+    alone = perturbed_doc([doc], 0, [7], len(doc), False)
+    assert not torch.equal(alone, _expand(torch.tensor([doc]), 2 * m))
+    for rows, where, seeds, width, left in [
+        ([others[0], doc], 1, [3, 7], 12, False),
+        ([doc, others[1], others[0]], 0, [7, 1, 2], 11, True),
+        ([others[1], doc], 1, torch.tensor([5, 7]), 16, True),
+    ]:
+        assert torch.equal(perturbed_doc(rows, where, seeds, width, left), alone)
+    assert not torch.equal(perturbed_doc([doc], 0, [8], len(doc), False), alone)
+
+
+def test_example_seeds_with_the_mask_in_the_inputs():
+    ids, mask, special = _batch()
+    kwargs = dict(mode="pad", n_tokens=2, protected_ids=[CLS, SEP], mask_index=1)
+    perturb = token_perturb_func("infidelity", example_seeds=[1, 2, 3], **kwargs)
+    _, (new_ids, new_mask) = perturb((_expand(ids, 4), _expand(mask, 4)))
+    changed = new_ids != _expand(ids, 4)
+    assert changed.sum(1).tolist() == [2] * 8 + [1] * 4
+    assert not changed[_expand(mask, 4) == 0].any()
+    # the first example alone, padded less, draws the same
+    alone = token_perturb_func("infidelity", example_seeds=[1], **kwargs)
+    _, (ids1, _) = alone((_expand(ids[:1, :6], 4), _expand(mask[:1, :6], 4)))
+    assert torch.equal(ids1, new_ids[:4, :6])
+
+
+def test_example_seeds_bad_input():
+    ids, mask, special = _batch()
+    kwargs = dict(special_tokens_mask=special, mask_token_id=MASK)
+    with pytest.raises(ValueError, match="at most one"):
+        token_perturb_func(seed=0, example_seeds=[1, 2, 3], **kwargs)
+    with pytest.raises(ValueError, match="one seed per example"):
+        token_perturb_func(example_seeds=[1, 2], **kwargs)
+    with pytest.raises(ValueError, match="empty"):
+        token_perturb_func(protected_ids=(), mask_token_id=MASK, example_seeds=[])
+    with pytest.raises(TypeError, match="ints"):
+        token_perturb_func(example_seeds=[1, 2.5, 3], **kwargs)
+    with pytest.raises(TypeError, match="integer tensor"):
+        token_perturb_func(example_seeds=torch.tensor([1.0, 2.0, 3.0]), **kwargs)
+    perturb = token_perturb_func(
+        protected_ids=SPECIAL_IDS, mask_token_id=MASK, example_seeds=[1, 2]
+    )
+    with pytest.raises(ValueError, match="not a repetition of the 2 examples"):
+        perturb(ids)  # 3 rows
+
+
 def test_with_captum_infidelity(make_bow):
     # logits of a bag of words are additive: with [MASK] replacement,
     # f(x) - f(x_pert) = sum over replaced tokens of W[id, j] - W[MASK, j], so

@@ -14,7 +14,7 @@ r"""Token-level perturbations for Captum's metrics and robustness tools.
 from __future__ import annotations
 
 from numbers import Integral, Real
-from typing import Any, Callable, Iterable, Optional, Tuple, Union
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -55,6 +55,7 @@ def token_perturb_func(
     mask_index: Optional[int] = None,
     seed: Optional[int] = None,
     generator: Optional[torch.Generator] = None,
+    example_seeds: Optional[Union[Sequence[int], Tensor]] = None,
 ) -> Callable[..., Any]:
     r"""
     Build a token-safe ``perturb_func`` for :func:`captum.metrics.infidelity`
@@ -132,6 +133,15 @@ def token_perturb_func(
         generator (torch.Generator, optional): a generator to draw from instead
                     (exclusive with ``seed``). With neither, torch's global
                     random state is used. Default: None
+        example_seeds (sequence of int or Tensor, optional): one seed per
+                    example of the (unexpanded) batch, exclusive with ``seed``
+                    and ``generator``. Each example then draws from its own
+                    generator, over its own unpadded positions (those of
+                    ``attention_mask``, or of the mask in ``inputs`` with
+                    ``mask_index``), so that its perturbations do not depend
+                    on which other examples share its batch, on the batch
+                    size or on how far the batch is padded: the benchmark
+                    seeds every document this way. Default: None
 
     Returns:
         Callable: the ``perturb_func`` described above.
@@ -154,8 +164,8 @@ def token_perturb_func(
     """
     if kind not in _KINDS:
         raise ValueError(f"Unknown kind {kind!r}; expected one of {_KINDS}")
-    if seed is not None and generator is not None:
-        raise ValueError("give either seed or generator, not both")
+    if sum(x is not None for x in (seed, generator, example_seeds)) > 1:
+        raise ValueError("give at most one of seed, generator and example_seeds")
     if tokenizer is not None:
         if protected_ids is None:
             protected_ids = getattr(tokenizer, "all_special_ids", None)
@@ -242,6 +252,31 @@ def token_perturb_func(
             raise ValueError("the vocabulary has fewer than 2 replaceable ids")
     if seed is not None:
         generator = torch.Generator().manual_seed(int(seed))
+    example_gens = _example_generators(example_seeds, base_protect)
+
+    def uniform(rows: int, seq_len: int, device: torch.device, real: Tensor) -> Tensor:
+        # (rows, seq_len) uniform draws on ``device``; per example, over its
+        # unpadded positions ``real`` (rows, seq_len) only, with 1 elsewhere
+        if example_gens is None:
+            gen_device = (
+                generator.device if generator is not None else torch.device("cpu")
+            )
+            noise = torch.rand((rows, seq_len), generator=generator, device=gen_device)
+            return noise.to(device)
+        n_ex = len(example_gens)
+        if rows % n_ex != 0:
+            raise ValueError(
+                f"perturb_func got {rows} rows of token ids, which is not a "
+                f"repetition of the {n_ex} examples that example_seeds seeds"
+            )
+        rep = rows // n_ex
+        noise = torch.ones(rows, seq_len)
+        real = real.cpu()
+        for b, gen in enumerate(example_gens):
+            keep = real[b * rep]
+            part = noise[b * rep : (b + 1) * rep]
+            part[:, keep] = torch.rand((rep, int(keep.sum())), generator=gen)
+        return noise.to(device)
 
     def _perturb(inputs: TokenInputs, baselines: Any = None) -> Tuple[Any, Any]:
         is_tuple = isinstance(inputs, tuple)
@@ -274,11 +309,17 @@ def token_perturb_func(
             in_mask = parts[mask_index]
             protect = protect | (in_mask == 0)
         content = ~protect
+        # the positions an example's own draws cover: all but padding
+        real = torch.ones_like(content)
+        if attention_mask is not None:
+            real = real & (attention_mask != 0).to(device).repeat_interleave(
+                rows // attention_mask.shape[0], dim=0
+            )
+        if in_mask is not None:
+            real = real & (in_mask != 0)
 
-        # choose the tokens (drawn on the generator's device, then moved)
-        gen_device = generator.device if generator is not None else torch.device("cpu")
-        noise = torch.rand((rows, seq_len), generator=generator, device=gen_device)
-        noise = noise.to(device)
+        # choose the tokens
+        noise = uniform(rows, seq_len, device, real)
         if probability is not None:
             chosen = (noise < float(probability)) & content
         else:
@@ -293,7 +334,8 @@ def token_perturb_func(
         elif mode == "pad":
             fill = torch.full_like(ids, int(pad_token_id))  # type: ignore[arg-type]
         else:
-            fill = _random_ids(ids, candidates, generator, gen_device)  # type: ignore
+            u = uniform(rows, seq_len, device, real)
+            fill = _random_ids(ids, candidates, u)  # type: ignore[arg-type]
         new_ids = torch.where(chosen, fill, ids)
         out_parts = list(parts)
         out_parts[ids_index] = new_ids
@@ -353,13 +395,36 @@ def _baseline_ids(
     )
 
 
-def _random_ids(
-    ids: Tensor,
-    candidates: Tensor,
-    generator: Optional[torch.Generator],
-    gen_device: torch.device,
-) -> Tensor:
-    r"""A uniformly random candidate id different from each original id."""
+def _example_generators(
+    example_seeds: Optional[Union[Sequence[int], Tensor]],
+    base_protect: Optional[Tensor],
+) -> Optional[List[torch.Generator]]:
+    r"""One seeded CPU generator per example, after checking the seeds."""
+    if example_seeds is None:
+        return None
+    if isinstance(example_seeds, Tensor):
+        if example_seeds.dim() != 1 or example_seeds.is_floating_point():
+            raise TypeError("example_seeds must be a 1-D integer tensor or a list")
+        seeds = example_seeds.tolist()
+    else:
+        seeds = list(example_seeds)
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, Integral):
+            raise TypeError(f"example_seeds must hold ints, got {s!r}")
+    if not seeds:
+        raise ValueError("example_seeds is empty: give one seed per example")
+    if base_protect is not None and base_protect.shape[0] != len(seeds):
+        raise ValueError(
+            f"example_seeds has {len(seeds)} seeds for a batch of "
+            f"{base_protect.shape[0]} examples (the masks' first dimension): "
+            "give one seed per example"
+        )
+    return [torch.Generator().manual_seed(int(s) % 2**63) for s in seeds]
+
+
+def _random_ids(ids: Tensor, candidates: Tensor, u: Tensor) -> Tensor:
+    r"""A uniformly random candidate id different from each original id, from
+    uniform draws ``u`` shaped like ``ids``."""
     n_cand = candidates.numel()
     cand = candidates.to(ids.device)
     # position of the original id among the candidates (n_cand if absent)
@@ -368,7 +433,6 @@ def _random_ids(
     pos = torch.where(present, pos, torch.full_like(pos, n_cand))
     # uniform over the candidates other than the original id
     limit = n_cand - present.long()
-    u = torch.rand(ids.shape, generator=generator, device=gen_device).to(ids.device)
     draw = torch.minimum((u * limit).long(), limit - 1)
     draw = draw + (draw >= pos).long()  # skip the original id
     return cand[draw.clamp(max=n_cand - 1)].to(ids.dtype)
