@@ -5,6 +5,8 @@ to effective attention; plus clear errors for bad input."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -275,6 +277,71 @@ def _layer_inputs(seed: int, b: int = 2, h: int = 3, n: int = 24, dh: int = 4):
     w_out = torch.randn(h, dh, h * dh, generator=g)
     rows = torch.arange(n).expand(b, n)
     return probs, values, w_out, key_mask, rows
+
+
+@pytest.mark.parametrize(
+    "kind, objective",
+    [
+        ("efficient", "min_norm"),
+        ("efficient", "sparse"),
+        ("effective", "min_norm"),
+        ("raw", "min_norm"),
+    ],
+)
+def test_causal_rows_in_chunks_equal_one_solve(kind, objective, monkeypatch):
+    # every row of a causal layer has a basis of its own; the rows of a long
+    # input are solved in chunks that fit the memory budget, which must give
+    # the rows and the certificate of one solve of all of them
+    from captum_effattn._core import functional
+    from captum_effattn._core.functional import solve_layers
+
+    layers = [_layer_inputs(seed) for seed in range(2)]
+    whole = solve_layers(kind, layers, causal=True, objective=objective)
+    assert functional._causal_row_chunks(layers[0], torch.float64) == [
+        slice(0, 24)
+    ]  # the default budget holds these small layers at once
+    per_row = 2 * 3 * 24 * 5 * 8 * functional.CAUSAL_COPIES
+    monkeypatch.setattr(functional, "_default_chunk_bytes", lambda d: 5 * per_row)
+    assert len(functional._causal_row_chunks(layers[0], torch.float64)) == 5
+    chunked = solve_layers(kind, layers, causal=True, objective=objective)
+    for (out, cert), (ref, ref_cert) in zip(chunked, whole):
+        torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+        for f in dataclasses.fields(cert):
+            got, want = getattr(cert, f.name), getattr(ref_cert, f.name)
+            if want is None:
+                assert got is None, f.name
+            elif f.name in ("kkt_residual", "output_residual", "row_sum_error"):
+                torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+            else:
+                assert torch.equal(got, want), f.name
+    if kind == "efficient":
+        assert bool((whole[0][1].iterations > 0).any())  # not all closed form
+        # heads whose first rows converge and later ones do not
+        with pytest.warns(RuntimeWarning, match="did not reach"):
+            (_, cut), _ = solve_layers(kind, layers, causal=True, max_iter=1)
+        monkeypatch.undo()
+        with pytest.warns(RuntimeWarning, match="did not reach"):
+            (_, ref_cut), _ = solve_layers(kind, layers, causal=True, max_iter=1)
+        assert not bool(ref_cut.converged.any())
+        assert torch.equal(cut.converged, ref_cut.converged)
+
+
+def test_causal_row_chunks_fit_the_budget():
+    # all rows of a 1,024-token GPT-2 input (12 heads of 64) would hold 6.5
+    # GiB per copy of their bases: they go in chunks of the 256 MiB budget
+    from captum_effattn._core.functional import CAUSAL_COPIES, _causal_row_chunks
+    from captum_effattn._core.solver import CHUNK_BYTES
+
+    n = 1024
+    probs = torch.empty(1, 12, n, n, device="meta")
+    values = torch.empty(1, 12, n, 64, device="meta")
+    rows = torch.empty(1, n, dtype=torch.long, device="meta")
+    slices = _causal_row_chunks((probs, values, None, None, rows), torch.float64)
+    sizes = [s.stop - s.start for s in slices]
+    assert sum(sizes) == n and slices[0].start == 0
+    assert all(a.stop == b.start for a, b in zip(slices, slices[1:]))
+    per_row = 12 * n * 65 * 8 * CAUSAL_COPIES
+    assert max(sizes) * per_row <= CHUNK_BYTES < (max(sizes) + 1) * per_row
 
 
 @pytest.mark.parametrize("causal", [False, True])
