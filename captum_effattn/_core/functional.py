@@ -738,19 +738,28 @@ def solve_layers(
         _causal_row_chunks(inputs, dtype) if causal and kind != "raw" else []
         for inputs in layers
     ]
-    if any(len(c) > 1 for c in chunks):
-        # each row of a causal model has a basis of its own: one layer at a
-        # time, in chunks of rows whose bases fit the memory budget
-        for inputs, slices in zip(layers, chunks):
+    joint = joint and kind == "efficient"
+    if causal and kind != "raw" and (not joint or any(len(c) > 1 for c in chunks)):
+        # Each row of a causal model has a basis of its own: one layer at a
+        # time, in chunks of rows whose bases fit the memory budget, each on
+        # the keys up to its last row (the later ones are masked for all of
+        # its rows), which halves the work of the bases on average.
+        for (probs, values, w_out, key_mask, rows), slices in zip(layers, chunks):
             parts = []
-            for sl in slices or [slice(None)]:
-                rows = inputs[4][:, sl]
-                prep = _prepare(kind, *inputs[:4], rows, causal, dtype, rtol)
+            n = probs.shape[-1]
+            for sl in slices:
+                sub = rows[:, sl]
+                e = int(sub.max()) + 1
+                prep = _prepare(
+                    kind, probs[:, :, :e, :e], values[..., :e, :], w_out,
+                    key_mask[:, :e], sub, causal, dtype, rtol,
+                )  # fmt: skip
                 solved = solve([prep])[0] if kind == "efficient" else None
-                parts.append(_finish(kind, prep, solved, tol, objective))
+                out, cert = _finish(kind, prep, solved, tol, objective)
+                parts.append((torch.nn.functional.pad(out, (0, n - e)), cert))
                 del prep
             results.append(_merge_row_chunks(parts))
-    elif kind == "efficient" and joint:
+    elif joint:
         preps = [
             _prepare(kind, *inputs, causal=causal, dtype=dtype, rtol=rtol)
             for inputs in layers

@@ -77,16 +77,30 @@ def head_bases(
     dtype = values.dtype
     mask = key_mask.to(dtype).unsqueeze(-1)
     r_out = torch.linalg.qr(w_out.transpose(-1, -2), mode="r")[1]
-    m = (values * mask) @ r_out.transpose(-1, -2)
-    # SVD of the small triangular factor of M = Q_M R_M: the same singular
-    # values and, through Q_M, the same left singular vectors, and on GPU many
-    # times faster than a batched SVD of tall matrices.
+    # masking rows commutes with the product: one product per head, however
+    # many key masks (a causal model's rows) share its values
+    m = (values @ r_out.transpose(-1, -2)) * mask
+    # The singular values of the small triangular factor of M = Q_M R_M are
+    # those of M. Where M has full column rank, Q_M is already an
+    # orthonormal basis of col(M); elsewhere the SVD of R_M gives, through
+    # Q_M, the left singular vectors, whose leading columns span col(M).
     q_m, r_m = torch.linalg.qr(m)
-    u_r, s, _ = torch.linalg.svd(r_m, full_matrices=False)
-    u = q_m @ u_r
     n, dh = m.shape[-2], m.shape[-1]
     tol = rtol if rtol is not None else _default_rtol(n, dh, dtype)
-    keep = s > tol * s[..., :1].clamp_min(torch.finfo(dtype).tiny)
+    tiny = torch.finfo(dtype).tiny
+
+    def kept(s: Tensor) -> Tensor:
+        return s > tol * s[..., :1].clamp_min(tiny)
+
+    keep = kept(torch.linalg.svdvals(r_m))
+    u = q_m
+    short = ~keep.all(-1)
+    if bool(short.any()):
+        u = q_m.clone()
+        keep = keep.clone()
+        u_r, s, _ = torch.linalg.svd(r_m[short], full_matrices=False)
+        u[short] = q_m[short] @ u_r
+        keep[short] = kept(s)
     u = u * keep.unsqueeze(-2).to(dtype) * mask
     ones = key_mask.to(dtype)
     resid = ones - (u @ (u.transpose(-1, -2) @ ones.unsqueeze(-1))).squeeze(-1)

@@ -89,6 +89,36 @@ def test_bases_match_numpy_svd():
     np.testing.assert_allclose((cc.T @ cc).numpy(), np.eye(int(cm.sum())), atol=1e-12)
 
 
+def test_bases_of_a_batch_mixing_full_and_deficient_ranks():
+    # full-rank heads take Q of the QR as their basis, the others the SVD's
+    # leading singular vectors: in one batch each head spans its own col(T)
+    heads = [_problem(n=18, dh=5, d=12, seed=s, pad=s) for s in range(4)]
+    v = torch.stack([h[0] for h in heads])
+    w = torch.stack([h[1] for h in heads]).clone()
+    mask = torch.stack([h[2] for h in heads])
+    w[1, 3:] = 0.0  # rank 3 < d_h
+    # rank 4, with the first column of M = V Rᵀ (W_Oᵀ = Q R) zero, so that
+    # the first column of the QR's Q lies outside col(T)
+    r_out = torch.linalg.qr(w[2].T, mode="r")[1]
+    m = v[2].clone()
+    m[:, 0] = 0.0
+    v[2] = torch.linalg.solve(r_out, m.T).T
+    mask[3, 4:] = False  # 4 keys < d_h
+    u, c, cm = head_bases(v, w, mask)
+    assert cm[:, :-1].sum(-1).tolist() == [5, 3, 4, 4]
+    for g in range(4):
+        n = int(mask[g].sum())
+        t = (v[g] @ w[g]).numpy()[mask[g].numpy()]
+        ut, sv, _ = np.linalg.svd(t, full_matrices=False)
+        k = int((sv > sv[0] * 1e-12).sum())
+        p = (u[g] @ u[g].T).numpy()[mask[g].numpy()][:, mask[g].numpy()]
+        np.testing.assert_allclose(p, ut[:, :k] @ ut[:, :k].T, atol=1e-10)
+        cc = c[g][:, cm[g]]
+        eye = np.eye(int(cm[g].sum()))
+        np.testing.assert_allclose((cc.T @ cc).numpy(), eye, atol=1e-12)
+        assert n == int(c[g].abs().amax(-1).gt(0).sum())
+
+
 def test_rank_deficient_output_projection():
     # W_O of rank 2 < d_h: col(T) is smaller than col(V); no full-rank assumption.
     v, w, mask, a = _problem(n=20, dh=5, d=12, seed=2)
