@@ -20,8 +20,12 @@ then how ``efficient_attention`` (all rows) grows with the length n (and,
 with ``--batches``, how the per-example times change with the batch size: on
 a GPU, where the solver's cost is mostly kernel launches, they fall), and the
 peak memory of ``efficient_attention`` on long inputs (each measured in a
-fresh process). The classification head of the packaged MiniLM is random,
-which does not change any timing.
+fresh process). With ``--causal 256,512,1024`` it also times all rows of one
+layer of a decoder, where every query row has a basis of its own: a
+random-weight GPT-2 layer (12 heads of 64, built from its configuration, so
+nothing is downloaded) on one random input of each length, in a fresh
+process each, with its peak memory. The classification head of the packaged
+MiniLM is random, which does not change any timing.
 
 Usage::
 
@@ -671,6 +675,22 @@ def _memory_child(path: str, device_name: str, threads: Optional[int]) -> None:
     print("MEMORY-RESULT " + json.dumps(result), flush=True)
 
 
+def _child(
+    options: List[str], tag: str, args: argparse.Namespace
+) -> Tuple[Optional[Dict[str, Any]], str]:
+    r"""Run this script with ``options`` in a fresh process; its result line
+    (``tag`` + JSON) parsed, or None and the end of its stderr."""
+    cmd = [sys.executable, os.path.abspath(__file__), *options]
+    cmd += ["--device", args.device]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(tag)]
+    if proc.returncode != 0 or not lines:
+        return None, proc.stderr.strip()[-500:]
+    return json.loads(lines[-1][len(tag) :]), ""
+
+
 def _memory(
     tokenizer: Any,
     configs: Sequence[Tuple[int, int]],
@@ -685,26 +705,66 @@ def _memory(
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "inputs.pt")
             torch.save((ids, mask), path)
-            cmd = [
-                sys.executable, os.path.abspath(__file__), "--memory-child", path,
-                "--device", args.device,
-            ]  # fmt: skip
-            if args.threads:
-                cmd += ["--threads", str(args.threads)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-        tag = "MEMORY-RESULT "
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(tag)]
-        if proc.returncode != 0 or not lines:
-            log(f"memory {length}x{batch} failed: {proc.stderr.strip()[-500:]}")
-            results.append(
-                {"length": length, "batch": batch, "error": proc.stderr[-500:]}
-            )
+            res, err = _child(["--memory-child", path], "MEMORY-RESULT ", args)
+        if res is None:
+            log(f"memory {length}x{batch} failed: {err}")
+            results.append({"length": length, "batch": batch, "error": err})
             continue
-        res = json.loads(lines[-1][len(tag) :])
         results.append(res)
         log(
             f"memory {length}x{batch}: peak RSS {res['peak_rss'] / 2**30:.2f} GiB "
             f"(+{res['peak_rss_delta'] / 2**30:.2f} GiB), {res['seconds']:.1f} s"
+        )
+    return results
+
+
+def _causal_child(length: int, device_name: str, threads: Optional[int]) -> None:
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    from captum_effattn import efficient_attention
+
+    if threads:
+        torch.set_num_threads(threads)
+    device = torch.device(device_name)
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_layer=1, n_positions=max(1024, length), pad_token_id=0,
+        attn_implementation="eager",
+    )  # fmt: skip
+    model = GPT2ForSequenceClassification(config).eval().to(device)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 1000, (1, length), generator=gen).to(device)
+    mask = torch.ones_like(ids)
+    efficient_attention(model, ids[:, :8], mask[:, :8])  # warm up
+    start = time.perf_counter()
+    with _PeakRSS() as rss:
+        _, cert = efficient_attention(model, ids, mask, return_certificate=True)
+        _sync(device)
+    result = {
+        "length": length,
+        "seconds": time.perf_counter() - start,
+        "rss_before": rss.before,
+        "peak_rss": rss.peak,
+        "certificate_ok": cert.ok(rtol=1e-6),
+        "max_iterations": int(cert.iterations.max()),
+    }
+    print("CAUSAL-RESULT " + json.dumps(result), flush=True)
+
+
+def _causal(
+    lengths: Sequence[int], args: argparse.Namespace, log: Callable[[str], None]
+) -> List[Dict[str, Any]]:
+    results = []
+    for length in lengths:
+        res, err = _child(["--causal-child", str(length)], "CAUSAL-RESULT ", args)
+        if res is None:
+            log(f"causal n={length} failed: {err}")
+            results.append({"length": length, "error": err})
+            continue
+        results.append(res)
+        log(
+            f"causal n={length}: {res['seconds']:.1f} s, peak RSS "
+            f"{res['peak_rss'] / 2**30:.2f} GiB"
         )
     return results
 
@@ -746,6 +806,7 @@ def _report(
     device: torch.device,
     length: int,
     batches: Sequence[Dict[str, Any]] = (),
+    causal: Sequence[Dict[str, Any]] = (),
 ) -> str:
     by = {r.name: r for r in rows}
     fwd = by["forward"].per_example
@@ -893,6 +954,25 @@ def _report(
                 f"- {worst['length']} tokens × batch {worst['batch']} within "
                 f"{TARGET_MEMORY_GIB:.0f} GiB peak: {'met' if within else 'MISSED'}",
             ]
+    if causal:
+        lines += [
+            "",
+            "## A decoder layer: all rows (causal: a basis per row; fresh process)",
+            "",
+            "Random-weight GPT-2, one layer of 12 heads of 64, one random input.",
+            "",
+            "| n | time | peak RSS | max iterations | certificate ok |",
+            "|---|---|---|---|---|",
+        ]
+        for c in causal:
+            if "error" in c:
+                lines.append(f"| {c['length']} | failed | | | |")
+                continue
+            lines.append(
+                f"| {c['length']} | {_fmt(c['seconds'])} | "
+                f"{c['peak_rss'] / 2**30:.2f} GiB | {c['max_iterations']} | "
+                f"{c['certificate_ok']} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -925,6 +1005,14 @@ def _counts(text: str) -> str:
         raise argparse.ArgumentTypeError("expected sizes such as 16,64,256")
     for item in items:
         _count(item)
+    return text
+
+
+def _causal_lengths(text: str) -> str:
+    for item in (v for v in text.split(",") if v):
+        value = _count(item)
+        if not 2 <= value <= 4096:
+            raise argparse.ArgumentTypeError(f"must lie in [2, 4096], got {value}")
     return text
 
 
@@ -1026,7 +1114,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--json", default=None, help="write the raw numbers to this file"
     )
+    parser.add_argument(
+        "--causal",
+        type=_causal_lengths,
+        default=None,
+        help="lengths at which to time all rows of a random-weight GPT-2 layer "
+        "(e.g. 256,512,1024; default none)",
+    )
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--causal-child", type=int, default=None, help=argparse.SUPPRESS
+    )
     return parser
 
 
@@ -1039,6 +1137,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     if args.memory_child:
         _memory_child(args.memory_child, args.device, args.threads)
+        return 0
+    if args.causal_child:
+        _causal_child(args.causal_child, args.device, args.threads)
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -1074,7 +1175,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sizes = [int(v) for v in (args.batches or "").split(",") if v]
     batches = _batch_growth(model, tokenizer, sizes, args, device, log) if sizes else []
     memory = _memory(tokenizer, configs, args, log)
-    text = _report(rows, scaling, memory, args, device, args.length, batches)
+    causal_lengths = [int(v) for v in (args.causal or "").split(",") if v]
+    causal = _causal(causal_lengths, args, log)
+    text = _report(rows, scaling, memory, args, device, args.length, batches, causal)
     print(text)
     if args.markdown:
         with open(args.markdown, "w") as fh:
@@ -1083,7 +1186,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with open(args.json, "w") as fh:
             json.dump(
                 {"rows": [asdict(r) for r in rows], "scaling": scaling,
-                 "batches": batches, "memory": memory,
+                 "batches": batches, "memory": memory, "causal": causal,
                  "machine": _machine(device), "argv": list(argv or sys.argv[1:])},
                 fh, indent=2,
             )  # fmt: skip

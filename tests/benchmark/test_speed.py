@@ -75,6 +75,8 @@ def test_floor_row_times_the_factorisations(speed, tiny_model):
         (["--repeat", "0"], "must be at least 1"),
         (["--batches", "16,0"], "must be at least 1"),
         (["--batches", ","], "expected sizes"),
+        (["--causal", "1"], "must lie in [2, 4096]"),
+        (["--causal", "64,x"], "expected an integer"),
     ],
 )
 def test_bad_arguments_are_usage_errors(speed, capsys, args, message):
@@ -82,6 +84,13 @@ def test_bad_arguments_are_usage_errors(speed, capsys, args, message):
     with pytest.raises(SystemExit) as exc:
         speed.build_parser().parse_args(args)
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def _rows(speed) -> list:
+    # the rows _report needs, with made-up times
+    names = ["forward", "EfficientAttention.attribute", "efficient_attention"]
+    names += ["LayerIntegratedGradients", "Lime"]
+    return [speed.Row(name, "", float(i + 1), 1) for i, name in enumerate(names)]
 
 
 def test_batch_growth_table(speed, minilm):
@@ -97,13 +106,27 @@ def test_batch_growth_table(speed, minilm):
     assert [r["batch"] for r in rows] == [1, 2]
     assert "full" in rows[0] and rows[0]["certificate_ok"] and "full" not in rows[1]
     assert all(r["forward"] > 0 and r["attribute"] > 0 for r in rows)
-    table = [
-        speed.Row("forward", "", 1.0, 1),
-        speed.Row("EfficientAttention.attribute", "", 2.0, 1),
-        speed.Row("efficient_attention", "", 3.0, 1),
-        speed.Row("LayerIntegratedGradients", "", 4.0, 1),
-        speed.Row("Lime", "", 5.0, 1),
-    ]
+    table = _rows(speed)
     text = speed._report(table, [], [], args, torch.device("cpu"), 16, rows)
     assert "## Growth with the batch size (per example, 16 tokens)" in text
     assert "| 2 |" in text and "not run" in text
+
+
+def test_causal_table_in_a_fresh_process(speed):
+    # --causal: all rows of a random GPT-2 layer, timed in a child process
+    # with its peak memory, and a table in the report
+    args = speed.build_parser().parse_args(["--causal", "24", "--threads", "1"])
+    logged = []
+    (res,) = speed._causal([24], args, logged.append)
+    assert "error" not in res, res
+    assert res["length"] == 24 and res["seconds"] > 0
+    assert res["peak_rss"] >= res["rss_before"] > 0
+    assert res["certificate_ok"] is True and res["max_iterations"] >= 0
+    assert "causal n=24" in logged[0]
+    table = _rows(speed)
+    failed = {"length": 4096, "error": "killed"}
+    text = speed._report(
+        table, [], [], args, torch.device("cpu"), 16, causal=[res, failed]
+    )
+    assert "## A decoder layer: all rows" in text
+    assert "| 24 |" in text and "| 4096 | failed |" in text
