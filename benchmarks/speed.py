@@ -798,6 +798,15 @@ def _fmt(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
 
+def _section(
+    title: str, header: Sequence[str], cells: Sequence[Sequence[str]], note: str = ""
+) -> List[str]:
+    r"""A Markdown section: the title, an optional note and a table."""
+    lines = ["", title, ""] + ([note, ""] if note else [])
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in cells]
+
+
 def _report(
     rows: List[Row],
     scaling: List[Dict[str, Any]],
@@ -923,28 +932,30 @@ def _report(
                 f"{g['attribute'] / g['forward']:.2f} | {full} |"
             )
     if memory:
-        lines += [
-            "",
+        cells = []
+        for m in memory:
+            label = f"{m['length']} × {m['batch']}"
+            if "error" in m:
+                cells.append([label, "failed"] + [""] * 5)
+                continue
+            ok = str(m["certificate_ok"])
+            if "peak_cuda_delta" in m:
+                ok += f" (GPU peak +{m['peak_cuda_delta'] / 2**30:.2f} GiB)"
+            cells.append(
+                [label, _fmt(m["seconds"])]
+                + [
+                    f"{m[key] / 2**30:.2f} GiB"
+                    for key in ("rss_before", "peak_rss", "peak_rss_delta")
+                ]
+                + [f"{m['output_bytes'] / 2**30:.2f} GiB", ok]
+            )
+        lines += _section(
             "## Peak memory of efficient_attention "
             "(all layers, heads, rows; fresh process)",
-            "",
-            "| n × batch | time | RSS before | peak RSS | increase "
-            "| of which the float64 result | certificate ok |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for m in memory:
-            if "error" in m:
-                lines.append(f"| {m['length']} × {m['batch']} | failed | | | | | |")
-                continue
-            lines.append(
-                f"| {m['length']} × {m['batch']} | {_fmt(m['seconds'])} | "
-                f"{m['rss_before'] / 2**30:.2f} GiB | "
-                f"{m['peak_rss'] / 2**30:.2f} GiB | "
-                f"{m['peak_rss_delta'] / 2**30:.2f} GiB | "
-                f"{m['output_bytes'] / 2**30:.2f} GiB | {m['certificate_ok']} |"
-            )
-            if "peak_cuda_delta" in m:
-                lines[-1] += f" (GPU peak +{m['peak_cuda_delta'] / 2**30:.2f} GiB)"
+            ["n × batch", "time", "RSS before", "peak RSS", "increase",
+             "of which the float64 result", "certificate ok"],
+            cells,
+        )  # fmt: skip
         big = [m for m in memory if "error" not in m]
         if big:
             worst = max(big, key=lambda m: m["length"] * m["batch"])
@@ -955,24 +966,22 @@ def _report(
                 f"{TARGET_MEMORY_GIB:.0f} GiB peak: {'met' if within else 'MISSED'}",
             ]
     if causal:
-        lines += [
-            "",
-            "## A decoder layer: all rows (causal: a basis per row; fresh process)",
-            "",
-            "Random-weight GPT-2, one layer of 12 heads of 64, one random input.",
-            "",
-            "| n | time | peak RSS | max iterations | certificate ok |",
-            "|---|---|---|---|---|",
+        cells = [
+            [str(c["length"]), "failed", "", "", ""]
+            if "error" in c
+            else [
+                str(c["length"]), _fmt(c["seconds"]),
+                f"{c['peak_rss'] / 2**30:.2f} GiB", str(c["max_iterations"]),
+                str(c["certificate_ok"]),
+            ]  # fmt: skip
+            for c in causal
         ]
-        for c in causal:
-            if "error" in c:
-                lines.append(f"| {c['length']} | failed | | | |")
-                continue
-            lines.append(
-                f"| {c['length']} | {_fmt(c['seconds'])} | "
-                f"{c['peak_rss'] / 2**30:.2f} GiB | {c['max_iterations']} | "
-                f"{c['certificate_ok']} |"
-            )
+        lines += _section(
+            "## A decoder layer: all rows (causal: a basis per row; fresh process)",
+            ["n", "time", "peak RSS", "max iterations", "certificate ok"],
+            cells,
+            note="Random-weight GPT-2, one layer of 12 heads of 64, one random input.",
+        )
     return "\n".join(lines) + "\n"
 
 
