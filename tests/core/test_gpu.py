@@ -51,6 +51,23 @@ def test_solver_matches_cpu(device, temp):
     assert float(xg[1:, :, -5:].abs().max()) == 0.0  # padding stays exactly 0
 
 
+@pytest.mark.parametrize("kind", ["efficient", "effective"])
+def test_causal_row_chunks_match_cpu(device, tiny_model, kind, monkeypatch):
+    # a decoder's rows in chunks of a small budget (as long inputs take
+    # them) on the device give the CPU's one solve of all rows
+    from captum_effattn._core import functional
+
+    model = tiny_model("gpt2")
+    ids, mask = random_batch(2, 30, lengths=[30, 21], seed=4)
+    fn = efficient_attention if kind == "efficient" else effective_attention
+    want = fn(model, ids, mask)
+    monkeypatch.setattr(functional, "_default_chunk_bytes", lambda d: 2**16)
+    cpu, got = on_cpu_and_device(lambda *t: fn(model, *t), model, device, ids, mask)
+    assert got.device.type == device.type
+    torch.testing.assert_close(cpu, want, atol=1e-12, rtol=0)
+    torch.testing.assert_close(got.cpu(), want, atol=1e-9, rtol=0)
+
+
 def test_solver_float32_iterations_and_float32_input(device):
     v, w, mask, a = _problem(3, 64, 8, 16, seed=2, temp=5.0)
     _, c, cm = head_bases(v.to(device), w.to(device), mask.to(device))
