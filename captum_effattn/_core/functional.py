@@ -478,6 +478,8 @@ def resolve_rows(rows: RowsType, mask: Tensor) -> Tensor:
         raise ValueError(
             f"rows must be an int, a list or a (batch, m) tensor, got {tuple(t.shape)}"
         )
+    if t.numel() == 0:
+        raise ValueError("rows is empty: name at least one query position, or None")
     if bool(((t < -n) | (t >= n)).any()):
         raise ValueError(f"row positions must lie in [-{n}, {n}), got {t.tolist()}")
     return t % n

@@ -279,6 +279,9 @@ def test_heads_query_and_layer_forms(tiny_model):
         run(layer=True)
     with pytest.raises(ValueError, match="rows is empty"):
         attention_weights(model, ids, mask, rows=[])
+    for empty in (torch.empty(0, dtype=torch.long), torch.empty(ids.shape[0], 0)):
+        with pytest.raises(ValueError, match="rows is empty"):
+            attention_weights(model, ids, mask, rows=empty.long())
     # rows takes the integer forms that layers and query take; bools are
     # refused (True was once row 1)
     want = attention_weights(model, ids, mask, rows=3)
