@@ -144,7 +144,9 @@ class _AttentionAttribution(Attribution):
             dtype (torch.dtype, optional): dtype of the algebra.
                         Default: ``torch.float64``
             rtol (float, optional): relative tolerance of the numerical rank.
-                        Default: ``max(n, d_h) * eps(dtype)``
+                        Default: ``max(n, d_h) * eps(dtype)``, ``n`` the
+                        keys of the row (its example's real tokens, up to
+                        the row itself for a decoder)
             tol (float, optional): solver tolerance on the KKT residual
                         (efficient attention). Default: 1e-12 in float64,
                         1e-6 in float32

@@ -622,31 +622,53 @@ LayerInputs = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 #: them hold at once (the masked values, their QR factor, the bases, the
 #: temporaries), for the memory estimate of :func:`_causal_row_chunks`.
 CAUSAL_COPIES = 8
+#: A chunk of causal rows works on a multiple of this many keys.
+CAUSAL_KEY_STEP = 32
 
 
-def _causal_row_chunks(inputs: LayerInputs, dtype: torch.dtype) -> List[slice]:
-    r"""Slices of a causal layer's query rows whose bases fit the solver's
-    memory budget together (256 MiB on CPU). Every row of a causal model
-    has a basis of its own, ``(B, H, N, d_h + 1)`` per row: for all rows of
-    one 1,024-token GPT-2 input that is 6.5 GiB per copy in float64."""
-    probs, values, _, _, rows = inputs
-    b, h, n, _ = probs.shape
-    m = rows.shape[1]
+def _causal_bytes_per_row(inputs: LayerInputs, dtype: torch.dtype, keys: int) -> int:
+    probs, values = inputs[0], inputs[1]
+    b, h = probs.shape[:2]
     item = torch.empty((), dtype=dtype).element_size()
-    per_row = b * h * n * (values.shape[-1] + 1) * item * CAUSAL_COPIES
-    size = max(1, _default_chunk_bytes(probs.device) // per_row)
-    return [slice(i, min(i + size, m)) for i in range(0, m, size)]
+    return b * h * keys * (values.shape[-1] + 1) * item * CAUSAL_COPIES
 
 
-def _merge_row_chunks(
-    parts: Sequence[Tuple[Tensor, Certificate]],
-) -> Tuple[Tensor, Certificate]:
-    r"""One layer's rows and certificate from those of its row chunks: the
-    rows side by side, each certificate field the worst over the chunks."""
-    if len(parts) == 1:
-        return parts[0]
-    out = torch.cat([p[0] for p in parts], dim=2)
-    certs = [p[1] for p in parts]
+def _causal_row_chunks(
+    inputs: LayerInputs, dtype: torch.dtype
+) -> List[Tuple[Tensor, int]]:
+    r"""A causal layer's query rows (columns of ``rows``) in chunks whose
+    bases fit the solver's memory budget (256 MiB on CPU), each with the
+    number of keys it works on.
+
+    Every row of a causal model has a basis of its own, ``(B, H, keys,
+    d_h + 1)``: for all rows of one 1,024-token GPT-2 input with all keys
+    that is 6.5 GiB per copy in float64. Row ``i`` needs the keys up to
+    ``i``; a chunk works on the multiple of ``CAUSAL_KEY_STEP`` (at most all
+    keys) above its rows' last key, which about halves the work. Rows are
+    grouped by that number, so the shapes a row is computed in, and so its
+    rounding, depend on its own position only, not on which other rows are
+    solved with it or on the budget."""
+    probs, _, _, _, rows = inputs
+    n = probs.shape[-1]
+    last = rows.amax(0) + 1  # keys each column needs, over the batch
+    step = CAUSAL_KEY_STEP
+    keys = torch.clamp(
+        torch.div(last + step - 1, step, rounding_mode="floor") * step, max=n
+    )
+    budget = _default_chunk_bytes(probs.device)
+    chunks = []
+    for e in torch.unique(keys).tolist():
+        cols = (keys == e).nonzero().flatten()
+        size = max(1, budget // _causal_bytes_per_row(inputs, dtype, e))
+        chunks += [(cols[i : i + size], e) for i in range(0, cols.numel(), size)]
+    return chunks
+
+
+def _merge_certificates(certs: Sequence[Certificate]) -> Certificate:
+    r"""One layer's certificate from those of its chunks of rows: each field
+    the worst over the chunks, head by head."""
+    if len(certs) == 1:
+        return certs[0]
     merged: Dict[str, Any] = {}
     for f in fields(Certificate):
         values = [getattr(c, f.name) for c in certs]
@@ -660,7 +682,7 @@ def _merge_row_chunks(
             merged[f.name] = stacked.all(0)
         else:
             merged[f.name] = stacked.amax(0)
-    return out, Certificate(**merged)
+    return Certificate(**merged)
 
 
 def _joint_by_default(device: torch.device) -> bool:
@@ -736,31 +758,33 @@ def solve_layers(
         return list(zip(*parts))
 
     results = []
-    chunks = [
-        _causal_row_chunks(inputs, dtype) if causal and kind != "raw" else []
-        for inputs in layers
-    ]
     joint = joint and kind == "efficient"
-    if causal and kind != "raw" and (not joint or any(len(c) > 1 for c in chunks)):
+
+    def fits(inputs: LayerInputs) -> bool:  # all rows of a layer in one go
+        per_row = _causal_bytes_per_row(inputs, dtype, inputs[0].shape[-1])
+        budget = _default_chunk_bytes(inputs[0].device)
+        return per_row * inputs[4].shape[1] <= budget
+
+    if causal and kind != "raw" and not (joint and all(fits(i) for i in layers)):
         # Each row of a causal model has a basis of its own: one layer at a
         # time, in chunks of rows whose bases fit the memory budget, each on
-        # the keys up to its last row (the later ones are masked for all of
-        # its rows), which halves the work of the bases on average.
-        for (probs, values, w_out, key_mask, rows), slices in zip(layers, chunks):
-            parts = []
-            n = probs.shape[-1]
-            for sl in slices:
-                sub = rows[:, sl]
-                e = int(sub.max()) + 1
+        # the keys its rows need (see _causal_row_chunks).
+        for inputs in layers:
+            probs, values, w_out, key_mask, rows = inputs
+            b, h, n, _ = probs.shape
+            certs = []
+            out = probs.new_zeros(b, h, rows.shape[1], n, dtype=dtype)
+            for cols, e in _causal_row_chunks(inputs, dtype):
                 prep = _prepare(
                     kind, probs[:, :, :e, :e], values[..., :e, :], w_out,
-                    key_mask[:, :e], sub, causal, dtype, rtol,
+                    key_mask[:, :e], rows[:, cols], causal, dtype, rtol,
                 )  # fmt: skip
                 solved = solve([prep])[0] if kind == "efficient" else None
-                out, cert = _finish(kind, prep, solved, tol, objective)
-                parts.append((torch.nn.functional.pad(out, (0, n - e)), cert))
-                del prep
-            results.append(_merge_row_chunks(parts))
+                got, cert = _finish(kind, prep, solved, tol, objective)
+                out[:, :, cols, :e] = got
+                certs.append(cert)
+                del prep, got
+            results.append((out, _merge_certificates(certs)))
     elif joint:
         preps = [
             _prepare(kind, *inputs, causal=causal, dtype=dtype, rtol=rtol)
@@ -1076,7 +1100,9 @@ _COMMON_DOC = r"""
         dtype (torch.dtype, optional): dtype of the algebra and of the result.
                     Default: ``torch.float64``
         rtol (float, optional): relative singular-value tolerance of the
-                    numerical rank. Default: ``max(n, d_h) * eps(dtype)``
+                    numerical rank. Default: ``max(n, d_h) * eps(dtype)``,
+                    ``n`` the keys of the row (its example's real tokens,
+                    up to the row itself for a decoder)
         tol (float, optional): solver tolerance on the KKT residual
                     (efficient attention only). Default: 1e-12 in float64,
                     1e-6 in float32

@@ -39,9 +39,10 @@ __all__ = [
 DEFAULT_MAX_ITER = 100
 
 
-def _default_rtol(n: int, k: int, dtype: torch.dtype) -> float:
-    # The usual numerical-rank tolerance (as in numpy.linalg.matrix_rank).
-    return max(n, k) * torch.finfo(dtype).eps
+def _default_rtol(n: Tensor, k: int, dtype: torch.dtype) -> Tensor:
+    # The usual numerical-rank tolerance (as in numpy.linalg.matrix_rank) of
+    # n x k matrices, for a tensor of n.
+    return n.clamp_min(k).to(dtype) * torch.finfo(dtype).eps
 
 
 def head_bases(
@@ -65,7 +66,9 @@ def head_bases(
         key_mask (Tensor): bool ``(..., n)``, True for real tokens. Rows of the
                     bases at masked positions are exactly zero.
         rtol (float, optional): relative tolerance on singular values for the
-                    numerical rank. Default: ``max(n, d_h) * eps(dtype)``.
+                    numerical rank. Default: ``max(k, d_h) * eps(dtype)`` for
+                    a matrix of ``k`` real keys (its ``key_mask``), so that
+                    padding does not change the rank.
 
     Returns:
         (U, C, col_mask): ``U`` ``(..., n, d_h)`` orthonormal basis of
@@ -85,14 +88,21 @@ def head_bases(
     # orthonormal basis of col(M); elsewhere the SVD of R_M gives, through
     # Q_M, the left singular vectors, whose leading columns span col(M).
     q_m, r_m = torch.linalg.qr(m)
-    n, dh = m.shape[-2], m.shape[-1]
-    tol = rtol if rtol is not None else _default_rtol(n, dh, dtype)
+    dh = m.shape[-1]
     tiny = torch.finfo(dtype).tiny
+    keys = key_mask.sum(-1)
+    if rtol is not None:
+        tol = torch.full(keys.shape, float(rtol), dtype=dtype, device=m.device)
+    else:
+        # numpy's matrix_rank convention for the real (keys x d_h) matrix:
+        # neither the padding nor, for a causal model, the length up to
+        # which the rows are solved together moves a row's rank
+        tol = _default_rtol(keys, dh, dtype)
 
-    def kept(s: Tensor) -> Tensor:
-        return s > tol * s[..., :1].clamp_min(tiny)
+    def kept(s: Tensor, t: Tensor) -> Tensor:
+        return s > t.unsqueeze(-1) * s[..., :1].clamp_min(tiny)
 
-    keep = kept(torch.linalg.svdvals(r_m))
+    keep = kept(torch.linalg.svdvals(r_m), tol)
     u = q_m
     short = ~keep.all(-1)
     if bool(short.any()):
@@ -100,7 +110,7 @@ def head_bases(
         keep = keep.clone()
         u_r, s, _ = torch.linalg.svd(r_m[short], full_matrices=False)
         u[short] = q_m[short] @ u_r
-        keep[short] = kept(s)
+        keep[short] = kept(s, tol[short])
     u = u * keep.unsqueeze(-2).to(dtype) * mask
     ones = key_mask.to(dtype)
     resid = ones - (u @ (u.transpose(-1, -2) @ ones.unsqueeze(-1))).squeeze(-1)
@@ -109,7 +119,7 @@ def head_bases(
     count = ones.sum(-1, keepdim=True).clamp_min(1.0)
     has_one = (
         norm
-        > (tol if rtol is not None else 1e3 * torch.finfo(dtype).eps) * count.sqrt()
+        > (rtol if rtol is not None else 1e3 * torch.finfo(dtype).eps) * count.sqrt()
     )
     u_one = torch.where(has_one, resid / norm.clamp_min(torch.finfo(dtype).tiny), 0.0)
     c = torch.cat([u, u_one.unsqueeze(-1)], dim=-1)

@@ -264,8 +264,11 @@ def test_document_metrics_do_not_depend_on_the_batch(tiny, tmp_path):
     metrics = {key[2] for key in values[0]}
     assert {"infidelity", "sensitivity", "necessity"} <= metrics
     for key, value in values[0].items():
+        # infidelity values are 1e-10 to 1e-7 here: padding's float32
+        # rounding moves them by up to 0.2% (per-batch draws: up to 80%)
+        tol = dict(rel=2e-2, abs=1e-14) if key[2] == "infidelity" else {}
         assert values[1][key] == pytest.approx(
-            value, rel=1e-4, abs=1e-6, nan_ok=True
+            value, **(tol or dict(rel=1e-4, abs=1e-6)), nan_ok=True
         ), key
 
 

@@ -303,7 +303,6 @@ def test_causal_rows_in_chunks_equal_one_solve(kind, objective, rows, monkeypatc
         chosen = torch.tensor([[23, 3, 10, 7, 15], [0, 20, 5, 12, 21]])
         layers = [inputs[:4] + (chosen,) for inputs in layers]
     whole = solve_layers(kind, layers, causal=True, objective=objective, joint=True)
-    assert len(functional._causal_row_chunks(layers[0], torch.float64)) == 1
     per_row = 2 * 3 * 24 * 5 * 8 * functional.CAUSAL_COPIES
     monkeypatch.setattr(functional, "_default_chunk_bytes", lambda d: 2 * per_row)
     assert len(functional._causal_row_chunks(layers[0], torch.float64)) > 2
@@ -332,20 +331,63 @@ def test_causal_rows_in_chunks_equal_one_solve(kind, objective, rows, monkeypatc
 
 def test_causal_row_chunks_fit_the_budget():
     # all rows of a 1,024-token GPT-2 input (12 heads of 64) would hold 6.5
-    # GiB per copy of their bases: they go in chunks of the 256 MiB budget
+    # GiB per copy of their bases: they go in chunks of the 256 MiB budget,
+    # each on the multiple of 32 keys above its rows' last key
     from captum_effattn._core.functional import CAUSAL_COPIES, _causal_row_chunks
     from captum_effattn._core.solver import CHUNK_BYTES
 
     n = 1024
     probs = torch.empty(1, 12, n, n, device="meta")
     values = torch.empty(1, 12, n, 64, device="meta")
-    rows = torch.empty(1, n, dtype=torch.long, device="meta")
-    slices = _causal_row_chunks((probs, values, None, None, rows), torch.float64)
-    sizes = [s.stop - s.start for s in slices]
-    assert sum(sizes) == n and slices[0].start == 0
-    assert all(a.stop == b.start for a, b in zip(slices, slices[1:]))
-    per_row = 12 * n * 65 * 8 * CAUSAL_COPIES
-    assert max(sizes) * per_row <= CHUNK_BYTES < (max(sizes) + 1) * per_row
+    rows = torch.arange(n).flip(0)[None]  # any order
+    chunks = _causal_row_chunks((probs, values, None, None, rows), torch.float64)
+    cols = torch.cat([c for c, _ in chunks])
+    assert sorted(cols.tolist()) == list(range(n))  # every row once
+    for c, e in chunks:
+        last = int(rows[0, c].max()) + 1
+        assert e % 32 == 0 and e - 32 < last <= e  # the smallest such multiple
+        per_row = 12 * e * 65 * 8 * CAUSAL_COPIES
+        assert c.numel() * per_row <= CHUNK_BYTES
+    assert max(c.numel() for c, e in chunks if e == n) * 12 * n * 65 * 8 * 8 > (
+        CHUNK_BYTES - 12 * n * 65 * 8 * 8
+    )  # chunks as large as the budget allows
+
+
+def test_causal_rows_answer_the_same_whatever_rows_share_their_chunk(monkeypatch):
+    # A row's shapes depend on its position only, so its answer does not
+    # depend on which other rows are asked for or on the budget, even for a
+    # head with a singular value near the rank tolerance, whose direction is
+    # rounding noise (cutting the keys at each chunk's last row once moved
+    # such a row by 0.02 when row 63 was asked for too).
+    from captum_effattn._core import functional
+    from captum_effattn._core.functional import solve_layers
+
+    n, dh = 64, 4
+    g = torch.Generator().manual_seed(1)
+    q1, _ = torch.linalg.qr(torch.randn(10, dh, generator=g, dtype=torch.float64))
+    q2, _ = torch.linalg.qr(torch.randn(dh, dh, generator=g, dtype=torch.float64))
+    v = torch.randn(1, 1, n, dh, generator=g, dtype=torch.float64)
+    s = torch.tensor([1.0, 1.0, 1.0, 5e-15], dtype=torch.float64)
+    v[0, 0, :10] = q1 @ torch.diag(s) @ q2.T  # 22 eps: kept for 10 keys
+    w = torch.eye(dh, dtype=torch.float64)[None]
+    keys = torch.ones(1, n, dtype=torch.bool)
+    logits = torch.randn(1, 1, n, n, generator=g, dtype=torch.float64) * 3
+    causal = torch.tril(torch.ones(n, n, dtype=torch.bool))
+    probs = torch.softmax(logits.masked_fill(~causal, -torch.inf), -1)
+    for kind in ("efficient", "effective"):
+
+        def row9(rows):
+            inputs = (probs, v, w, keys, torch.tensor([rows]))
+            out, cert = solve_layers(kind, [inputs], causal=True, joint=False)[0]
+            return out[0, 0, rows.index(9)], cert
+
+        alone, cert = row9([9])
+        assert int(cert.rank) == (5 if kind == "efficient" else 4)
+        assert torch.equal(row9([9, 63])[0], alone)
+        assert torch.equal(row9([40, 9, 3])[0], alone)
+        monkeypatch.setattr(functional, "_default_chunk_bytes", lambda d: 1)
+        assert torch.equal(row9([9, 63, 12])[0], alone)
+        monkeypatch.undo()
 
 
 @pytest.mark.parametrize("causal", [False, True])

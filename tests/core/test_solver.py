@@ -119,6 +119,31 @@ def test_bases_of_a_batch_mixing_full_and_deficient_ranks():
         assert n == int(c[g].abs().amax(-1).gt(0).sum())
 
 
+def test_rank_tolerance_counts_real_keys_not_padding():
+    # the default tolerance max(k, d_h) eps is that of the real k x d_h
+    # matrix, so padding the keys (or, for a decoder, solving a row with
+    # longer ones) does not drop a direction: a singular value of 60 eps
+    # is kept for 40 keys (tolerance 40 eps) padded to 40 or to 128 keys,
+    # where the padded length (128 eps) once dropped it
+    g = torch.Generator().manual_seed(3)
+    k, dh = 40, 4
+    q1, _ = torch.linalg.qr(torch.randn(k, dh, generator=g, dtype=torch.float64))
+    q2, _ = torch.linalg.qr(torch.randn(dh, dh, generator=g, dtype=torch.float64))
+    eps = torch.finfo(torch.float64).eps
+    s = torch.tensor([1.0, 0.5, 0.25, 60 * eps], dtype=torch.float64)
+    v = q1 @ torch.diag(s) @ q2.T
+    w = torch.eye(dh, dtype=torch.float64)
+    ranks = []
+    for n in (k, 128):
+        vp = torch.cat([v, torch.randn(n - k, dh, generator=g, dtype=torch.float64)])
+        mask = torch.arange(n) < k
+        _, _, cm = head_bases(vp, w, mask)
+        ranks.append(int(cm[:-1].sum()))
+    assert ranks == [4, 4]
+    _, _, cm = head_bases(v, w, torch.ones(k, dtype=torch.bool), rtol=100 * eps)
+    assert int(cm[:-1].sum()) == 3  # an explicit rtol still decides
+
+
 def test_rank_deficient_output_projection():
     # W_O of rank 2 < d_h: col(T) is smaller than col(V); no full-rank assumption.
     v, w, mask, a = _problem(n=20, dh=5, d=12, seed=2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 
+import numpy as np
 import pytest
 import torch
 from captum.metrics import infidelity, sensitivity_max
@@ -191,39 +192,45 @@ def _pad_to(rows, width, left=False):
         ("sensitivity", dict(probability=0.3, mode="random")),
     ],
 )
-def test_example_seeds_make_draws_independent_of_the_batch(kind, options):
+@pytest.mark.parametrize("masks", [True, False])
+def test_example_seeds_make_draws_independent_of_the_batch(kind, options, masks):
     # a document's perturbations depend on its seed only: not on the other
-    # documents of its batch, their number, the padded width or the side
+    # documents of its batch, their number, the padded width or the side,
+    # nor on how Captum splits the copies into calls (max_examples_per_batch)
     doc = [CLS, 4, 5, 6, 7, 8, 9, 10, SEP]
     others = [[CLS, 11, 12, SEP], [CLS, 4, 6, 8, 10, 12, 5, 7, 9, 11, SEP]]
     m = 6
 
-    def perturbed_doc(rows, where, seeds, width, left):
+    def perturbed_doc(rows, where, seeds, width, left, split=(m,)):
         ids = _pad_to(rows, width, left)
         mask = (ids != PAD).long()
         special = ((ids == CLS) | (ids == SEP) | (ids == PAD)).long()
+        given = dict(attention_mask=mask, special_tokens_mask=special)
         perturb = token_perturb_func(
-            kind, attention_mask=mask, special_tokens_mask=special,
-            mask_token_id=MASK, vocab_size=VOCAB, protected_ids=SPECIAL_IDS,
-            example_seeds=seeds, **options,
+            kind, mask_token_id=MASK, vocab_size=VOCAB, protected_ids=SPECIAL_IDS,
+            example_seeds=seeds, **(given if masks else {}), **options,
         )  # fmt: skip
         out = []
-        for _ in range(2):  # Captum may call it several times
-            got = perturb(_expand(ids, m))
-            new = got if kind == "sensitivity" else got[1]
-            rows_of_doc = new[where * m : (where + 1) * m]
-            real = _expand(mask, m)[where * m : (where + 1) * m].bool()
-            out.append(rows_of_doc[real].view(m, len(doc)))
+        for _ in range(2):  # Captum calls it again for each sub-batch
+            for rep in split:
+                got = perturb(_expand(ids, rep))
+                new = got if kind == "sensitivity" else got[1]
+                rows_of_doc = new[where * rep : (where + 1) * rep]
+                real = _expand(mask, rep)[where * rep : (where + 1) * rep].bool()
+                out.append(rows_of_doc[real].view(rep, len(doc)))
         return torch.cat(out)
 
     alone = perturbed_doc([doc], 0, [7], len(doc), False)
     assert not torch.equal(alone, _expand(torch.tensor([doc]), 2 * m))
-    for rows, where, seeds, width, left in [
-        ([others[0], doc], 1, [3, 7], 12, False),
-        ([doc, others[1], others[0]], 0, [7, 1, 2], 11, True),
-        ([others[1], doc], 1, torch.tensor([5, 7]), 16, True),
+    for rows, where, seeds, width, left, split in [
+        ([others[0], doc], 1, [3, 7], 12, False, (m,)),
+        ([doc, others[1], others[0]], 0, [7, 1, 2], 11, True, (m,)),
+        ([others[1], doc], 1, torch.tensor([5, 7]), 16, True, (m,)),
+        ([doc], 0, [7], len(doc), False, (1,) * m),
+        ([others[0], doc], 1, np.array([3, 7]), 12, True, (2, 1, 3)),
     ]:
-        assert torch.equal(perturbed_doc(rows, where, seeds, width, left), alone)
+        got = perturbed_doc(rows, where, seeds, width, left, split)
+        assert torch.equal(got, alone), (rows, split)
     assert not torch.equal(perturbed_doc([doc], 0, [8], len(doc), False), alone)
 
 
@@ -254,11 +261,19 @@ def test_example_seeds_bad_input():
         token_perturb_func(example_seeds=[1, 2.5, 3], **kwargs)
     with pytest.raises(TypeError, match="integer tensor"):
         token_perturb_func(example_seeds=torch.tensor([1.0, 2.0, 3.0]), **kwargs)
+    for bad in (7, {1: 2}, (s for s in [1, 2, 3]), "123"):
+        with pytest.raises(TypeError, match="one seed per example"):
+            token_perturb_func(example_seeds=bad, **kwargs)
+    # without masks the batch size is unknown: the rows must be groups of
+    # copies of one example, as Captum repeats a batch
     perturb = token_perturb_func(
         protected_ids=SPECIAL_IDS, mask_token_id=MASK, example_seeds=[1, 2]
     )
-    with pytest.raises(ValueError, match="not a repetition of the 2 examples"):
+    with pytest.raises(ValueError, match="not 2 groups of copies"):
         perturb(ids)  # 3 rows
+    with pytest.raises(ValueError, match="not 2 groups of copies"):
+        perturb(_expand(ids[:2], 2).repeat(2, 1))  # 4 examples, 2 copies each
+    assert perturb(_expand(ids[:2], 3))[1].shape == (6, 8)
 
 
 def test_with_captum_infidelity(make_bow):

@@ -16,6 +16,7 @@ from __future__ import annotations
 from numbers import Integral, Real
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -136,12 +137,16 @@ def token_perturb_func(
         example_seeds (sequence of int or Tensor, optional): one seed per
                     example of the (unexpanded) batch, exclusive with ``seed``
                     and ``generator``. Each example then draws from its own
-                    generator, over its own unpadded positions (those of
-                    ``attention_mask``, or of the mask in ``inputs`` with
-                    ``mask_index``), so that its perturbations do not depend
-                    on which other examples share its batch, on the batch
-                    size or on how far the batch is padded: the benchmark
-                    seeds every document this way. Default: None
+                    generator, over its own content tokens (those not
+                    protected), one copy after the other, so that its
+                    perturbations do not depend on which other examples
+                    share its batch, on the batch size, on how far and on
+                    which side the batch is padded, or on how Captum splits
+                    the copies into calls (``max_examples_per_batch``): the
+                    benchmark seeds every document this way. Captum's
+                    inputs must then be copies of the batch's examples, each
+                    repeated in a row, as its metrics make them.
+                    Default: None
 
     Returns:
         Callable: the ``perturb_func`` described above.
@@ -254,29 +259,42 @@ def token_perturb_func(
         generator = torch.Generator().manual_seed(int(seed))
     example_gens = _example_generators(example_seeds, base_protect)
 
-    def uniform(rows: int, seq_len: int, device: torch.device, real: Tensor) -> Tensor:
-        # (rows, seq_len) uniform draws on ``device``; per example, over its
-        # unpadded positions ``real`` (rows, seq_len) only, with 1 elsewhere
+    def uniform(ids: Tensor, content: Tensor) -> Tuple[Tensor, Tensor]:
+        # Two (rows, seq_len) uniform draws on the ids' device: the one that
+        # chooses the tokens and the one that draws random ids.
+        rows, seq_len = ids.shape
         if example_gens is None:
             gen_device = (
                 generator.device if generator is not None else torch.device("cpu")
             )
-            noise = torch.rand((rows, seq_len), generator=generator, device=gen_device)
-            return noise.to(device)
+            draw = [
+                torch.rand((rows, seq_len), generator=generator, device=gen_device)
+                for _ in range(2 if mode == "random" else 1)
+            ]
+            return draw[0].to(ids.device), draw[-1].to(ids.device)
+        # Per example: each row (one of Captum's copies of it) takes both
+        # draws over its content tokens in order, in one piece, so that they
+        # do not depend on padding, batch mates, the mode or on how Captum
+        # splits the copies into calls.
         n_ex = len(example_gens)
-        if rows % n_ex != 0:
-            raise ValueError(
-                f"perturb_func got {rows} rows of token ids, which is not a "
-                f"repetition of the {n_ex} examples that example_seeds seeds"
-            )
         rep = rows // n_ex
-        noise = torch.ones(rows, seq_len)
-        real = real.cpu()
+        if rows % n_ex != 0 or not bool(
+            (ids.view(n_ex, rep, seq_len) == ids[::rep, None]).all()
+        ):
+            raise ValueError(
+                f"perturb_func got {rows} rows of token ids, which are not "
+                f"{n_ex} groups of copies of one example each (Captum's "
+                f"repetition of a batch of {n_ex}): give one example_seeds "
+                "entry per example of the batch"
+            )
+        noise = torch.ones(2, rows, seq_len)
+        cont = content.cpu()
         for b, gen in enumerate(example_gens):
-            keep = real[b * rep]
-            part = noise[b * rep : (b + 1) * rep]
-            part[:, keep] = torch.rand((rep, int(keep.sum())), generator=gen)
-        return noise.to(device)
+            keep = cont[b * rep]
+            got = torch.rand((rep, 2, int(keep.sum())), generator=gen)
+            part = noise[:, b * rep : (b + 1) * rep]
+            part[:, :, keep] = got.transpose(0, 1)
+        return noise[0].to(ids.device), noise[1].to(ids.device)
 
     def _perturb(inputs: TokenInputs, baselines: Any = None) -> Tuple[Any, Any]:
         is_tuple = isinstance(inputs, tuple)
@@ -309,17 +327,9 @@ def token_perturb_func(
             in_mask = parts[mask_index]
             protect = protect | (in_mask == 0)
         content = ~protect
-        # the positions an example's own draws cover: all but padding
-        real = torch.ones_like(content)
-        if attention_mask is not None:
-            real = real & (attention_mask != 0).to(device).repeat_interleave(
-                rows // attention_mask.shape[0], dim=0
-            )
-        if in_mask is not None:
-            real = real & (in_mask != 0)
 
         # choose the tokens
-        noise = uniform(rows, seq_len, device, real)
+        noise, u = uniform(ids, content)
         if probability is not None:
             chosen = (noise < float(probability)) & content
         else:
@@ -334,7 +344,6 @@ def token_perturb_func(
         elif mode == "pad":
             fill = torch.full_like(ids, int(pad_token_id))  # type: ignore[arg-type]
         else:
-            u = uniform(rows, seq_len, device, real)
             fill = _random_ids(ids, candidates, u)  # type: ignore[arg-type]
         new_ids = torch.where(chosen, fill, ids)
         out_parts = list(parts)
@@ -402,12 +411,18 @@ def _example_generators(
     r"""One seeded CPU generator per example, after checking the seeds."""
     if example_seeds is None:
         return None
-    if isinstance(example_seeds, Tensor):
-        if example_seeds.dim() != 1 or example_seeds.is_floating_point():
+    if isinstance(example_seeds, (Tensor, np.ndarray)):
+        t = torch.as_tensor(example_seeds)
+        if t.dim() != 1 or t.is_floating_point() or t.dtype == torch.bool:
             raise TypeError("example_seeds must be a 1-D integer tensor or a list")
-        seeds = example_seeds.tolist()
-    else:
+        seeds = t.tolist()
+    elif isinstance(example_seeds, (list, tuple, range)):
         seeds = list(example_seeds)
+    else:
+        raise TypeError(
+            "example_seeds must be a list, tuple or 1-D integer tensor with one "
+            f"seed per example, got {type(example_seeds).__name__}"
+        )
     for s in seeds:
         if isinstance(s, bool) or not isinstance(s, Integral):
             raise TypeError(f"example_seeds must hold ints, got {s!r}")
