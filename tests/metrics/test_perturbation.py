@@ -274,6 +274,16 @@ def test_example_seeds_bad_input():
     with pytest.raises(ValueError, match="not 2 groups of copies"):
         perturb(_expand(ids[:2], 2).repeat(2, 1))  # 4 examples, 2 copies each
     assert perturb(_expand(ids[:2], 3))[1].shape == (6, 8)
+    x = _expand(ids[:2], 3)
+    strided = torch.cat([x, x], 1)[:, :8]  # the same ids, not contiguous
+    assert not strided.is_contiguous()
+    again = token_perturb_func(
+        protected_ids=SPECIAL_IDS, mask_token_id=MASK, example_seeds=[1, 2]
+    )
+    first = token_perturb_func(
+        protected_ids=SPECIAL_IDS, mask_token_id=MASK, example_seeds=[1, 2]
+    )
+    assert torch.equal(again(strided)[1], first(x)[1])
 
 
 def test_with_captum_infidelity(make_bow):

@@ -279,7 +279,7 @@ def token_perturb_func(
         n_ex = len(example_gens)
         rep = rows // n_ex
         if rows % n_ex != 0 or not bool(
-            (ids.view(n_ex, rep, seq_len) == ids[::rep, None]).all()
+            (ids.reshape(n_ex, rep, seq_len) == ids[::rep, None]).all()
         ):
             raise ValueError(
                 f"perturb_func got {rows} rows of token ids, which are not "
