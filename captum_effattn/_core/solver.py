@@ -102,7 +102,9 @@ def head_bases(
     def kept(s: Tensor, t: Tensor) -> Tensor:
         return s > t.unsqueeze(-1) * s[..., :1].clamp_min(tiny)
 
-    keep = kept(torch.linalg.svdvals(r_m), tol)
+    sv = torch.linalg.svdvals(r_m)
+    tol = tol.expand(sv.shape[:-1])  # key_mask may broadcast against values
+    keep = kept(sv, tol)
     u = q_m
     short = ~keep.all(-1)
     if bool(short.any()):

@@ -106,6 +106,9 @@ def test_bases_of_a_batch_mixing_full_and_deficient_ranks():
     mask[3, 4:] = False  # 4 keys < d_h
     u, c, cm = head_bases(v, w, mask)
     assert cm[:, :-1].sum(-1).tolist() == [5, 3, 4, 4]
+    # one key mask for every head (it broadcasts), rank-deficient heads too
+    _, _, every = head_bases(v, w, torch.ones(18, dtype=torch.bool))
+    assert every[:, :-1].sum(-1).tolist() == [5, 3, 4, 5]
     for g in range(4):
         n = int(mask[g].sum())
         t = (v[g] @ w[g]).numpy()[mask[g].numpy()]
