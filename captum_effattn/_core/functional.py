@@ -189,6 +189,27 @@ class Certificate:
             out[f.name] = None if missing else torch.stack(values)
         return Certificate(**out)
 
+    @staticmethod
+    def merge(certs: Sequence["Certificate"]) -> "Certificate":
+        r"""The certificate of the same heads from those of parts of their
+        rows (a causal layer's chunks of rows): each field the worst over the
+        parts, head by head."""
+        if len(certs) == 1:
+            return certs[0]
+        stacked = Certificate.stack(certs)
+        out: Dict[str, Any] = {}
+        for f in fields(Certificate):
+            value = getattr(stacked, f.name)
+            if value is None:
+                out[f.name] = None
+            elif f.name == "min_entry":
+                out[f.name] = value.amin(0)
+            elif f.name == "converged":
+                out[f.name] = value.all(0)
+            else:
+                out[f.name] = value.amax(0)
+        return Certificate(**out)
+
     def worst(self) -> Dict[str, float]:
         r"""The worst value of each field over all layers, examples and heads."""
         return {
@@ -664,27 +685,6 @@ def _causal_row_chunks(
     return chunks
 
 
-def _merge_certificates(certs: Sequence[Certificate]) -> Certificate:
-    r"""One layer's certificate from those of its chunks of rows: each field
-    the worst over the chunks, head by head."""
-    if len(certs) == 1:
-        return certs[0]
-    merged: Dict[str, Any] = {}
-    for f in fields(Certificate):
-        values = [getattr(c, f.name) for c in certs]
-        if any(v is None for v in values):
-            merged[f.name] = None
-            continue
-        stacked = torch.stack(values)
-        if f.name == "min_entry":
-            merged[f.name] = stacked.amin(0)
-        elif f.name == "converged":
-            merged[f.name] = stacked.all(0)
-        else:
-            merged[f.name] = stacked.amax(0)
-    return Certificate(**merged)
-
-
 def _joint_by_default(device: torch.device) -> bool:
     r"""Whether :func:`solve_layers` solves all layers in one call on
     ``device`` by default: on CUDA, where a solve costs launches per
@@ -784,7 +784,7 @@ def solve_layers(
                 out[:, :, cols, :e] = got
                 certs.append(cert)
                 del prep, got
-            results.append((out, _merge_certificates(certs)))
+            results.append((out, Certificate.merge(certs)))
     elif joint:
         preps = [
             _prepare(kind, *inputs, causal=causal, dtype=dtype, rtol=rtol)
