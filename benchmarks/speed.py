@@ -639,6 +639,31 @@ class _PeakRSS:
             self.peak = max(self.peak, _max_rss())
 
 
+def _measured(
+    fn: Callable[[], Any], device: torch.device
+) -> Tuple[Any, Dict[str, Any]]:
+    r"""``fn()``'s result, with its time, its peak resident memory and, on
+    CUDA, its peak of allocated GPU memory (above what was allocated before),
+    for the fresh-process measurements."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base_cuda = torch.cuda.memory_allocated(device)
+    start = time.perf_counter()
+    with _PeakRSS() as rss:
+        out = fn()
+        _sync(device)
+    stats = {
+        "seconds": time.perf_counter() - start,
+        "rss_before": rss.before,
+        "peak_rss": rss.peak,
+        "peak_rss_delta": rss.peak - rss.before,
+    }
+    if device.type == "cuda":
+        stats["peak_cuda_delta"] = torch.cuda.max_memory_allocated(device) - base_cuda
+    return out, stats
+
+
 def _memory_child(path: str, device_name: str, threads: Optional[int]) -> None:
     from captum_effattn import efficient_attention
     from captum_effattn.benchmark.models import load_model
@@ -650,28 +675,16 @@ def _memory_child(path: str, device_name: str, threads: Optional[int]) -> None:
     ids, mask = (t.to(device) for t in torch.load(path))
     with torch.no_grad():  # warm up on one example
         model(input_ids=ids[:1], attention_mask=mask[:1], output_attentions=True)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base_cuda = torch.cuda.memory_allocated(device)
-    start = time.perf_counter()
-    with _PeakRSS() as rss:
-        out, cert = efficient_attention(model, ids, mask, return_certificate=True)
-        _sync(device)
-    seconds = time.perf_counter() - start
+    (out, cert), stats = _measured(
+        lambda: efficient_attention(model, ids, mask, return_certificate=True), device
+    )
     result = {
         "length": int(ids.shape[1]),
         "batch": int(ids.shape[0]),
-        "seconds": seconds,
-        "rss_before": rss.before,
-        "peak_rss": rss.peak,
-        "peak_rss_delta": rss.peak - rss.before,
+        **stats,
         "output_bytes": out.numel() * out.element_size(),
         "certificate_ok": cert.ok(rtol=1e-6),
     }
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) - base_cuda
-        result["peak_cuda_delta"] = peak
     print("MEMORY-RESULT " + json.dumps(result), flush=True)
 
 
@@ -736,15 +749,12 @@ def _causal_child(length: int, device_name: str, threads: Optional[int]) -> None
     ids = torch.randint(5, 1000, (1, length), generator=gen).to(device)
     mask = torch.ones_like(ids)
     efficient_attention(model, ids[:, :8], mask[:, :8])  # warm up
-    start = time.perf_counter()
-    with _PeakRSS() as rss:
-        _, cert = efficient_attention(model, ids, mask, return_certificate=True)
-        _sync(device)
+    (_, cert), stats = _measured(
+        lambda: efficient_attention(model, ids, mask, return_certificate=True), device
+    )
     result = {
         "length": length,
-        "seconds": time.perf_counter() - start,
-        "rss_before": rss.before,
-        "peak_rss": rss.peak,
+        **stats,
         "certificate_ok": cert.ok(rtol=1e-6),
         "max_iterations": int(cert.iterations.max()),
     }
@@ -796,6 +806,12 @@ def _fmt(seconds: float) -> str:
     if seconds >= 0.1:
         return f"{seconds:.2f} s"
     return f"{seconds * 1000:.1f} ms"
+
+
+def _gpu_peak(result: Dict[str, Any]) -> str:
+    if "peak_cuda_delta" not in result:
+        return ""
+    return f" (GPU peak +{result['peak_cuda_delta'] / 2**30:.2f} GiB)"
 
 
 def _section(
@@ -938,9 +954,7 @@ def _report(
             if "error" in m:
                 cells.append([label, "failed"] + [""] * 5)
                 continue
-            ok = str(m["certificate_ok"])
-            if "peak_cuda_delta" in m:
-                ok += f" (GPU peak +{m['peak_cuda_delta'] / 2**30:.2f} GiB)"
+            ok = str(m["certificate_ok"]) + _gpu_peak(m)
             cells.append(
                 [label, _fmt(m["seconds"])]
                 + [
@@ -971,8 +985,8 @@ def _report(
             if "error" in c
             else [
                 str(c["length"]), _fmt(c["seconds"]),
-                f"{c['peak_rss'] / 2**30:.2f} GiB", str(c["max_iterations"]),
-                str(c["certificate_ok"]),
+                f"{c['peak_rss'] / 2**30:.2f} GiB" + _gpu_peak(c),
+                str(c["max_iterations"]), str(c["certificate_ok"]),
             ]  # fmt: skip
             for c in causal
         ]

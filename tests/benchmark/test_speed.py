@@ -125,8 +125,10 @@ def test_causal_table_in_a_fresh_process(speed):
     assert "causal n=24" in logged[0]
     table = _rows(speed)
     failed = {"length": 4096, "error": "killed"}
+    on_gpu = dict(res, length=48, peak_cuda_delta=2**29)  # as CUDA reports it
     text = speed._report(
-        table, [], [], args, torch.device("cpu"), 16, causal=[res, failed]
+        table, [], [], args, torch.device("cpu"), 16, causal=[res, failed, on_gpu]
     )
     assert "## A decoder layer: all rows" in text
     assert "| 24 |" in text and "| 4096 | failed |" in text
+    assert "(GPU peak +0.50 GiB)" in text.split("| 48 |")[1].splitlines()[0]
