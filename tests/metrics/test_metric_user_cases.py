@@ -87,6 +87,34 @@ def test_left_padded_batch_equals_examples_alone(make_bow):
     assert torch.allclose(batch[0], alone0[0])
 
 
+def test_an_all_padding_row_leaves_a_right_padded_batch_right_padded(make_bow):
+    # an empty text (all padding) starts with padding too, but says nothing
+    # about the side: the other rows must still be re-packed to the left
+    model = make_bow(position_weights=torch.linspace(0.5, 1.5, 6))
+    ids = torch.tensor([[CLS, 4, 5, 6, 7, SEP], [CLS, 8, 9, SEP, PAD, PAD]])
+    attr = torch.tensor([[0.0, 0.4, 0.3, 0.2, 0.1, 0.0], [0, 0.9, 0.1, 0, 0, 0]])
+    empty = torch.full((1, 6), PAD)
+    with_empty = torch.cat([ids, empty]), torch.cat([attr, torch.zeros(1, 6)])
+    removed = token_removal_attack(
+        (with_empty[0], (with_empty[0] != PAD).long()), 1,
+        attributions=with_empty[1],
+        special_tokens_mask=(with_empty[0] <= SEP).long(),
+    )[0]  # fmt: skip
+    assert removed[:2].tolist() == [
+        [CLS, 5, 6, 7, SEP, PAD],
+        [CLS, 9, SEP, PAD, PAD, PAD],
+    ]
+    outs = []
+    for batch_ids, batch_attr in ((ids, attr), with_empty):
+        mask = (batch_ids != PAD).long()
+        special = (batch_ids <= SEP).long()
+        outs.append(
+            necessity(model, batch_ids, batch_attr, fraction=0.5,
+                      attention_mask=mask, special_tokens_mask=special)
+        )  # fmt: skip
+    assert torch.equal(outs[1][:2], outs[0]) and torch.isnan(outs[1][2])
+
+
 @pytest.mark.parametrize(
     "fraction", [0.2, np.float32(0.2), torch.tensor(0.2, dtype=torch.float32).item()]
 )
@@ -477,6 +505,49 @@ def test_pad_and_deleting_everything_without_mask_are_refused():
         lambda i, m: model(i, attention_mask=m).logits, ids, attr,
         attention_mask=mask, mode="pad", fraction=1.0,
     )  # fmt: skip
+
+
+def test_a_broadcast_per_position_argument_is_cut_with_the_text():
+    # Without a mask, "delete" cuts per-position arguments to the kept
+    # tokens; one given once for the whole batch, (1, N), must be cut too.
+    model = make_tiny_model("bert", seed=1)
+    ids, _ = random_batch(3, 10, seed=2)
+    attr = torch.randn(ids.shape, generator=torch.Generator().manual_seed(3))
+    special = torch.zeros_like(ids)
+    special[:, [0, -1]] = 1
+
+    def forward(i, token_type_ids):
+        return model(input_ids=i, token_type_ids=token_type_ids).logits
+
+    kw = dict(special_tokens_mask=special, fraction=0.3)
+    per_example = necessity(forward, ids, attr, None, (torch.zeros_like(ids),), **kw)
+    once = necessity(forward, ids, attr, None, (torch.zeros_like(ids[:1]),), **kw)
+    torch.testing.assert_close(once, per_example)
+
+
+@pytest.mark.parametrize("search", ["linear", "binary"])
+@pytest.mark.parametrize("per_eval", [1, 2, 16])
+def test_minimal_sizes_without_a_mask_never_empty_a_text(make_bow, search, per_eval):
+    # No mask and no special tokens: "delete" runs the model on the shorter
+    # texts, so the searches leave out the one size that empties the text
+    # (they used to try it, and raised, whenever it was in their batch).
+    model = make_bow()
+    ids = torch.tensor([[4, 5, 6, 7, 8]])  # logits (2.5, 3.0): class 1
+    attr = torch.tensor([[0.1, 0.5, 0.3, 0.2, 0.9]])
+    kw = dict(search=search, perturbations_per_eval=per_eval)
+    # removing 8, 5, 6 keeps class 1; also 7 leaves (1, 0): 4 flip it, and
+    # keeping 8 alone, then 5, then 6 gives class 0: 4 are sufficient
+    for fn in (minimal_necessary_size, minimal_sufficient_size):
+        size, frac = fn(lambda i: model(i), ids, attr, **kw)
+        assert size.tolist() == [4.0] and frac.tolist() == pytest.approx([0.8])
+        with_mask = fn(model, ids, attr, attention_mask=torch.ones_like(ids), **kw)
+        assert with_mask[0].tolist() == [4.0]
+    # two class-1 words: only removing both would flip, which is no text
+    two = torch.tensor([[5, 9]])
+    size, _ = minimal_necessary_size(lambda i: model(i), two, attr[:, :2], **kw)
+    assert torch.isnan(size).all()
+    size, _ = minimal_sufficient_size(lambda i: model(i), two, attr[:, :2], **kw)
+    assert size.tolist() == [1.0]
 
 
 def test_one_tuple_inputs_and_empty_texts(make_bow, hand_batch):

@@ -173,6 +173,28 @@ def test_bad_arguments():
         perturb(ids[:, :5])  # not a repetition of the (3, 8) masks
 
 
+def test_pad_mode_needs_the_tokenizers_padding_id():
+    # a tokenizer without a pad token (GPT-2's) once gave id 0 silently
+    class NoPad:
+        all_special_ids = [50256]
+        mask_token_id = None
+        pad_token_id = None
+
+        def __len__(self) -> int:
+            return 50257
+
+    with pytest.raises(ValueError, match="tokenizer has none"):
+        token_perturb_func(tokenizer=NoPad(), mode="pad", probability=1.0)
+    ids = torch.tensor([[5, 6, 50256]])
+    perturb = token_perturb_func(
+        tokenizer=NoPad(), mode="pad", pad_token_id=50256, probability=1.0, seed=0
+    )
+    _, perturbed = perturb(ids)
+    assert perturbed.tolist() == [[50256, 50256, 50256]]
+    # other modes never use the padding id
+    token_perturb_func("sensitivity", tokenizer=NoPad(), n_tokens=1)
+
+
 def _pad_to(rows, width, left=False):
     out = torch.full((len(rows), width), PAD)
     for i, row in enumerate(rows):

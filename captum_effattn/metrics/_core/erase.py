@@ -347,9 +347,10 @@ PADDING_SIDES = ("right", "left")
 
 def _padding_side(padding_side: Optional[str], real: Tensor) -> str:
     r"""``padding_side``, or the side inferred from the real-token mask:
-    ``"left"`` when some row starts with padding, else ``"right"``."""
+    ``"left"`` when some non-empty row starts with padding, else
+    ``"right"`` (a row that is all padding says nothing about the side)."""
     if padding_side is None:
-        return "left" if bool((~real[:, 0]).any()) else "right"
+        return "left" if bool((~real[:, 0] & real.any(1)).any()) else "right"
     if padding_side not in PADDING_SIDES:
         raise ValueError(
             f"padding_side must be 'right', 'left' or None, got {padding_side!r}"
@@ -386,7 +387,8 @@ def _erase(
         pad_token_id (int, optional): id of the padding token. Default: 0
         padding_side (str, optional): ``"right"`` or ``"left"``: where
                     ``"delete"`` puts new padding. Default: ``"left"`` when a
-                    row of the batch starts with padding, else ``"right"``.
+                    non-empty row of the batch starts with padding, else
+                    ``"right"``.
 
     Returns:
         (ids, attention_mask): the perturbed ids (same dtype) and mask (same
@@ -399,9 +401,10 @@ def _erase(
         n = input_ids.shape[1]
         positions = torch.arange(n, device=input_ids.device).expand_as(input_ids)
         count = kept.sum(dim=1, keepdim=True)
-        # A left-padded batch (some row starts with padding; a right-padded
-        # one never does) stays left-padded, so that the positions of the
-        # kept tokens are those the tokenizer would give the shorter text.
+        # A left-padded batch (some non-empty row starts with padding; a
+        # right-padded one never does) stays left-padded, so that the
+        # positions of the kept tokens are those the tokenizer would give the
+        # shorter text.
         if _padding_side(padding_side, real) == "left":
             # kept tokens last, in their order; everything else before them
             order = torch.argsort(positions + kept.long() * n, dim=1)
@@ -462,9 +465,12 @@ def _deleting_forward(
             cols = cols.to(ids.device)
 
             def cut(arg: Any) -> Any:
-                if not isinstance(arg, Tensor) or arg.shape[:1] != ids.shape[:1]:
+                if not isinstance(arg, Tensor) or arg.dim() == 0:
                     return arg
-                arg = arg.index_select(0, rows.to(arg.device))
+                if arg.shape[0] == ids.shape[0]:  # per example
+                    arg = arg.index_select(0, rows.to(arg.device))
+                elif arg.shape[0] != 1:  # (1, N, ...) broadcasts: cut it too
+                    return arg
                 if arg.dim() >= 2 and arg.shape[1] == n:  # per position
                     arg = arg.index_select(1, cols.to(arg.device))
                 return arg

@@ -313,7 +313,7 @@ def sufficiency(
         pad_token_id (int, optional): the padding id. Default: 0
         padding_side (str, optional): ``"right"`` or ``"left"``, where
                     ``mode="delete"`` puts the new padding. Default:
-                    inferred from the batch (``"left"`` when a row starts
+                    inferred from the batch (``"left"`` when a non-empty row starts
                     with padding, else ``"right"``); pass
                     ``tokenizer.padding_side`` for a batch without padding.
         batch_size (int, optional): at most this many rows (original and
@@ -459,7 +459,7 @@ def necessity(
         pad_token_id (int, optional): the padding id. Default: 0
         padding_side (str, optional): ``"right"`` or ``"left"``, where
                     ``mode="delete"`` puts the new padding. Default:
-                    inferred from the batch (``"left"`` when a row starts
+                    inferred from the batch (``"left"`` when a non-empty row starts
                     with padding, else ``"right"``); pass
                     ``tokenizer.padding_side`` for a batch without padding.
         batch_size (int, optional): at most this many rows (original and
@@ -610,7 +610,7 @@ def aopc_sufficiency(
         pad_token_id (int, optional): the padding id. Default: 0
         padding_side (str, optional): ``"right"`` or ``"left"``, where
                     ``mode="delete"`` puts the new padding. Default:
-                    inferred from the batch (``"left"`` when a row starts
+                    inferred from the batch (``"left"`` when a non-empty row starts
                     with padding, else ``"right"``); pass
                     ``tokenizer.padding_side`` for a batch without padding.
         batch_size (int, optional): at most this many rows (original and
@@ -734,7 +734,7 @@ def aopc_necessity(
         pad_token_id (int, optional): the padding id. Default: 0
         padding_side (str, optional): ``"right"`` or ``"left"``, where
                     ``mode="delete"`` puts the new padding. Default:
-                    inferred from the batch (``"left"`` when a row starts
+                    inferred from the batch (``"left"`` when a non-empty row starts
                     with padding, else ``"right"``); pass
                     ``tokenizer.padding_side`` for a batch without padding.
         batch_size (int, optional): at most this many rows (original and

@@ -100,6 +100,11 @@ def _minimal_size(
     _check_batch_size(batch_size)
     _check_function_to_apply(function_to_apply)
     args = _format_additional_forward_args(additional_forward_args)
+    # Without a mask, "delete" gives the model the shorter texts themselves,
+    # and a text without special tokens cannot be emptied: keeping k = 0 or
+    # removing k = n tokens of it is not tried (the model cannot be run on
+    # an empty text).
+    whole_text = attention_mask is None and mode == "delete"
     # no mask to hide new padding: "delete" drops the tokens from the text
     forward_func, attention_mask = _masked_deletion(
         forward_func, ids, attention_mask, mode, padding_side, function_to_apply
@@ -151,6 +156,9 @@ def _minimal_size(
         n = int(n_content[b])
         if n == 0:
             continue
+        no_empty = whole_text and n == ids.shape[1]  # every token is content
+        k_min = 1 if keep and no_empty else 0
+        k_max = n if not keep and no_empty else n + 1  # exclusive
         row = torch.tensor([b], device=ids.device)
         ex_ids = ids[b : b + 1]
         ex_inputs: Any = (ex_ids, attention_mask[b : b + 1]) if has_mask else ex_ids
@@ -173,8 +181,8 @@ def _minimal_size(
                 forward_func=search_forward,
                 attack=token_removal_attack,
                 arg_name="k",
-                arg_min=0,
-                arg_max=n + 1,
+                arg_min=k_min,
+                arg_max=k_max,
                 arg_step=1,
                 mode=how,
                 correct_fn=_prediction_missing if keep else _prediction_kept,
@@ -244,7 +252,9 @@ def minimal_necessary_size(
                     taken per example. Default: None
         attention_mask (Tensor, optional): (B, N), 0 at padding. Without it,
                     ``"delete"`` searches on the shorter texts themselves, as
-                    :func:`necessity` does. Default: None
+                    :func:`necessity` does; k = n is then not tried for an
+                    example without special tokens, which it would leave
+                    empty. Default: None
         special_tokens_mask (Tensor, optional): (B, N), positions never removed
                     nor counted. Default: None
         mode (str, optional): ``"delete"``, ``"mask"`` or ``"pad"``, as in
@@ -253,7 +263,7 @@ def minimal_necessary_size(
         pad_token_id (int, optional): the padding id. Default: 0
         padding_side (str, optional): ``"right"`` or ``"left"``, where
                     ``mode="delete"`` puts the new padding. Default:
-                    inferred from the batch (``"left"`` when a row starts
+                    inferred from the batch (``"left"`` when a non-empty row starts
                     with padding, else ``"right"``); pass
                     ``tokenizer.padding_side`` for a batch without padding.
         search (str, optional): ``"linear"`` (exact: the first k that flips)
@@ -279,7 +289,8 @@ def minimal_necessary_size(
         (sizes, fractions): two tensors of shape (B,): ``sizes`` the minimal k
         (float, integer-valued) and ``fractions`` = k / n. Both are **NaN**
         where no k flips the prediction (not even removing every content
-        token) and where an example has no content tokens.
+        token, or all but one when the text cannot be emptied: see
+        ``attention_mask``) and where an example has no content tokens.
 
     Examples::
 
@@ -360,7 +371,9 @@ def minimal_sufficient_size(
                     taken per example. Default: None
         attention_mask (Tensor, optional): (B, N), 0 at padding. Without it,
                     ``"delete"`` searches on the shorter texts themselves, as
-                    :func:`necessity` does. Default: None
+                    :func:`sufficiency` does; k = 0 is then not tried for an
+                    example without special tokens, which it would leave
+                    empty. Default: None
         special_tokens_mask (Tensor, optional): (B, N), positions never removed
                     nor counted. Default: None
         mode (str, optional): ``"delete"``, ``"mask"`` or ``"pad"``, as in
@@ -369,7 +382,7 @@ def minimal_sufficient_size(
         pad_token_id (int, optional): the padding id. Default: 0
         padding_side (str, optional): ``"right"`` or ``"left"``, where
                     ``mode="delete"`` puts the new padding. Default:
-                    inferred from the batch (``"left"`` when a row starts
+                    inferred from the batch (``"left"`` when a non-empty row starts
                     with padding, else ``"right"``); pass
                     ``tokenizer.padding_side`` for a batch without padding.
         search (str, optional): ``"linear"`` (exact) or ``"binary"`` (exact

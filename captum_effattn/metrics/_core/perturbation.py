@@ -118,7 +118,9 @@ def token_perturb_func(
                     ``vocab_size`` default. Default: None
         mask_token_id (int, optional): the [MASK] id. Default: None
         pad_token_id (int, optional): the padding id.
-                    Default: ``tokenizer.pad_token_id`` when given, else 0
+                    Default: ``tokenizer.pad_token_id`` when given (for
+                    ``mode="pad"``, a tokenizer without one is an error),
+                    else 0
         vocab_size (int, optional): number of ids for ``"random"``.
                     Default: None
         ids_index (int, optional): when Captum's ``inputs`` is a tuple, the
@@ -183,12 +185,18 @@ def token_perturb_func(
                 vocab_size = len(tokenizer)
             except TypeError:
                 vocab_size = getattr(tokenizer, "vocab_size", None)
-    if pad_token_id is None:
-        pad_token_id = 0
     if mode is None:
         mode = "mask" if kind == "infidelity" else "random"
     if mode not in _PERTURB_MODES:
         raise ValueError(f"Unknown mode {mode!r}; expected one of {_PERTURB_MODES}")
+    if pad_token_id is None:
+        if mode == "pad" and tokenizer is not None:
+            raise ValueError(
+                'mode="pad" needs a padding id, and the tokenizer has none '
+                "(GPT-2's): set one, e.g. tokenizer.pad_token = "
+                "tokenizer.eos_token, or pass pad_token_id="
+            )
+        pad_token_id = 0
     if mode == "mask" and mask_token_id is None:
         raise ValueError('mode="mask" needs mask_token_id (or a tokenizer)')
     if mode == "random":
@@ -506,7 +514,7 @@ def token_removal_attack(
         pad_token_id (int, optional): the padding id. Default: 0
         padding_side (str, optional): ``"right"`` or ``"left"``, where
                     ``mode="delete"`` puts the new padding. Default:
-                    inferred from the batch (``"left"`` when a row starts
+                    inferred from the batch (``"left"`` when a non-empty row starts
                     with padding, else ``"right"``); pass
                     ``tokenizer.padding_side`` for a batch without padding.
 
