@@ -356,7 +356,7 @@ def check_positional_arguments(
     # only Hugging Face models (a .config) name their arguments as expected
     if not isinstance(forward_func, nn.Module) or not hasattr(forward_func, "config"):
         return
-    if not extra:
+    if len(inputs) + len(extra) < 2:
         return
     try:
         signature = inspect.signature(forward_func.forward)
@@ -364,7 +364,8 @@ def check_positional_arguments(
     except (TypeError, ValueError):
         return  # let the call itself raise
     shape = inputs[0].shape if isinstance(inputs[0], Tensor) else None
-    names = list(signature.parameters)[len(inputs) : len(inputs) + len(extra)]
+    # every argument after the ids: the mask may come in a tuple of inputs
+    names = list(signature.parameters)[1 : len(inputs) + len(extra)]
     for name in names:
         value = bound.arguments.get(name)
         if (

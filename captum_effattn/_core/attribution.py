@@ -78,6 +78,11 @@ _OTHER_METHODS_ARGS = {
     "perturbations_per_eval": "attention needs no perturbed inputs",
     "attribute_to_layer_input": "attention is read at the attention modules",
     "show_progress": "there is one forward pass to run",
+    "grad_kwargs": "attention takes no gradient of the inputs",
+    "return_input_shape": "the scores always have the shape of the inputs",
+    "abs": "attention has no input gradients (take .abs() of the scores)",
+    "stdevs": "attention adds no noise to the inputs",
+    "custom_attribution_func": "attention multiplies no input gradients",
 }
 
 LayerType = Union[int, str]
@@ -289,7 +294,8 @@ class _AttentionAttribution(Attribution):
         if formatted is None or len(formatted) == 0:
             raise ValueError("inputs must be a tensor of token ids or a tuple of them")
         ids = formatted[0]
-        check_token_inputs(self.adapter, ids)  # types, shapes, vocabulary
+        # types, shapes, vocabulary; the window once the mask is known
+        check_token_inputs(self.adapter, ids, check_window=False)
         extra = _format_additional_forward_args(additional_forward_args) or ()
         adapter = self.adapter
         layers = (

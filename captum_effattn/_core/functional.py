@@ -376,8 +376,13 @@ def check_token_inputs(
     adapter: ModelAdapter,
     input_ids: Any,
     attention_mask: Optional[Any] = None,
+    check_window: bool = True,
 ) -> Tuple[Tensor, Tensor]:
     r"""Validate token ids and mask; return ``(ids, bool mask)``.
+
+    With ``check_window=False`` the real lengths are not compared with a
+    sliding attention window (a check of the ids before the mask is known,
+    which would count padding as tokens).
 
     Raises:
         TypeError: ids not an integer tensor.
@@ -462,7 +467,7 @@ def check_token_inputs(
             f"example(s) {empty} are all padding (attention_mask all 0); remove "
             "them from the batch"
         )
-    window = adapter.sliding_window
+    window = adapter.sliding_window if check_window else None
     longest = int(mask.sum(1).max())
     if window is not None and longest > window:
         raise ValueError(

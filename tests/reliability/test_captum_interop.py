@@ -6,11 +6,20 @@ failed with an error that did not say what to do, or gave a wrong number."""
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import pytest
 import torch
-from captum.attr import NoiseTunnel
+from captum.attr import (
+    DeepLift,
+    GradientShap,
+    KernelShap,
+    LayerIntegratedGradients,
+    Lime,
+    NoiseTunnel,
+    Saliency,
+)
 from effattn_testing import make_tiny_model, random_batch
 
 from captum_effattn import AttentionWeights, EfficientAttention, efficient_attention
@@ -71,6 +80,15 @@ def test_arguments_of_other_captum_methods_say_why(tiny_model):
         )
     with pytest.raises(TypeError, match="unexpected keyword argument 'layers'"):
         explainer.attribute(ids, additional_forward_args=(mask,), layers=0)
+    # every other argument of these Captum methods' attribute() is explained
+    captum_args = set()
+    others = (LayerIntegratedGradients, DeepLift, GradientShap, KernelShap, Lime)
+    for cls in others + (Saliency,):
+        captum_args |= set(inspect.signature(cls.attribute).parameters)
+    ours = set(inspect.signature(explainer.attribute).parameters)
+    for name in sorted(captum_args - ours - {"self", "kwargs"}):
+        with pytest.raises(TypeError, match=f"takes none of Captum's {name} "):
+            explainer.attribute(ids, additional_forward_args=(mask,), **{name: None})
     # without them the same call works
     out = explainer.attribute(ids, additional_forward_args=(mask,), target=0)
     assert out.shape == ids.shape

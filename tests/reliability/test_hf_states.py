@@ -254,6 +254,9 @@ def test_model_as_forward_func_with_a_mask_gpt2_reads_as_its_cache(tiny_model):
     ids, mask = random_batch(2, 12, lengths=[12, 9], seed=1)
     with pytest.raises(ValueError, match="argument 'cache'.*attention_mask=mask"):
         EfficientAttention(model).attribute(ids, additional_forward_args=(mask,))
+    # the same mask inside a tuple of inputs (Captum's other form)
+    with pytest.raises(ValueError, match="argument 'cache'.*attention_mask=mask"):
+        EfficientAttention(model).attribute((ids, mask))
 
 
 @pytest.mark.parametrize("family", ["bert", "distilbert", "llama"])
@@ -266,6 +269,8 @@ def test_model_as_forward_func_with_a_mask(tiny_model, family):
         ids, additional_forward_args=(mask,)
     )
     torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    in_tuple = EfficientAttention(model).attribute((ids, mask))[0]
+    torch.testing.assert_close(in_tuple, ref, rtol=0, atol=0)
 
 
 # ---------------------------------------- the model as the metrics' forward_func

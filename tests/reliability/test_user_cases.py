@@ -349,6 +349,18 @@ def test_inputs_longer_than_a_sliding_window_are_refused(tiny_model):
         model, ids[:, :8], mask[:, :8], return_certificate=True
     )
     assert cert.ok()
+    # padding is no token: a batch padded past the window whose texts fit
+    # it is accepted by the classes too (they once counted the padding)
+    ids, mask = random_batch(2, 12, lengths=[8, 5], seed=3)
+    got = EfficientAttention(_forward(model), model=model).attribute(
+        ids, additional_forward_args=(mask,)
+    )
+    for i, length in enumerate([8, 5]):
+        alone = EfficientAttention(_forward(model), model=model).attribute(
+            ids[i : i + 1, :length], additional_forward_args=(mask[i : i + 1, :length],)
+        )
+        torch.testing.assert_close(got[i, :length], alone[0])
+        assert bool((got[i, length:] == 0).all())
 
 
 # ------------------------------------------- multi-label support test
