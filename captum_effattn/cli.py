@@ -277,8 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--sensitivity-all",
         action="store_true",
-        help="also compute sensitivity for ig, lime, ablation and the efficient "
-        "rollouts (re-runs them 1 + --sensitivity-samples times)",
+        help="also compute sensitivity for ig, lime, ablation, efficient-grad-all "
+        "and the efficient rollouts (re-runs them 1 + --sensitivity-samples "
+        "times)",
     )
     bench.add_argument(
         "--lime-samples",
@@ -991,8 +992,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(argv) if argv is not None else sys.argv[1:]
     parser = build_parser()
     if argv[:1] == ["speed"] and argv[1:] not in (["-h"], ["--help"]):
-        # everything after "speed" belongs to benchmarks/speed.py
-        args = argparse.Namespace(command="speed", args=argv[1:])
+        # everything after "speed" (and a "--" that separates it) belongs
+        # to benchmarks/speed.py
+        rest = argv[2:] if argv[1:2] == ["--"] else argv[1:]
+        args = argparse.Namespace(command="speed", args=rest)
         try:
             return _cmd_speed(args)
         except CLIError as err:

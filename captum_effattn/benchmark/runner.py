@@ -31,10 +31,10 @@ metrics need 2 x (1 + fractions) F (batched), the minimal sets about
 is cheap for attention but would cost 4 x 500 F for ``lime`` and 4 x 50 F+B
 for ``ig`` with the default 3 samples: it is therefore computed only for the
 methods that are not marked ``expensive`` in the registry (``ig``, ``lime``,
-``ablation``, the efficient rollouts) unless ``sensitivity_all=True``
-(``--sensitivity-all``). Skip groups with ``skip_metrics``
-(``"sensitivity"``, ``"infidelity"``, ``"minimal"``, ``"aopc"``,
-``"erasure"``).
+``ablation``, ``efficient-grad-all`` and the efficient rollouts) unless
+``sensitivity_all=True`` (``--sensitivity-all``). Skip groups with
+``skip_metrics`` (``"sensitivity"``, ``"infidelity"``, ``"minimal"``,
+``"aopc"``, ``"erasure"``).
 
 Determinism: the example choice, the batches, Lime's samples and the metric
 perturbations all derive from ``seed``, so the same seed gives the same

@@ -105,6 +105,9 @@ def test_speed_runs_script_main(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(cli, "_speed_script", lambda: script)
     assert main(["speed", "--rows", "1"]) == 0
     assert "speed got ['--rows', '1']" in capsys.readouterr().out
+    # a "--" before the script's options is the usual separator, not one of them
+    assert main(["speed", "--", "--quick"]) == 0
+    assert "speed got ['--quick']" in capsys.readouterr().out
 
 
 def test_explain_on_tiny_model(tiny_model_dir, capsys):
