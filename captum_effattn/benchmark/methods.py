@@ -298,15 +298,18 @@ def _random(
     **ctx: Any,
 ) -> Tensor:
     # seeded by (seed, the example's tokens): the same example gets the same
-    # scores in any batch and process, and a perturbed input new ones
+    # scores in any batch and process, and a perturbed input new ones; drawn
+    # for its real tokens only, so that the side of the padding changes
+    # nothing either
     seed = int(ctx.get("seed") or 0)
-    rows = []
+    scores = torch.zeros(ids.shape)
     for b in range(ids.shape[0]):
-        tokens = ids[b][mask[b] != 0].cpu().numpy().tobytes()
+        real = (mask[b] != 0).cpu()
+        tokens = ids[b].cpu()[real].numpy().tobytes()
         digest = hashlib.sha1(str(seed).encode() + tokens).digest()
         gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
-        rows.append(torch.rand(ids.shape[1], generator=gen))
-    return torch.stack(rows).to(ids.device)
+        scores[b, real] = torch.rand(int(real.sum()), generator=gen)
+    return scores.to(ids.device)
 
 
 # ----------------------------------------------------------------------------

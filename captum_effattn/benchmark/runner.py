@@ -544,8 +544,9 @@ def _batches(n: int, size: int) -> List[List[int]]:
 
 #: Raised whenever the way a batch's numbers are computed changes within one
 #: package version, so that ``--resume`` never mixes batches of the two ways
-#: (2: the metric perturbations are drawn per document, not per batch).
-CHECKPOINT_FORMAT = 2
+#: (2: the metric perturbations are drawn per document, not per batch;
+#: 3: ``random`` draws for the real tokens only, whatever the padding side).
+CHECKPOINT_FORMAT = 3
 
 
 class _Checkpoint:

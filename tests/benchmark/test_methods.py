@@ -79,6 +79,18 @@ def test_method_batch_equals_single(setup, name):
     torch.testing.assert_close(full[b, :n], one[0], rtol=1e-4, atol=1e-5)
 
 
+def test_random_scores_do_not_depend_on_the_padding_side(setup):
+    model, forward, ids, mask, target, ctx = setup
+    right = attribute("random", model, forward, ids, mask, target, **ctx)
+    # the same rows padded on the left: the real tokens get the same scores
+    shift = [ids.shape[1] - length for length in LENGTHS]
+    left_ids = torch.stack([row.roll(s) for row, s in zip(ids, shift)])
+    left_mask = torch.stack([row.roll(s) for row, s in zip(mask, shift)])
+    left = attribute("random", model, forward, left_ids, left_mask, target, **ctx)
+    for b, s in enumerate(shift):
+        torch.testing.assert_close(left[b].roll(-s), right[b], rtol=0, atol=0)
+
+
 def test_registry_and_parsing():
     assert set(default_methods()) <= set(METHODS)
     assert "efficient-rollout" not in default_methods()
