@@ -259,7 +259,7 @@ class Certificate:
         rtol = (1e-6 if wide else 1e-3) if rtol is None else rtol
         scaled = sum_tol is None and self.row_sum_tol is not None
         sum_tol = (1e-6 if wide else 1e-4) if sum_tol is None else sum_tol
-        bound: Any = max(atol, sum_tol)
+        bound: Any = sum_tol  # atol bounds the entries, not the sums
         if scaled:
             assert self.row_sum_tol is not None
             bound = self.row_sum_tol.to(self.row_sum_error.dtype).clamp_min(bound)
@@ -1107,7 +1107,9 @@ _COMMON_DOC = r"""
         rtol (float, optional): relative singular-value tolerance of the
                     numerical rank. Default: ``max(n, d_h) * eps(dtype)``,
                     ``n`` the keys of the row (its example's real tokens,
-                    up to the row itself for a decoder)
+                    up to the row itself for a decoder); ``eps`` of the
+                    algebra's dtype, so the rounding of a float32 model's
+                    values counts as rank (pass about 1e-5 to discard it)
         tol (float, optional): solver tolerance on the KKT residual
                     (efficient attention only). Default: 1e-12 in float64,
                     1e-6 in float32

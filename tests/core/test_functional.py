@@ -10,7 +10,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from effattn_testing import random_batch
+from effattn_testing import make_tiny_model, random_batch
 
 from captum_effattn import (
     attention_weights,
@@ -88,6 +88,38 @@ def test_effective_equals_a_times_projector(tiny_model):
         np.testing.assert_allclose(eff[h], a[h] @ p, atol=1e-10)
     # output-equivalent but not a distribution
     assert np.abs(eff.sum(-1) - 1).max() > 1e-3 or eff.min() < -1e-6
+
+
+def test_rank_tolerance_of_a_rank_deficient_value_map():
+    # The default rank follows the float64 algebra, so the float32 rounding
+    # of a value map of rank 2 counts as rank (as mathematics.rst says);
+    # rtol=1e-5 discards it and gives Brunner's projector of the exact rank.
+    model = make_tiny_model("bert", seed=0)
+    value = model.bert.encoder.layer[0].attention.self.value
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        value.bias.zero_()
+        for h in range(4):  # 4 heads of 8: each head's rows span 2 of them
+            block = value.weight[h * 8 : (h + 1) * 8]
+            block.copy_(torch.randn(8, 2, generator=g) @ block[:2])
+    ids, mask = random_batch(1, 20, seed=5)
+    a = attention_weights(model, ids, mask, layers=0)[0, 0].numpy()
+    t = _independent_t(model, ids, mask, 0)
+    _, noisy = effective_attention(model, ids, mask, layers=0, return_certificate=True)
+    assert int(noisy.rank.max()) > 2
+    eff, cert = effective_attention(
+        model, ids, mask, layers=0, rtol=1e-5, return_certificate=True
+    )
+    # output-equivalent up to the float32 rounding it discards
+    assert cert.rank.flatten().tolist() == [2] * 4
+    assert float(cert.output_residual.max()) < 1e-6
+    _, cert = efficient_attention(
+        model, ids, mask, layers=0, rtol=1e-5, return_certificate=True
+    )
+    assert cert.rank.flatten().tolist() == [3] * 4 and cert.ok()
+    for h in range(4):
+        u = np.linalg.svd(t[h], full_matrices=False)[0][:, :2]
+        np.testing.assert_allclose(eff[0, 0, h].numpy(), a[h] @ u @ u.T, atol=1e-10)
 
 
 def test_efficient_is_closest_distribution_to_effective(tiny_model):

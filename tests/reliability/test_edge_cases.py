@@ -287,8 +287,11 @@ def test_raw_attention_certificate_scales_with_the_keys(tiny_model):
     for wrong in (probs * 0.99, probs.index_fill(-1, torch.tensor([5]), 0.0)):
         cert = raw_certificate(wrong)
         assert not cert.ok(), str(cert)
-    # and an explicit sum_tol is the bound, for every head
+    # and an explicit sum_tol is the bound, for every head, also below atol
     assert not drift.ok(sum_tol=1e-6)
+    error = drift.worst()["row_sum_error"]
+    assert drift.ok(sum_tol=2 * error, atol=1e-9)
+    assert not drift.ok(sum_tol=error / 2, atol=10 * error)
     # stacked per layer like the other fields
     assert Certificate.stack([drift, drift]).row_sum_tol.shape == (2, 1, 4)
 
