@@ -807,9 +807,10 @@ def solve_layers(
         warnings.warn(
             f"efficient attention: {unmet[0]} attention row(s) did not reach the "
             f"tolerance tol={tol:g} within max_iter={max_iter} iterations "
-            f"(largest KKT residual {unmet[1]:.3g}); they hold the best point "
-            "found, which may not be a distribution output-equivalent to the "
-            "attention. Raise max_iter (default "
+            f"(largest KKT residual {unmet[1]:.3g}); they hold an approximate "
+            "point (the checked candidate with the smallest KKT residual, else "
+            "the last iterate), which may not be a distribution "
+            "output-equivalent to the attention. Raise max_iter (default "
             f"{DEFAULT_MAX_ITER}) or tol, and check the certificate "
             "(return_certificate=True)",
             RuntimeWarning,

@@ -686,7 +686,8 @@ def _ipm(
 
     def retire(st: Dict[str, Tensor], gone: Tensor) -> None:
         # Rows leave the batch: frozen ones continue in the next phase; the
-        # others that never met the tolerance keep their best point.
+        # others that never met the tolerance keep their best polished
+        # point, or, never polished, the last iterate.
         hand = gone & st["frozen"]
         if bool(hand.any()):
             leaving.append(
