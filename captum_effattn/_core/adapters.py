@@ -119,7 +119,18 @@ ARCHITECTURES["qwen2"] = ARCHITECTURES["llama"]
 
 
 def supported_architectures() -> List[str]:
-    r"""The ``model_type`` values that have an adapter."""
+    r"""The ``model_type`` values that have an adapter.
+
+    Returns:
+        list of str: sorted ``config.model_type`` names; a model of another
+        type is refused with an error that lists them.
+
+    Examples::
+
+        >>> from captum_effattn import supported_architectures
+        >>> "bert" in supported_architectures()
+        True
+    """
     return sorted(ARCHITECTURES)
 
 

@@ -1133,6 +1133,18 @@ _COMMON_DOC = r"""
 """
 
 
+#: The parts of :data:`_COMMON_DOC` that only the solved kinds have.
+_SOLVER_DOC = """        tol (float, optional): solver tolerance on the KKT residual
+                    (efficient attention only). Default: 1e-12 in float64,
+                    1e-6 in float32
+        max_iter (int, optional): solver iterations at most; rows that miss
+                    ``tol`` within them raise a ``RuntimeWarning``. Default: 100
+"""
+_RTOL_DOC = _COMMON_DOC[
+    _COMMON_DOC.index("        rtol (float") : _COMMON_DOC.index("        tol (float")
+]
+
+
 def efficient_attention(
     model: nn.Module,
     input_ids: Tensor,
@@ -1222,15 +1234,7 @@ effective_attention.__doc__ = (
     orthogonal projector onto ``col(T)``, ``T = V_h W_O,h``. Output-equivalent
     to ``A`` but in general not a probability distribution.
 """
-    + _COMMON_DOC.replace(
-        """        tol (float, optional): solver tolerance on the KKT residual
-                    (efficient attention only). Default: 1e-12 in float64,
-                    1e-6 in float32
-        max_iter (int, optional): solver iterations at most; rows that miss
-                    ``tol`` within them raise a ``RuntimeWarning``. Default: 100
-""",
-        "",
-    )
+    + _COMMON_DOC.replace(_SOLVER_DOC, "")
     + r"""
     Examples::
 
@@ -1252,15 +1256,23 @@ def attention_weights(
     return_certificate: bool = False,
     **model_kwargs: Any,
 ) -> Union[Tensor, Tuple[Tensor, Certificate]]:
-    r"""The raw attention probabilities, in the same layout as
-    :func:`efficient_attention` (zero at padded positions).
-
-    Examples::
-
-        >>> from captum_effattn import attention_weights
-        >>> A = attention_weights(model, ids, mask)
-    """
     return _matrices(
         "raw", model, input_ids, attention_mask, layers, rows, dtype, None,
         0.0, 0, device, return_certificate, model_kwargs,
     )  # fmt: skip
+
+
+attention_weights.__doc__ = (
+    r"""The raw attention probabilities, in the same layout as
+    :func:`efficient_attention` (zero at padded positions); the certificate
+    checks that their rows sum to one within the rounding of the model's
+    softmax.
+"""
+    + _COMMON_DOC.replace(_SOLVER_DOC, "").replace(_RTOL_DOC, "")
+    + r"""
+    Examples::
+
+        >>> from captum_effattn import attention_weights
+        >>> A = attention_weights(model, ids, mask)
+"""
+)

@@ -35,6 +35,7 @@ Examples::
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -148,7 +149,10 @@ def load_model(
 
     Raises:
         ValueError: ``device`` is ``"meta"`` or not available on this
-                    machine.
+                    machine, or the folder's tokenizer has far fewer tokens
+                    than the model's vocabulary.
+        FileNotFoundError: the folder holds no tokenizer files (a model
+                    saved without its tokenizer).
     """
     device = check_device(device)  # before loading: "meta", no CUDA
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -159,9 +163,34 @@ def load_model(
         model = AutoModelForSequenceClassification.from_pretrained(
             str(path), num_labels=num_labels, attn_implementation="eager"
         )
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"{path} holds a model but no tokenizer files "
+            f"({', '.join(_TOKENIZER_FILES)}): save the tokenizer with the model, "
+            "tokenizer.save_pretrained(path), or it would be replaced by a "
+            "placeholder that reads every word as [UNK]"
+        )
     tokenizer = AutoTokenizer.from_pretrained(str(path))
+    vocab = getattr(model.config, "vocab_size", None)
+    if vocab and len(tokenizer) < vocab // 2:
+        raise ValueError(
+            f"the tokenizer in {path} has {len(tokenizer)} tokens for a model of "
+            f"{vocab}: its vocabulary files are missing or not the model's; save "
+            "the model's tokenizer there with tokenizer.save_pretrained(path)"
+        )
     model.to(device).eval()
     return model, tokenizer
+
+
+#: Files of which a model folder needs one for its tokenizer to load.
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
 
 
 # ----------------------------------------------------------------------------
@@ -514,11 +543,17 @@ def _cache_key(dataset: str, settings: Dict[str, Any]) -> str:
         stat = path.stat()
         keyed["dataset"] = f"{CSV_PREFIX}{path}"
         keyed["csv_stat"] = [stat.st_size, stat.st_mtime_ns]
-        name = "csv-" + "".join(c if c.isalnum() else "_" for c in path.stem)
-    else:
-        name = dataset
     blob = json.dumps(keyed, sort_keys=True, default=str)
-    return f"{name}-{hashlib.sha1(blob.encode()).hexdigest()[:12]}"
+    return f"{_cache_name(dataset)}-{hashlib.sha1(blob.encode()).hexdigest()[:12]}"
+
+
+def _cache_name(dataset: str) -> str:
+    r"""The readable start of a cache folder's name: the data set's name, or
+    ``csv-<file stem>`` for a ``csv:PATH`` data set."""
+    if dataset.startswith(CSV_PREFIX):
+        path = Path(dataset[len(CSV_PREFIX) :]).expanduser()
+        return "csv-" + "".join(c if c.isalnum() else "_" for c in path.stem)
+    return dataset
 
 
 class CacheDirError(OSError):
@@ -569,13 +604,15 @@ def get_or_finetune(
 
     Raises:
         CacheDirError: the model is not cached and the cache folder cannot be
-                    written (checked before fine-tuning).
+                    written (checked before fine-tuning), or the cached model
+                    cannot be loaded (a damaged folder: delete it or pass
+                    ``force=True``).
 
     Examples::
 
         >>> model, tokenizer, report = get_or_finetune("rt-verdict")
         >>> report["from_cache"], round(report["accuracy"], 2)  # doctest: +SKIP
-        (True, 0.8)
+        (True, 0.73)
     """
     settings = finetune_settings(dataset, **kwargs)
     device = check_device(settings.pop("device", "cpu"))
@@ -584,8 +621,15 @@ def get_or_finetune(
     report_path = folder / REPORT_FILE
 
     if report_path.is_file() and not force:
-        report = json.loads(report_path.read_text())
-        model, tokenizer = load_model(folder, len(report["label_names"]), device)
+        try:
+            report = json.loads(report_path.read_text())
+            model, tokenizer = load_model(folder, len(report["label_names"]), device)
+        except Exception as err:
+            raise CacheDirError(
+                f"the cached model {folder} cannot be loaded ({type(err).__name__}: "
+                f"{err}); it is damaged: delete that folder, or pass force=True "
+                "(captum-effattn finetune --force) to fine-tune it again"
+            ) from err
         report.update(path=str(folder), from_cache=True)
         return model, tokenizer, report
 
@@ -603,9 +647,18 @@ def get_or_finetune(
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str))
+        for item in tmp.iterdir():  # transformers writes the weights private
+            if item.is_file():
+                item.chmod(0o666 & ~umask)
         if folder.exists():
             shutil.rmtree(folder)
-        os.replace(tmp, folder)
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            # another process published the same settings in the meantime
+            if not (folder / REPORT_FILE).is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -647,7 +700,7 @@ def find_cached_model(
         return None
     found = [
         p
-        for p in root.glob(f"{dataset}-*")
+        for p in root.glob(f"{glob.escape(_cache_name(dataset))}-*")
         if (p / REPORT_FILE).is_file() and (p / "config.json").is_file()
     ]
     if seed is not None:

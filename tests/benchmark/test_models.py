@@ -176,6 +176,52 @@ def test_get_or_finetune_explicit_cache(
     assert (Path(report["path"]) / "config.json").is_file()
 
 
+def test_cache_entries_shared_found_raced_and_damaged(
+    tiny_model: Path, toy_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from captum_effattn.benchmark.models import CacheDirError, find_cached_model
+
+    name, cache = f"csv:{toy_csv}", tmp_path / "cache"
+    # another process publishes the same settings just before we do: ours is
+    # dropped, theirs kept, no error and no temporary folder left behind
+    real_replace = os.replace
+
+    def racing(src: Any, dst: Any) -> None:
+        Path(dst).mkdir()
+        (Path(dst) / "report.json").write_text("{}")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", racing)
+    _, _, report = get_or_finetune(name, cache=cache, model_path=tiny_model, **FAST)
+    monkeypatch.undo()
+    folder = Path(report["path"])
+    assert (folder / "report.json").read_text() == "{}"
+    assert [p.name for p in cache.iterdir()] == [folder.name]
+    # published for real: every file readable as the umask allows (the
+    # weights too, which transformers writes private)
+    _, _, report = get_or_finetune(
+        name, cache=cache, model_path=tiny_model, force=True, **FAST
+    )
+    umask = os.umask(0)
+    os.umask(umask)
+    for item in folder.iterdir():
+        assert item.stat().st_mode & 0o777 == 0o666 & ~umask, item.name
+    # a csv:PATH data set is found under the name its folder has
+    assert find_cached_model(name, cache) == folder
+    # a damaged entry names itself and the way out
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CacheDirError, match="cannot be loaded.*force=True"):
+        get_or_finetune(name, cache=cache, model_path=tiny_model, **FAST)
+    # a model saved without its tokenizer is refused, not read as all [UNK]
+    bare = tmp_path / "bare"
+    transformers.BertForSequenceClassification.from_pretrained(
+        str(tiny_model)
+    ).save_pretrained(bare)
+    with pytest.raises(FileNotFoundError, match="no tokenizer files"):
+        models.load_model(bare)
+
+
 def test_finetune_settings_use_dataset_defaults() -> None:
     settings = finetune_settings("rt-verdict")
     assert settings["max_train"] == 1000 and settings["model_path"] is None
