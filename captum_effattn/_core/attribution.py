@@ -248,7 +248,9 @@ class _AttentionAttribution(Attribution):
                         ``‖t_j‖ = ‖v_j W_O,h‖``, Kobayashi et al., 2020) or
                         ``"gradient"`` (times the gradient of the target output
                         with respect to the attention probabilities; one
-                        backward pass). Default: ``"none"``
+                        backward pass); ``layer="rollout"`` and
+                        ``"gradient_rollout"`` take ``"none"`` only.
+                        Default: ``"none"``
             return_matrices (bool, optional): also return an
                         :class:`AttentionResult` with the matrices and their
                         certificate. Default: False
@@ -465,6 +467,15 @@ class _AttentionAttribution(Attribution):
             raise ValueError(
                 "layer='gradient_rollout' is already gradient-weighted; use "
                 "weighting='none'"
+            )
+        if layer == "rollout" and weighting != "none":
+            # weighted rows are no distributions and far from 1 in scale, so
+            # ½(M + I) would be the identity's: a score on the query alone
+            raise ValueError(
+                "layer='rollout' multiplies attention distributions, and "
+                f"weighting={weighting!r} rows are none (the identity of "
+                "½(M + I) would swamp them); use weighting='none', or "
+                "layer='gradient_rollout' for a gradient-weighted rollout"
             )
         return heads
 

@@ -47,7 +47,11 @@ class SupportTestResult:
                     to the support of efficient attention and renormalised
                     (sufficiency: close to ``p_full`` is good).
         p_complement (Tensor): restricted to the complement of the support
-                    (necessity: far from ``p_full`` is good).
+                    (necessity: far from ``p_full`` is good). A row whose
+                    support holds all its keys has no complement and keeps
+                    its raw attention (every row of a text of at most
+                    ``rank([T, 1])`` tokens, a decoder's first row), so such
+                    a text has necessity 0.
         sufficiency (Tensor): ``p_full − p_support`` (lower is better).
         necessity (Tensor): ``p_full − p_complement`` (higher is better).
         support_fraction (Tensor): the share of the keys a row sees (the

@@ -235,6 +235,8 @@ def test_return_matrices_and_certificate(setup):
         (dict(query=99), "out of range"),
         (dict(query=20), "padding"),
         (dict(layer="gradient_rollout", weighting="gradient"), "already"),
+        (dict(layer="rollout", weighting="gradient"), "rollout' multiplies"),
+        (dict(layer="rollout", weighting="value_norm"), "rollout' multiplies"),
     ],
 )
 def test_bad_options(setup, kwargs, match):

@@ -114,6 +114,18 @@ def test_support_test_head_and_model_level(tiny_model, objective):
         assert float(res.support_fraction.max()) < 0.9
 
 
+def test_support_test_of_a_short_text_keeps_its_attention(tiny_model):
+    # at most rank([T, 1]) tokens: efficient attention is the raw attention,
+    # whose support holds every key, so no row has a complement to restrict
+    # to, every row keeps its attention and the necessity is 0 (as documented)
+    model = tiny_model("bert")
+    ids, mask = random_batch(2, 8, lengths=[8, 6], seed=4)  # head dim 8
+    res = attention_support_test(model, ids, mask)
+    assert res.support_fraction.tolist() == [1.0, 1.0]
+    assert res.necessity.tolist() == [0.0, 0.0]
+    assert res.sufficiency.abs().max() < 1e-6
+
+
 @pytest.mark.slow
 def test_support_test_real_model(minilm, real_batch):
     model, _ = minilm
