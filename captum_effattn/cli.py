@@ -865,7 +865,10 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     )
     special_ids = set(tokenizer.all_special_ids)  # "[SEP]" typed as text too
     if all(int(t) in special_ids for t in enc["input_ids"][0].tolist()):
-        raise CLIError(f"--text {text[:40]!r} has no tokens besides special ones")
+        raise CLIError(
+            f"--text {text[:40]!r} has no tokens besides special ones (characters "
+            "the tokenizer does not know become [UNK], which counts as one)"
+        )
     whole = len(tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"])
     if whole > enc["input_ids"].shape[1]:
         note += (

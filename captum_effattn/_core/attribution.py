@@ -10,6 +10,7 @@ score per input token.
 from __future__ import annotations
 
 import operator
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -379,6 +380,18 @@ class _AttentionAttribution(Attribution):
                         "and dtype, or use weighting='none'"
                     )
                 grads[idx] = g.detach()
+        elif target is not None:
+            # unused without a gradient, but a class out of range is a typo
+            # that should not pass as a class-specific explanation
+            logits = getattr(output, "logits", output)
+            is_2d = isinstance(logits, Tensor) and logits.dim() == 2
+            if is_2d and logits.shape[0] == ids.shape[0]:
+                if not isinstance(target, tuple):
+                    format_target(target, ids.shape[0], logits.shape[1])
+        if mask is None:
+            _warn_unmasked_padding(
+                ids, getattr(adapter.model.config, "pad_token_id", None)
+            )
 
         matrices: Dict[int, Tensor] = {}
         certs: List[Certificate] = []
@@ -579,6 +592,28 @@ def _copy_tensors(value: Any) -> Any:
     if isinstance(value, (tuple, list)):
         return type(value)(_copy_tensors(v) for v in value)
     return value
+
+
+def _warn_unmasked_padding(ids: Tensor, pad_id: Optional[int]) -> None:
+    r"""Warn when the model received no attention mask but the batch looks
+    padded: rows that end (or start) with runs of the padding id of unequal
+    lengths. Every position then counts as a real token, padding included."""
+    if pad_id is None or ids.shape[0] < 2:
+        return
+    pad = ids == pad_id
+    for run in (pad, pad.flip(1)):  # leading, then trailing padding
+        length = run.long().cumprod(1).sum(1)
+        if int(length.max()) > 0 and int(length.min()) < int(length.max()):
+            warnings.warn(
+                "the model received no attention mask, but the batch looks padded "
+                f"(rows end or start with runs of the padding id {pad_id}): every "
+                "position counts as a real token, padding included, and the "
+                "model's prediction is that of the padded text. Pass the mask, "
+                "e.g. additional_forward_args=(attention_mask,) with a "
+                "forward_func(ids, mask)",
+                stacklevel=3,
+            )
+            return
 
 
 def _target_scores(

@@ -921,10 +921,11 @@ def run_with_capture(
     if calls == 0:
         raise ValueError(
             "forward_func never called the model whose attention is read; pass "
-            "model= the Hugging Face model that forward_func runs. A "
-            "torch.compile'd model that has already run skips the hooks that "
-            "read the attention: call the uncompiled model (compiled._orig_mod) "
-            "in forward_func"
+            "model= the Hugging Face model that forward_func runs (a deep copy "
+            "of an explainer copies its model but not the model that its "
+            "forward_func calls). A torch.compile'd model that has already run "
+            "skips the hooks that read the attention: call the uncompiled model "
+            "(compiled._orig_mod) in forward_func"
         )
     if calls > 1:
         raise ValueError(

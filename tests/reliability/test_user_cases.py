@@ -8,6 +8,7 @@ values that cannot give an answer."""
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -121,6 +122,32 @@ def test_target_out_of_range(tiny_model, target):
         explainer.attribute(
             ids, target=target, additional_forward_args=(mask,), weighting="gradient"
         )
+    # unused without a gradient, but still checked: a typo would pass as a
+    # class-specific explanation
+    with pytest.raises(ValueError, match="out of range for 2 classes"):
+        explainer.attribute(ids, target=target, additional_forward_args=(mask,))
+    explainer.attribute(ids, target=1, additional_forward_args=(mask,))
+
+
+def test_a_padded_batch_without_its_mask_is_warned_about(tiny_model):
+    model = tiny_model("bert")
+    ids, mask = random_batch(2, 24, lengths=[24, 15], seed=3)
+    explainer = EfficientAttention(model)
+    with pytest.warns(UserWarning, match="no attention mask, but the batch looks"):
+        explainer.attribute(ids)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        explainer.attribute(ids, additional_forward_args=(mask,))
+        explainer.attribute(ids[:1])  # one text: nothing to compare
+        explainer.attribute(ids[:, :15])  # no padding
+
+
+def test_a_deep_copied_explainer_says_why_its_model_is_not_called(tiny_model):
+    model = tiny_model("bert")
+    ids, mask = random_batch(2, 24, lengths=[24, 15], seed=3)
+    copied = copy.deepcopy(EfficientAttention(_forward(model), model=model))
+    with pytest.raises(ValueError, match="never called the model.*deep copy"):
+        copied.attribute(ids, additional_forward_args=(mask,))
 
 
 def test_causal_lm_logits_need_a_target(tiny_model):
