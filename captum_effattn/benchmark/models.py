@@ -551,7 +551,7 @@ def _cache_name(dataset: str) -> str:
     r"""The readable start of a cache folder's name: the data set's name, or
     ``csv-<file stem>`` for a ``csv:PATH`` data set."""
     if dataset.startswith(CSV_PREFIX):
-        path = Path(dataset[len(CSV_PREFIX) :]).expanduser()
+        path = Path(dataset[len(CSV_PREFIX) :]).expanduser().resolve()
         return "csv-" + "".join(c if c.isalnum() else "_" for c in path.stem)
     return dataset
 
