@@ -652,6 +652,10 @@ def _is_special(token: str) -> bool:
     )
 
 
+#: Markers of a word's first piece, in byte-level BPE and SentencePiece.
+_WORD_START = ("\u0120", "\u2581")
+
+
 def _token_html(
     tokens: Sequence[str],
     scores: Sequence[float],
@@ -667,10 +671,19 @@ def _token_html(
     # normalise by the content tokens: [CLS]/[SEP] often take most attention
     content = [abs(s) for s, f in zip(scores, flags) if not f]
     scale = max(content or [abs(s) for s in scores] or [0.0])
+    # word starts: WordPiece marks the pieces that continue a word (##);
+    # byte-level BPE (Ġ) and SentencePiece (▁) mark those that start one
+    start = next((m for m in _WORD_START if any(t.startswith(m) for t in tokens)), "")
     out = []
+    previous_special = True
     for tok, score, flag in zip(tokens, scores, flags):
-        cont = tok.startswith("##")
-        text = html.escape(tok[2:] if cont else tok)
+        if start:
+            cont = not flag and not previous_special and not tok.startswith(start)
+            text = html.escape(tok[len(start) :] if tok.startswith(start) else tok)
+        else:
+            cont = tok.startswith("##")
+            text = html.escape(tok[2:] if cont else tok)
+        previous_special = flag
         cls = "t" + (" c" if cont else "")
         if flag:
             cls += " s"

@@ -5,6 +5,7 @@ labels pandas read as missing values or that a model numbers differently."""
 
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 
@@ -202,3 +203,27 @@ def test_scatter_labels_do_not_overlap():
     random = texts[names.index("random")]
     assert random.arrow_patch is None
     plt.close(fig)
+
+
+@pytest.mark.parametrize(
+    "tokens, words",
+    [
+        (["[CLS]", "a", "##b", "c", "[SEP]"], ["[CLS]", "a", "b", "c", "[SEP]"]),
+        (["<s>", "A", "\u0120good", "\u0120fil", "m", "</s>"], None),
+        (["<s>", "\u2581A", "\u2581good", "\u2581fil", "m", "</s>"], None),
+    ],
+)
+def test_heat_map_joins_the_pieces_of_a_word(tokens, words):
+    # WordPiece marks continuations (##), byte-level BPE (Ġ) and
+    # SentencePiece (▁) mark word starts: each shows its words unmarked
+    from captum_effattn.benchmark.report import _token_html
+
+    special = [t.startswith(("[", "<")) for t in tokens]
+    page = _token_html(tokens, [0.5] * len(tokens), special)
+    spans = re.findall(r'<span class="([^"]*)"[^>]*>([^<]*)</span>', page)
+    shown = [html.unescape(text) for _, text in spans]
+    if words is None:
+        words = ["<s>", "A", "good", "fil", "m", "</s>"]
+    assert shown == words
+    joined = [text for cls, text in spans if " c" in cls]
+    assert joined == (["b"] if tokens[0] == "[CLS]" else ["m"])

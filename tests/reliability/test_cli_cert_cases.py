@@ -81,6 +81,26 @@ def test_finetune_model_folder_without_a_model(monkeypatch, tmp_path, capsys):
     assert "not a Hugging Face model folder" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("missing", ["model.safetensors", "tokenizer.json"])
+def test_model_folder_missing_its_weights_or_tokenizer(
+    tiny_model_dir, tmp_path, monkeypatch, capsys, missing
+):
+    # the config and tokenizer loaded, so the folder passed the first check
+    # and finetune ended in a traceback from loading the model
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    for name in [missing] + (["vocab.txt"] if missing == "tokenizer.json" else []):
+        (folder / name).unlink(missing_ok=True)
+    monkeypatch.setattr(models, "finetune", _no_training)
+    assert main(["finetune", "--model", str(folder), "--quiet"]) == 2
+    assert "the folder has no" in capsys.readouterr().err
+    # explain loads the model first, and says so as clearly
+    assert main(["explain", "--model", str(folder), "--text", "a film"]) == 2
+    assert "cannot load a sequence classifier" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_finetune_max_length_beyond_the_positions(monkeypatch, capsys):
     seen = {}
