@@ -445,7 +445,11 @@ def _check_model(path: Optional[str], max_length: Optional[int]) -> Optional[int
     (:func:`_fit_max_length`), or None when it is None."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from captum_effattn.benchmark.models import _quiet_transformers, minilm_path
+    from captum_effattn.benchmark.models import (
+        _missing_model_files,
+        _quiet_transformers,
+        minilm_path,
+    )
 
     try:
         where = Path(path) if path is not None else minilm_path()
@@ -459,33 +463,17 @@ def _check_model(path: Optional[str], max_length: Optional[int]) -> Optional[int
             f"{what}: not a Hugging Face model folder with a tokenizer "
             f"({type(err).__name__}: {first[:300]})"
         ) from None
-    if path is not None:
-        # what load_model needs besides: weights, and the tokenizer's own
-        # files (without them a placeholder tokenizer loads above)
-        from captum_effattn.benchmark.models import _TOKENIZER_FILES
-
-        for what, names in (
-            ("weights", _WEIGHT_FILES),
-            ("tokenizer", _TOKENIZER_FILES),
-        ):
-            if not any((where / name).is_file() for name in names):
-                raise CLIError(
-                    f"--model {path}: the folder has no {what} files (one of "
-                    f"{', '.join(names)}); save the model and its tokenizer "
-                    "there with save_pretrained"
-                )
+    missing = _missing_model_files(where) if path is not None else None
+    if missing is not None:  # what load_model needs besides
+        what, names = missing
+        raise CLIError(
+            f"--model {path}: the folder has no {what} files (one of "
+            f"{', '.join(names)}); save the model and its tokenizer there with "
+            "save_pretrained"
+        )
     if max_length is None:
         return None
     return _fit_max_length(max_length, config, tokenizer)
-
-
-#: Files of which a model folder needs one for its weights.
-_WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

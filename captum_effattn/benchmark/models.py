@@ -151,24 +151,26 @@ def load_model(
         ValueError: ``device`` is ``"meta"`` or not available on this
                     machine, or the folder's tokenizer has far fewer tokens
                     than the model's vocabulary.
-        FileNotFoundError: the folder holds no tokenizer files (a model
-                    saved without its tokenizer).
+        FileNotFoundError: the folder holds no weights files or no
+                    tokenizer files (a model saved without its tokenizer).
     """
     device = check_device(device)  # before loading: "meta", no CUDA
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     path = Path(path) if path is not None else minilm_path()
+    missing = _missing_model_files(path)
+    if missing is not None:  # before the weights load, which takes seconds
+        what, names = missing
+        raise FileNotFoundError(
+            f"{path} holds no {what} files ({', '.join(names)}): save the model "
+            "and its tokenizer there with save_pretrained (without its "
+            "tokenizer files, a placeholder that reads every word as [UNK] "
+            "would load)"
+        )
     with _quiet_transformers():  # no "newly initialized weights" notices
         model = AutoModelForSequenceClassification.from_pretrained(
             str(path), num_labels=num_labels, attn_implementation="eager"
-        )
-    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
-        raise FileNotFoundError(
-            f"{path} holds a model but no tokenizer files "
-            f"({', '.join(_TOKENIZER_FILES)}): save the tokenizer with the model, "
-            "tokenizer.save_pretrained(path), or it would be replaced by a "
-            "placeholder that reads every word as [UNK]"
         )
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     vocab = getattr(model.config, "vocab_size", None)
@@ -182,15 +184,33 @@ def load_model(
     return model, tokenizer
 
 
-#: Files of which a model folder needs one for its tokenizer to load.
-_TOKENIZER_FILES = (
-    "tokenizer.json",
-    "vocab.txt",
-    "vocab.json",
-    "tokenizer.model",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-)
+#: Files of which a model folder needs one each, for its weights and for its
+#: tokenizer.
+_MODEL_FILES: Dict[str, Tuple[str, ...]] = {
+    "weights": (
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "pytorch_model.bin",
+        "pytorch_model.bin.index.json",
+    ),
+    "tokenizer": (
+        "tokenizer.json",
+        "vocab.txt",
+        "vocab.json",
+        "tokenizer.model",
+        "spiece.model",
+        "sentencepiece.bpe.model",
+    ),
+}
+
+
+def _missing_model_files(path: Path) -> Optional[Tuple[str, Tuple[str, ...]]]:
+    r"""``(what, files)`` for the first kind of :data:`_MODEL_FILES` (weights,
+    tokenizer) of which the folder ``path`` holds none, or None."""
+    for what, names in _MODEL_FILES.items():
+        if not any((path / name).is_file() for name in names):
+            return what, names
+    return None
 
 
 # ----------------------------------------------------------------------------
