@@ -468,14 +468,21 @@ def check_token_inputs(
             "them from the batch"
         )
     window = adapter.sliding_window if check_window else None
-    longest = int(mask.sum(1).max())
-    if window is not None and longest > window:
-        raise ValueError(
-            f"an example has {longest} tokens, more than the model's sliding "
-            f"attention window of {window}: sliding-window attention is not "
-            f"supported (row i would be allowed keys outside its window); "
-            f"truncate the inputs to {window} tokens"
-        )
+    if window is not None:
+        # the span from the first to the last real token, not their number:
+        # the window counts positions, and a mask may have holes
+        pos = torch.arange(mask.shape[1], device=mask.device)
+        first = torch.where(mask, pos, mask.shape[1]).amin(1)
+        last = torch.where(mask, pos, -1).amax(1)
+        longest = int((last - first + 1).max())
+        if longest > window:
+            raise ValueError(
+                f"an example spans {longest} positions from its first to its "
+                f"last real token, more than the model's sliding attention "
+                f"window of {window}: sliding-window attention is not "
+                f"supported (row i would be allowed keys outside its window); "
+                f"truncate the inputs to {window} tokens"
+            )
     return input_ids, mask
 
 
@@ -943,6 +950,18 @@ def run_with_capture(
                 "that has already run skips hooks added after compilation: "
                 "call the uncompiled model (compiled._orig_mod) in forward_func"
             )
+        queries, keys = got["weights"].shape[-2:]
+        if queries != keys or got["values"].shape[-2] != keys:
+            # a key/value cache (``cache=``, ``past_key_values=``) gives rows
+            # over past and new keys, and values of the new tokens only
+            raise ValueError(
+                f"layer {idx} attended from {queries} positions to {keys} keys "
+                f"with values for {got['values'].shape[-2]}: the attention is "
+                "not square over the input tokens, as with a key/value cache "
+                "from an earlier forward pass. Attention attribution needs one "
+                "forward pass over the whole sequence: pass all the tokens and "
+                "no cache (cache=None, past_key_values=None)"
+            )
         if not bool(torch.isfinite(got["weights"]).all()):
             raise ValueError(
                 f"the model produced NaN or inf attention in layer {idx}; check the "
@@ -980,6 +999,10 @@ _OWN_OPTIONS = (
 )  # fmt: skip
 
 
+#: Keyword arguments by which Hugging Face models take a key/value cache.
+_CACHE_KWARGS = ("cache", "past_key_values", "past_key_value", "layer_past")
+
+
 def _check_model_kwargs(model: nn.Module, model_kwargs: Dict[str, Any]) -> None:
     r"""Refuse keyword arguments that are neither our options nor named
     parameters of ``model.forward``: Hugging Face models take ``**kwargs``
@@ -996,6 +1019,14 @@ def _check_model_kwargs(model: nn.Module, model_kwargs: Dict[str, Any]) -> None:
         for name, p in params.items()
         if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
     ]
+    cached = sorted(k for k in model_kwargs if k in _CACHE_KWARGS)
+    if any(model_kwargs[k] is not None for k in cached):
+        raise ValueError(
+            f"{', '.join(cached)}: a key/value cache from an earlier forward "
+            "pass is not supported (the attention would cover keys whose "
+            "values this pass never computes); pass the whole sequence as "
+            "input_ids and no cache"
+        )
     unknown = sorted(k for k in model_kwargs if k not in named)
     if unknown:
         raise TypeError(

@@ -470,3 +470,64 @@ def test_gradient_weighting_says_when_target_does_not_fit_the_batch(tiny_model):
             ids, target=torch.tensor([1, 0, 1]), additional_forward_args=(mask,),
             weighting="gradient",
         )  # fmt: skip
+
+
+# ------------------------------------------------------- key/value caches
+@pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated")
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_key_value_cache_is_refused(family):
+    # With a cache the attention covers past and new keys but the values
+    # only the new tokens: the first columns of the rows (the past keys)
+    # were paired with the new tokens' values and certified.
+    from effattn_testing import _tiny_config
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    cfg = _tiny_config(family)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    ids, _ = random_batch(1, 8, seed=1)
+
+    def cache():
+        with torch.no_grad():
+            return model(input_ids=ids[:, :5], use_cache=True).past_key_values
+
+    for name in ("cache", "past_key_values"):
+        for fn in (attention_weights, efficient_attention):
+            with pytest.raises(ValueError, match="cache"):
+                fn(model, ids[:, 5:], **{name: cache()})
+    # a forward_func that holds the cache itself: caught from the shapes
+    past = cache()
+
+    def forward(new):
+        return model(input_ids=new, past_key_values=past).logits[:, -1]
+
+    for cls in (AttentionWeights, EfficientAttention):
+        past = cache()
+        with pytest.raises(ValueError, match="not square over the input tokens"):
+            cls(forward, model=model).attribute(ids[:, 5:], target=0)
+    # no cache, or use_cache=True without one, is fine
+    got = efficient_attention(model, ids, use_cache=True, cache=None)
+    assert got.shape[-1] == 8
+
+
+def test_the_sliding_window_counts_positions_not_tokens(tiny_model):
+    # ten real tokens spread over sixteen positions (a mask with holes, as
+    # the "pad" perturbation makes) do not fit a window of ten positions:
+    # row 15 would be given keys 0 to 5, which the model cannot see
+    model = tiny_model("mistral", sliding_window=10)
+    ids, _ = random_batch(1, 16, seed=4)
+    mask = torch.zeros(1, 16, dtype=torch.long)
+    mask[0, ::2] = 1
+    mask[0, 15] = 1
+    assert int(mask.sum()) <= 10
+    with pytest.raises(ValueError, match="spans 16 positions"):
+        efficient_attention(model, ids, mask)
+    with pytest.raises(ValueError, match="spans 16 positions"):
+        EfficientAttention(_forward(model), model=model).attribute(
+            ids, additional_forward_args=(mask,)
+        )
+    # the same holes within the window are accepted
+    _, cert = efficient_attention(
+        model, ids[:, 6:], mask[:, 6:], return_certificate=True
+    )
+    assert cert.ok()
