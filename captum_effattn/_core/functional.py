@@ -136,7 +136,9 @@ class Certificate:
 
     Attributes:
         output_residual (Tensor): max over rows of ``‖(M_i − A_i) T‖ / ‖A_i T‖``,
-                    the relative change of the head's output.
+                    the relative change of the head's output (for a row
+                    whose output nearly cancels, ``‖A_i T‖`` below
+                    ``sqrt(eps) · max_j ‖t_j‖``, relative to the latter).
         min_entry (Tensor): smallest entry (negative means not a distribution).
         row_sum_error (Tensor): max ``|Σ_j M_ij − 1|``.
         kkt_residual (Tensor): the largest violation of the optimality (KKT)
@@ -569,7 +571,11 @@ def _prepare(
     else:
         keys = key_mask[:, None, :]  # (B, 1, N)
     fkeys = keys[:, None].to(dtype)  # (B, 1, m|1, N)
-    a = a * fkeys
+    # padded query rows are never read: zero rows are closed-form (x = 0), so
+    # the solver spends nothing on them; ``where``, not a product, so that
+    # whatever the model put there (even NaN) stays out
+    live = keys[:, None] & row_real[:, None, :, None]  # (B, 1, m, N)
+    a = torch.where(live, a, 0.0)
     rank = torch.zeros(b, h, dtype=torch.long, device=v.device)
     prep = _Prepared(a=a, v=v, w=w, fkeys=fkeys, row_real=row_real, rank=rank)
     if kind == "raw":
@@ -634,7 +640,8 @@ def _finish(
     else:
         assert prep.out is not None
         out = prep.out
-    out = out * fkeys * row_real[:, None, :, None].to(out.dtype)
+    live = fkeys.bool() & row_real[:, None, :, None]
+    out = torch.where(live, out, 0.0)
     cert = _certificate(
         out, a, prep.v, prep.w, fkeys, row_real, kkt, iters, prep.rank, tol
     )
@@ -890,6 +897,13 @@ def _certificate(
 ) -> Certificate:
     rr = row_real[:, None, :].expand(out.shape[:3])  # (B, H, m)
     ref = ((a @ v) @ w[None]).norm(dim=-1)
+    # A row whose output cancels (‖A_i T‖ = 0, e.g. all its weight on a key
+    # whose value maps to 0) has no relative scale of its own: below
+    # sqrt(eps) times its largest ‖t_j‖, measure against that instead, the
+    # size that rounding of the entries can reach.
+    t_norm = ((v @ w[None]).norm(dim=-1)).unsqueeze(2)  # (B, H, 1, N)
+    t_max = torch.where(fkeys.bool(), t_norm, 0.0).amax(-1)  # (B, H, m|1)
+    ref = torch.maximum(ref, t_max * torch.finfo(out.dtype).eps ** 0.5)
     diff = (((out - a) @ v) @ w[None]).norm(dim=-1)
     rel = torch.where(diff == 0, torch.zeros_like(diff), diff / ref.clamp_min(1e-300))
     inf = torch.finfo(out.dtype).max

@@ -442,3 +442,77 @@ def test_joint_solve_of_layers_equals_layer_by_layer(causal):
         for inputs, (out, _) in zip(layers, both):
             ref, _ = solve_layer(kind, *inputs, causal=causal)
             torch.testing.assert_close(out, ref, atol=0, rtol=0)
+
+
+# ------------------------------------------ rows with a cancelling output
+def test_certificate_of_a_row_whose_output_cancels():
+    # A_i T = 0 exactly (half the weight on +1, half on -1): the relative
+    # output residual divided by ‖A_i T‖ = 0 and failed a correct answer
+    # with 1e+284; it is now measured against sqrt(eps) max_j ‖t_j‖ there
+    from captum_effattn._core.functional import solve_layer
+
+    v = torch.tensor([[0.0], [1.0], [-1.0], [2.0], [-3.0]], dtype=torch.float64)
+    w = torch.ones(1, 1, 1, dtype=torch.float64)
+    a = torch.tensor([0.0, 0.5, 0.5, 0.0, 0.0], dtype=torch.float64)
+    probs = a.expand(5, 5)[None, None].clone()
+    keys = torch.ones(1, 5, dtype=torch.bool)
+    out, cert = solve_layer("efficient", probs, v[None, None], w, keys, torch.arange(5)[None])
+    x = out[0, 0, 0]
+    assert abs(float(x @ v[:, 0])) < 1e-14 and abs(float(x.sum()) - 1) < 1e-14
+    assert float(x.min()) > 0.1  # the minimum-norm point, not A_i
+    assert cert.ok(), cert
+    assert float(cert.output_residual.max()) < 1e-6
+    # ... and it still fails an answer that changes the output
+    from captum_effattn._core.functional import _certificate
+
+    bad = out.clone()
+    bad[0, 0, 0] = torch.tensor([0.0, 0.6, 0.4, 0.0, 0.0], dtype=torch.float64)
+    fkeys = keys[:, None, None].to(torch.float64)
+    zero = torch.zeros(1, 1, dtype=torch.float64)
+    wrong = _certificate(
+        bad, probs, v[None, None], w, fkeys, keys, zero, zero.long(), zero.long(), 1e-12
+    )
+    assert not wrong.ok()
+
+
+# ------------------------------------------------------ padded query rows
+def test_padded_query_rows_are_not_solved():
+    # a pad token's row attends to the real keys like any other and used to
+    # go through the interior point (242 solved rows for 64 real ones here);
+    # anything in it, even NaN, must stay out of the answer
+    import warnings
+
+    import captum_effattn._core.functional as F
+
+    rng = np.random.default_rng(0)
+    b, h, n, dh, real = 1, 4, 64, 4, 16
+    v = torch.tensor(rng.standard_normal((b, h, n, dh)))
+    w = torch.tensor(rng.standard_normal((h, dh, 8)))
+    mask = torch.zeros(b, n, dtype=torch.bool)
+    mask[0, :real] = True
+    logits = torch.tensor(5 * rng.standard_normal((b, h, n, n)))
+    probs = torch.softmax(logits.masked_fill(~mask[:, None, None], -1e30), -1)
+    seen = []
+    solve = F.min_norm_simplex_solve
+
+    def spy(c, rhs, *args, **kwargs):
+        x, lam, info = solve(c, rhs, *args, **kwargs)
+        seen.append(int((info.iterations > 0).sum()))
+        return x, lam, info
+
+    rows = torch.arange(n)[None]
+    try:
+        F.min_norm_simplex_solve = spy
+        out, cert = F.solve_layer("efficient", probs, v, w, mask, rows)
+    finally:
+        F.min_norm_simplex_solve = solve
+    assert 0 < seen[0] <= real * h
+    assert cert.ok()
+    bad = probs.clone()
+    bad[0, 0, 40] = float("nan")  # a padded query row
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got, got_cert = F.solve_layer("efficient", bad, v, w, mask, rows)
+    assert not bool(torch.isnan(got).any())
+    torch.testing.assert_close(got, out, rtol=0, atol=0)
+    assert got_cert.ok()
