@@ -244,6 +244,13 @@ class Certificate:
         answer from one changed by about 1e-4 (moving 1e-4 of a row's weight
         between two keys passed in 362 of 576 trials at 512 tokens, against
         1 of 576 in float64): certify at that level with float64 algebra.
+        Entries can differ from the float64 answer by much more where a
+        head's value map has singular values below float32's rank tolerance
+        (about ``max(n, d_h) · 1.2e-7`` of the largest): float32 drops them,
+        and solves a problem of lower rank, whose answer is another
+        output-equivalent distribution (entries apart by up to 0.95 in a
+        constructed case with singular values of 1e-6; the smallest relative
+        singular value of a real MiniLM head is 2.3e-3).
         With the default ``sum_tol``, a head whose ``row_sum_tol`` is larger (raw
         attention of long inputs, or of a float16 model) is held to that
         instead: the rounding of the model's own softmax, which grows with
