@@ -10,8 +10,9 @@ minimum-norm efficient attention) to a vertex: while the columns of
 ``d`` supported on ``S`` with ``C_Sᵀ d = 0``; moving along it until a
 coordinate reaches zero keeps the row in ``P`` and shrinks the support by at
 least one. The direction is the projection of the raw attention onto that
-null space, so every step increases the agreement ``⟨a, x⟩`` with the raw
-attention. After the walk the support is fixed and the equality system is
+null space (plus a fixed tie-breaking jitter of 1e-3 · max(a)), so every
+step increases ``⟨a + jitter, x⟩``, the agreement with the raw attention up
+to that jitter. After the walk the support is fixed and the equality system is
 solved once more on it, so the result is exact to rounding.
 """
 
@@ -53,14 +54,18 @@ def caratheodory_reduce(
         x (Tensor): feasible rows (..., n): ``x ≥ 0`` and ``Cᵀx = b``.
         c (Tensor): orthonormal bases (..., n, r) (zero rows at padding).
         a (Tensor): raw attention rows (..., n); the walk increases ``⟨a, x⟩``.
-        max_steps (int, optional): reduction steps at most. Default: n
+        max_steps (int, optional): reduction steps at most. Default: n,
+                    enough to reach a vertex (every step removes at least one
+                    key). A walk stopped earlier is not at a vertex: its rows
+                    may have more than ``rank(C)`` non-zeros.
         zero_tol (float, optional): entries below ``zero_tol · max(x)`` count
                     as zero. Default: 1e-12
 
     Returns:
         (vertices (..., n), support sizes (...)) in the dtype of ``x``. Every
         returned row has the same ``Cᵀx`` as the input row (up to rounding),
-        is non-negative, and has at most ``rank(C)`` non-zeros. The walk runs
+        is non-negative, and, with the default ``max_steps``, has at most
+        ``rank(C)`` non-zeros. The walk runs
         in float64 whatever the input dtype: its ridges and thresholds are
         below float32's rounding, where the Cholesky factorisations of
         rank-deficient ``C_Sᵀ C_S`` fail.
