@@ -386,8 +386,7 @@ class _AttentionAttribution(Attribution):
             logits = getattr(output, "logits", output)
             is_2d = isinstance(logits, Tensor) and logits.dim() == 2
             if is_2d and logits.shape[0] == ids.shape[0]:
-                if not isinstance(target, tuple):
-                    format_target(target, ids.shape[0], logits.shape[1])
+                format_target(target, ids.shape[0], logits.shape[1])
         if mask is None:
             _warn_unmasked_padding(
                 ids, getattr(adapter.model.config, "pad_token_id", None)
@@ -648,10 +647,11 @@ def _target_scores(
                     "LM, e.g. the logits of the last real token)"
                 )
             target = logits.argmax(-1)
-        elif logits.dim() == 2 and not isinstance(target, tuple):
+        elif logits.dim() == 2:
             # Captum's forms, checked as the metrics check them (numpy
-            # integers, (batch, 1) tensors, lists of 1-tuples); a tuple
-            # indexes an output of more dimensions and goes to Captum as is
+            # integers, (batch, 1) tensors, lists of 1-tuples, a 1-tuple); a
+            # longer tuple indexes an output of more dimensions, which goes to
+            # Captum as it is
             target = format_target(target, batch, logits.shape[1]).to(logits.device)
         selected = _select_targets(logits, target)
     if selected.shape != (batch,):

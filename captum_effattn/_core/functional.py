@@ -300,7 +300,9 @@ def format_target(
     Captum's forms: an int (numpy integers too) for every example, a list of
     ints, an integer tensor or numpy array of one class or one per example
     (``(B,)`` or ``(B, 1)``), a tuple of one index ``(j,)`` (class ``j`` of
-    every example) or a list of such tuples. ``n_classes=None`` checks only
+    every example) or a list of such tuples. A tuple of several indices,
+    which Captum reads as one index into an output of more dimensions, is
+    refused. ``n_classes=None`` checks only
     that they are not negative. The one check of a target of ``(batch,
     classes)`` outputs: the attribution classes' gradient modes, the metrics
     and :func:`~captum_effattn.attention_support_test`.
@@ -311,7 +313,17 @@ def format_target(
                     or a class outside ``[0, n_classes)``.
     """
     shown = target
-    if isinstance(target, tuple) and len(target) == 1:
+    if isinstance(target, tuple):
+        if len(target) != 1:
+            # Captum reads a tuple as one index into the output's dimensions
+            # after the batch, the same for every example
+            raise ValueError(
+                f"target {target!r} is a tuple of {len(target)} indices, which "
+                "Captum reads as one index into an output of more than two "
+                "dimensions, not as one class per example; for (batch, "
+                "classes) outputs pass a list or tensor of classes, or a "
+                "tuple of one index"
+            )
         target = target[0]
     elif isinstance(target, list):
         target = [x[0] if isinstance(x, tuple) and len(x) == 1 else x for x in target]
@@ -333,7 +345,7 @@ def format_target(
         t = target.reshape(-1).long().cpu()
         if t.numel() == 1:
             t = t.expand(n_examples).clone()
-    elif isinstance(target, (list, tuple)):
+    elif isinstance(target, list):
         if not all(isinstance(x, Integral) and not isinstance(x, bool) for x in target):
             raise TypeError("a target list must hold ints (one class per example)")
         t = torch.tensor([int(x) for x in target], dtype=torch.long)

@@ -456,7 +456,9 @@ def test_certificate_of_a_row_whose_output_cancels():
     a = torch.tensor([0.0, 0.5, 0.5, 0.0, 0.0], dtype=torch.float64)
     probs = a.expand(5, 5)[None, None].clone()
     keys = torch.ones(1, 5, dtype=torch.bool)
-    out, cert = solve_layer("efficient", probs, v[None, None], w, keys, torch.arange(5)[None])
+    out, cert = solve_layer(
+        "efficient", probs, v[None, None], w, keys, torch.arange(5)[None]
+    )
     x = out[0, 0, 0]
     assert abs(float(x @ v[:, 0])) < 1e-14 and abs(float(x.sum()) - 1) < 1e-14
     assert float(x.min()) > 0.1  # the minimum-norm point, not A_i

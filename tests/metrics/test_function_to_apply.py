@@ -218,3 +218,46 @@ def test_integer_outputs_are_refused(labels):
 
     with pytest.raises(TypeError, match="floating-point logits"):
         _call(necessity, dict(labels, model=predicted_labels), target=0)
+
+
+def test_single_logit_default_target_is_the_predicted_side(labels):
+    # one sigmoid output z, target=None: the predicted side, as the predicted
+    # class of a softmax. It read p = sigmoid(z) for every example, so an
+    # example predicted negative had its necessity's sign flipped and a
+    # minimal necessary size of 0 (k = 0 "flipped" a prediction never made)
+    for label in range(3):  # label 0 is negative on the second text
+        one = BagOfWords(
+            LABEL_WEIGHTS[:, label : label + 1], LABEL_BIAS[label : label + 1]
+        )
+        data = dict(labels, model=one)
+        z = one(labels["ids"], labels["mask"])[:, 0]
+        positive = z > 0
+        for metric in (necessity, sufficiency):
+            auto = _call(metric, data, fraction=0.5, function_to_apply="sigmoid")
+            on_p = _call(
+                metric, data, target=0, fraction=0.5, function_to_apply="sigmoid"
+            )
+            torch.testing.assert_close(auto, torch.where(positive, on_p, -on_p))
+        nec, _ = _call(minimal_necessary_size, data, function_to_apply="sigmoid")
+        suff, _ = _call(minimal_sufficient_size, data, function_to_apply="sigmoid")
+        orders = [[4, 5, 6, 7], [5, 7, 6]]
+        for b, order in enumerate(orders):
+            sign = 1.0 if bool(positive[b]) else -1.0
+
+            def on_side(words):  # z = 0 (p = 1/2) predicts neither side
+                return sign * _logit(words, label) > 0
+
+            flips = [
+                not on_side([w for w in order if w not in order[:k]])
+                for k in range(len(order) + 1)
+            ]
+            gives = [on_side(order[:k]) for k in range(len(order) + 1)]
+            want_nec = float(flips.index(True)) if any(flips) else math.nan
+            want_suff = float(gives.index(True)) if any(gives) else math.nan
+            assert want_nec != 0.0
+            got_nec, got_suff = float(nec[b]), float(suff[b])
+            assert got_nec == want_nec or (math.isnan(want_nec) and math.isnan(got_nec))
+            assert got_suff == want_suff or (
+                math.isnan(want_suff) and math.isnan(got_suff)
+            )
+    assert not bool((one(labels["ids"], labels["mask"]) > 0).all())  # a negative seen

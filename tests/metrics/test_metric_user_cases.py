@@ -154,6 +154,13 @@ def test_targets_in_every_captum_form_agree(make_bow, hand_batch):
     with pytest.raises(TypeError, match="integer class indices"):
         necessity(model, ids, attr, target=torch.tensor([True, False]),
                   attention_mask=mask)  # fmt: skip
+    # a tuple of two is one index into a 3-d output for Captum, not classes
+    with pytest.raises(ValueError, match="tuple of 2 indices"):
+        necessity(model, ids, attr, target=(1, 0), attention_mask=mask)
+    assert torch.equal(
+        necessity(model, ids, attr, target=(1,), attention_mask=mask),
+        necessity(model, ids, attr, target=1, attention_mask=mask),
+    )
 
 
 def test_single_logit_model_is_refused(hand_batch):

@@ -113,7 +113,7 @@ def test_forward_func_with_one_score_per_example(tiny_model):
         )
 
 
-@pytest.mark.parametrize("target", [2, -1, [0, 5], torch.tensor([0, 2])])
+@pytest.mark.parametrize("target", [2, -1, [0, 5], torch.tensor([0, 2]), (5,)])
 def test_target_out_of_range(tiny_model, target):
     model = tiny_model("bert")
     ids, mask = random_batch(2, 24, lengths=[24, 15], seed=3)
@@ -127,6 +127,27 @@ def test_target_out_of_range(tiny_model, target):
     with pytest.raises(ValueError, match="out of range for 2 classes"):
         explainer.attribute(ids, target=target, additional_forward_args=(mask,))
     explainer.attribute(ids, target=1, additional_forward_args=(mask,))
+
+
+def test_a_tuple_of_several_indices_is_not_one_class_per_example(tiny_model):
+    # Captum reads a tuple as one index into the output's dimensions after
+    # the batch; (0, 1) on (batch, classes) logits passed as classes [0, 1]
+    model = tiny_model("bert")
+    ids, mask = random_batch(2, 24, lengths=[24, 15], seed=3)
+    explainer = EfficientAttention(_forward(model), model=model)
+    for weighting in ("none", "gradient"):
+        with pytest.raises(ValueError, match="tuple of 2 indices"):
+            explainer.attribute(
+                ids, target=(0, 1), additional_forward_args=(mask,),
+                weighting=weighting,
+            )  # fmt: skip
+    one = explainer.attribute(
+        ids, target=(1,), additional_forward_args=(mask,), weighting="gradient"
+    )
+    want = explainer.attribute(
+        ids, target=1, additional_forward_args=(mask,), weighting="gradient"
+    )
+    torch.testing.assert_close(one, want)
 
 
 def test_a_padded_batch_without_its_mask_is_warned_about(tiny_model):

@@ -218,6 +218,10 @@ def _erasure_curve(
         function_to_apply=function_to_apply,
     )
     probs = _probabilities(logits, function_to_apply)
+    if target is None and probs.shape[1] == 1:
+        # one sigmoid output: by default follow the predicted side, 1 - p for
+        # an example predicted negative, as the predicted class of a softmax
+        probs = torch.cat([1.0 - probs, probs], dim=1)
     n_classes = probs.shape[1]
     p_orig = probs[:n_examples]
     if target is None:

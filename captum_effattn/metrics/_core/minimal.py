@@ -49,6 +49,13 @@ def _predicts(model_out: Tensor, target: int, function_to_apply: str) -> Tensor:
     return model_out.argmax(dim=1) == target
 
 
+def _two_sided(logit: Tensor) -> Tensor:
+    r"""One sigmoid output ``z`` (B, 1) as two, ``(-z, z)``: the sigmoid of
+    the first is ``1 - p``, so the default target, the larger one, is the
+    predicted side, and :func:`_predicts` asks whether it still is."""
+    return torch.cat([-logit, logit], dim=1)
+
+
 def _prediction_kept(model_out: Tensor, target: int, function_to_apply: str) -> bool:
     r"""Captum ``correct_fn`` for necessity: "correct" while the model still
     predicts ``target``; the search stops at the first k where it does not."""
@@ -130,6 +137,11 @@ def _minimal_size(
             "then is whether its sigmoid exceeds 1/2, so pass "
             "function_to_apply='sigmoid' with the logit"
         )
+    # one sigmoid output: by default the predicted side, as two outputs
+    # (-z, z) whose sigmoids are 1 - p and p (see _two_sided)
+    two_sided = target is None and logits.shape[1] == 1
+    if two_sided:
+        logits = _two_sided(logits)
     if target is None:
         targets = logits.argmax(dim=1).cpu()
     else:
@@ -143,8 +155,10 @@ def _minimal_size(
 
     def search_forward(inp: Any, *forward_args: Any) -> Tensor:
         if has_mask:
-            return _as_logits(forward_func(inp[0], inp[1], *forward_args))
-        return _as_logits(forward_func(inp, *forward_args))
+            out = _as_logits(forward_func(inp[0], inp[1], *forward_args))
+        else:
+            out = _as_logits(forward_func(inp, *forward_args))
+        return _two_sided(out) if two_sided else out
 
     sizes = torch.full((n_examples,), float("nan"))
     for b in tqdm(
@@ -233,8 +247,8 @@ def minimal_necessary_size(
     For each example, :class:`captum.robust.MinParamPerturbation` searches
     ``k`` in 0, 1, ..., n (n = number of content tokens: not special, not
     padding) over :func:`token_removal_attack` with ``keep=False``. With the
-    default target (the predicted class) k = 0 never flips, so the result is
-    at least 1.
+    default target (the predicted class; for a single sigmoid output, the
+    predicted side) k = 0 never flips, so the result is at least 1.
 
     Args:
         forward_func (Callable): returns logits (B, classes) (of a Hugging
