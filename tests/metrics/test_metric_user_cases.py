@@ -573,3 +573,15 @@ def test_one_tuple_inputs_and_empty_texts(make_bow, hand_batch):
         necessity(model, empty, torch.zeros(1, 0), attention_mask=empty)
     with pytest.raises(ValueError, match="has no positions"):
         token_removal_attack(empty, 1, attributions=torch.zeros(1, 0))
+
+
+def test_tuple_inputs_say_where_the_mask_goes(make_bow, hand_batch):
+    # attribute() takes (ids, mask) as inputs; the metrics take the mask as
+    # attention_mask=, and their error now says so
+    model = make_bow()
+    ids, mask, attr = hand_batch["ids"], hand_batch["mask"], hand_batch["attr"]
+    with pytest.raises(TypeError, match="mask as attention_mask="):
+        necessity(model, (ids, mask), attr)
+    with pytest.raises(TypeError, match="got Tensor|got str") as info:
+        necessity(model, "ids", attr)
+    assert "attention_mask=" not in str(info.value)

@@ -51,9 +51,14 @@ _CEIL_EPS = 1e-6
 
 def _check_ids(input_ids: Any, name: str = "inputs") -> None:
     if not isinstance(input_ids, Tensor):
+        hint = (
+            "; pass the ids alone and the mask as attention_mask="
+            if isinstance(input_ids, (tuple, list))
+            else ""
+        )
         raise TypeError(
             f"{name} must be a tensor of token ids of shape (batch, seq_len), "
-            f"got {type(input_ids).__name__}"
+            f"got {type(input_ids).__name__}{hint}"
         )
     if input_ids.is_floating_point() or input_ids.is_complex():
         raise TypeError(
