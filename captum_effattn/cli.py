@@ -497,6 +497,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     except OutputDirError as err:
         raise CLIError(str(err)) from None
     if out is not None:
+        # a folder where an output file goes would stop the final move half
+        # way, leaving old and new outputs mixed
+        blocked = [name for name in OUTPUT_FILES if (out.path / name).is_dir()]
+        if blocked:
+            out.discard()
+            raise CLIError(
+                f"{out.path} holds folder(s) named like the outputs "
+                f"({', '.join(blocked)}); move them away or choose another --out"
+            )
         old = [name for name in OUTPUT_FILES if (out.path / name).exists()]
         if old:
             _err(
@@ -587,8 +596,10 @@ def _bench(
     if args.n > len(splits.test) and rank == 0:
         _err(f"note: --n {args.n} > {len(splits.test)} test examples; using all")
     try:
-        rank, world, local = init_distributed(args.device)
-        device = resolve_device(args.device, local)
+        # the device first: under torchrun, joining the process group takes
+        # this process's GPU, which must exist
+        device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
+        rank, world, local = init_distributed(device)
     except ValueError as err:
         raise CLIError(str(err)) from None
     dist = None

@@ -155,8 +155,17 @@ class OutputDir:
             list of Path: the files written.
         """
         self.path.mkdir(parents=True, exist_ok=True)
+        items = sorted(self.staging.iterdir())
+        # all or nothing: a folder in a file's place stops the run before any
+        # file is moved, not half way
+        blocked = [p.name for p in items if (self.path / p.name).is_dir()]
+        if blocked:
+            raise OutputDirError(
+                f"{self.path} holds folder(s) named like the outputs "
+                f"({', '.join(blocked)}); nothing was written there"
+            )
         written = []
-        for item in sorted(self.staging.iterdir()):
+        for item in items:
             target = self.path / item.name
             os.replace(item, target)
             written.append(target)

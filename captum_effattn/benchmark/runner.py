@@ -298,13 +298,24 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     r"""``"auto"`` -> CUDA when available (``cuda:local_rank``), else CPU.
 
     Args:
-        device (str): ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:K"``.
+        device (str): ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:K"``
+                    (refused under ``torchrun`` with several processes on
+                    the machine, ``LOCAL_WORLD_SIZE > 1``: they would share
+                    GPU K).
         local_rank (int): this process's GPU under ``torchrun``.
 
     Returns:
         torch.device: the device.
     """
     requested = device
+    # processes of torchrun on this machine (one a machine may name its GPU)
+    here = os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1"))
+    if int(here) > 1 and device.startswith("cuda:"):
+        raise ValueError(
+            f"--device {requested!r} under torchrun would put every process on "
+            "one GPU: pass --device cuda (or auto), and each process takes the "
+            "GPU of its LOCAL_RANK"
+        )
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -325,14 +336,17 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     return resolved
 
 
-def init_distributed(device: str = "auto") -> Tuple[int, int, int]:
+def init_distributed(device: Union[str, torch.device] = "auto") -> Tuple[int, int, int]:
     r"""Join the process group when launched by ``torchrun``.
 
     Reads ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; with ``WORLD_SIZE > 1``
     calls ``init_process_group`` (``nccl`` on CUDA, ``gloo`` on CPU).
 
     Args:
-        device (str): the requested device (decides the backend).
+        device (str or torch.device): the requested device, which decides the
+                    backend; a ``torch.device`` (from :func:`resolve_device`,
+                    checked) is also the GPU this process takes, a string
+                    takes ``cuda:LOCAL_RANK``.
 
     Returns:
         (rank, world_size, local_rank): ``(0, 1, 0)`` without ``torchrun``.
@@ -344,11 +358,16 @@ def init_distributed(device: str = "auto") -> Tuple[int, int, int]:
         import torch.distributed as dist
 
         if not dist.is_initialized():
-            use_cuda = device.startswith("cuda") or (
-                device == "auto" and torch.cuda.is_available()
-            )
+            if isinstance(device, torch.device):
+                use_cuda = device.type == "cuda"
+                gpu: Union[int, torch.device] = device
+            else:
+                use_cuda = device.startswith("cuda") or (
+                    device == "auto" and torch.cuda.is_available()
+                )
+                gpu = local
             if use_cuda:
-                torch.cuda.set_device(local)
+                torch.cuda.set_device(gpu)
             # rank 0 may fine-tune for a long while before the first barrier
             dist.init_process_group(
                 "nccl" if use_cuda else "gloo", timeout=timedelta(hours=3)
@@ -552,8 +571,11 @@ CHECKPOINT_FORMAT = 3
 class _Checkpoint:
     r"""The finished batches of a run, one JSON file each, keyed by
     everything that decides their numbers: the settings, a hash of the
-    model's weights, the batch's examples (index, text and label), the
-    device type, the library versions and ``CHECKPOINT_FORMAT``. A batch
+    model's weights, the tokenizer's special ids and size, the batch's
+    examples (index, text and label) and their encoding (ids, mask and
+    special-token mask, which follow the tokenizer's files: vocabulary,
+    padding side, truncation), the device type, the library versions and
+    ``CHECKPOINT_FORMAT``. A batch
     that cannot be saved (full disk, unwritable folder) stops the saving
     with a warning, not the run."""
 
@@ -563,6 +585,7 @@ class _Checkpoint:
         config: BenchConfig,
         model: torch.nn.Module,
         device: torch.device,
+        tokenizer: Any,
     ) -> None:
         import captum
         import transformers
@@ -580,6 +603,12 @@ class _Checkpoint:
             format=CHECKPOINT_FORMAT,
             config=config.to_dict(),
             weights=weights.hexdigest(),
+            tokenizer=[
+                type(tokenizer).__name__,
+                len(tokenizer),
+                tokenizer.pad_token_id,
+                getattr(tokenizer, "mask_token_id", None),
+            ],
             device=device.type,
             versions=[
                 torch.__version__,
@@ -589,16 +618,28 @@ class _Checkpoint:
             ],
         )
 
-    def _key(self, examples: Sequence[Tuple[int, Example]]) -> str:
+    def _key(
+        self, examples: Sequence[Tuple[int, Example]], encoding: Sequence[Tensor]
+    ) -> str:
         batch = [[i, ex.text, int(ex.label)] for i, ex in examples]
-        text = json.dumps(dict(self.base, examples=batch), sort_keys=True)
+        enc = hashlib.sha256()
+        for t in encoding:
+            t = t.detach().to("cpu", torch.long).contiguous()
+            enc.update(f"{tuple(t.shape)}".encode())
+            enc.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        text = json.dumps(
+            dict(self.base, examples=batch, encoding=enc.hexdigest()), sort_keys=True
+        )
         return hashlib.sha256(text.encode()).hexdigest()
 
     def _path(self, batch: int) -> Path:
         return self.folder / f"batch-{batch:05d}.json"
 
     def load(
-        self, batch: int, examples: Sequence[Tuple[int, Example]]
+        self,
+        batch: int,
+        examples: Sequence[Tuple[int, Example]],
+        encoding: Sequence[Tensor],
     ) -> Optional[Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]]:
         r"""The saved rows and example infos of ``batch``, or None when
         there are none for these settings (or the file is unreadable)."""
@@ -606,7 +647,8 @@ class _Checkpoint:
             data = json.loads(self._path(batch).read_text())
         except (OSError, ValueError):
             return None
-        if not isinstance(data, dict) or data.get("key") != self._key(examples):
+        key = self._key(examples, encoding)
+        if not isinstance(data, dict) or data.get("key") != key:
             return None
         return data["rows"], data["infos"]
 
@@ -614,13 +656,14 @@ class _Checkpoint:
         self,
         batch: int,
         examples: Sequence[Tuple[int, Example]],
+        encoding: Sequence[Tensor],
         rows: List[Dict[str, Any]],
         infos: List[Dict[str, Any]],
     ) -> None:
         r"""Write ``batch`` atomically (a file is complete or absent)."""
         if self.failed:
             return
-        data = dict(key=self._key(examples), rows=rows, infos=infos)
+        data = dict(key=self._key(examples, encoding), rows=rows, infos=infos)
         tmp = self._path(batch).with_suffix(f".tmp{os.getpid()}")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -731,19 +774,14 @@ def run_benchmark(
         unit="method-batch",
         disable=not show_progress or rank != 0,
     )
-    saved = _Checkpoint(checkpoint, config, model, device) if checkpoint else None
+    saved = (
+        _Checkpoint(checkpoint, config, model, device, tokenizer)
+        if checkpoint
+        else None
+    )
     resumed = 0
     for bi in mine:
         index = batches[bi]
-        if saved is not None and resume:
-            done = saved.load(bi, [chosen[i] for i in index])
-            if done is not None:
-                rows += done[0]
-                infos += done[1]
-                resumed += 1
-                bar.update(len(config.methods))
-                continue
-        batch_rows: List[Dict[str, Any]] = []
         enc = tokenizer(
             [chosen[i][1].text for i in index],
             truncation=True,
@@ -752,6 +790,18 @@ def run_benchmark(
             return_tensors="pt",
             return_special_tokens_mask=True,
         )
+        encoding = [
+            enc[k] for k in ("input_ids", "attention_mask", "special_tokens_mask")
+        ]
+        if saved is not None and resume:
+            done = saved.load(bi, [chosen[i] for i in index], encoding)
+            if done is not None:
+                rows += done[0]
+                infos += done[1]
+                resumed += 1
+                bar.update(len(config.methods))
+                continue
+        batch_rows: List[Dict[str, Any]] = []
         ids = enc["input_ids"].to(device)
         mask = enc["attention_mask"].to(device)
         special = enc["special_tokens_mask"].to(device).bool() & (mask != 0)
@@ -835,7 +885,7 @@ def run_benchmark(
         rows += batch_rows
         infos += batch_info
         if saved is not None:
-            saved.save(bi, [chosen[i] for i in index], batch_rows, batch_info)
+            saved.save(bi, [chosen[i] for i in index], encoding, batch_rows, batch_info)
     bar.close()
 
     if world_size > 1:

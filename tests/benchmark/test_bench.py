@@ -399,6 +399,16 @@ def test_checkpoint_key_covers_weights_and_texts(tiny, tmp_path, monkeypatch):
     with torch.no_grad():
         other.classifier.weight.neg_()
     assert run(other, test)[0] == 0
+    # the same weights with a tokenizer that pads on the left: batches of
+    # the right-padding run were reused and mixed into its numbers
+    uneven = [Example(ex.text + " and more" * i, ex.label) for i, ex in enumerate(test)]
+    assert run(model, uneven, resume=False)[0] == 0
+    assert run(model, uneven)[0] == 2
+    tokenizer.padding_side = "left"
+    try:
+        assert run(model, uneven)[0] == 0
+    finally:
+        tokenizer.padding_side = "right"
     bad = tmp_path / "file"
     bad.write_text("not a folder")
     with pytest.warns(RuntimeWarning, match="cannot save finished batches"):
@@ -560,6 +570,48 @@ def test_bench_rejects_unwritable_out(tiny, tmp_path, capsys):
         env.setenv("WORLD_SIZE", "2")
         code = main(bench_args(tiny, out))
     _assert_usage_error(capsys, code, "is not a folder", tmp_path, out)
+
+
+def test_a_folder_in_an_output_files_place_is_refused_first(tiny, tmp_path, capsys):
+    # the final move went file by file and stopped at the folder, leaving
+    # old and new outputs mixed and a traceback
+    from captum_effattn.benchmark.report import OutputDir, OutputDirError
+
+    out = tmp_path / "out"
+    (out / "results.csv").mkdir(parents=True)
+    (out / "summary.md").write_text("earlier run")
+    code = main(bench_args(tiny, out))
+    err = capsys.readouterr().err
+    assert code == 2 and "named like the outputs (results.csv)" in err
+    assert sorted(p.name for p in out.iterdir()) == ["results.csv", "summary.md"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".captum-effattn")]
+    assert not [p for p in out.iterdir() if p.name.startswith(".captum-effattn")]
+    # and OutputDir itself moves nothing when one target is blocked
+    target = OutputDir(out)
+    for name in ("aopc_curves.png", "results.csv"):
+        (target.staging / name).write_text("new")
+    with pytest.raises(OutputDirError, match="nothing was written"):
+        target.commit()
+    target.discard()
+    assert (out / "summary.md").read_text() == "earlier run"
+    assert not (out / "aopc_curves.png").exists()
+
+
+def test_torchrun_workers_check_the_device_first(tiny, tmp_path, capsys):
+    # under torchrun the process group took cuda:LOCAL_RANK before the
+    # device was checked: --device cuda without CUDA ended in a traceback
+    # from torch.cuda.set_device on every rank, not the usage error
+    out = tmp_path / "out"
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in [("RANK", "1"), ("LOCAL_RANK", "1"), ("WORLD_SIZE", "2")]:
+            env.setenv(name, value)
+        env.setenv("LOCAL_WORLD_SIZE", "2")
+        # an explicit GPU index would put both processes on one GPU
+        code = main(bench_args(tiny, out) + ["--device", "cuda:0"])
+        _assert_usage_error(capsys, code, "every process on one GPU", tmp_path, out)
+        if not torch.cuda.is_available():
+            code = main(bench_args(tiny, out) + ["--device", "cuda"])
+            _assert_usage_error(capsys, code, "--device", tmp_path, out)
 
 
 @pytest.mark.skipif(
