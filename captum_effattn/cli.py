@@ -203,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     # bench
     bench = sub.add_parser(
         "bench",
+        # no prefixes of options: torchrun's own parser takes some of them
+        # (--n, --num), so a prefix would work alone and fail under torchrun
+        allow_abbrev=False,
         help="compare attribution methods on a data set and write a report",
         description="Run attribution methods on n test examples, score them "
         "with sufficiency, necessity, AOPC, minimal sets, infidelity and "

@@ -682,3 +682,14 @@ def test_bench_real_model(tmp_path):
         assert stats["aopc_necessity"]["n"] == 3
     rows = read_rows(out / "results.csv")
     assert all(int(r["n_tokens"]) > 34 for r in rows)  # longer than d_h + 2
+
+
+def test_bench_takes_no_option_prefixes(tiny, tmp_path, capsys):
+    # "--num 2" worked alone as a prefix of --num-examples and failed under
+    # torchrun, whose own parser reads it; now it fails the same way in both
+    out = tmp_path / "out"
+    args = bench_args(tiny, out)
+    args[args.index("--n")] = "--num"
+    assert main(args) == 2
+    assert "unrecognized arguments: --num" in capsys.readouterr().err
+    assert not out.exists()
