@@ -82,7 +82,10 @@ def caratheodory_reduce(
     b = (x.unsqueeze(-2) @ c).squeeze(-2)
     # A fixed, position-dependent tie-breaker makes the direction well defined
     # when the raw attention lies in col(C_S) (then its projection vanishes).
-    pos = torch.arange(n, dtype=dtype, device=x.device)
+    # Positions count the row's real keys (non-zero rows of C), so that left
+    # padding, which shifts them, does not move the vertex.
+    real = c.abs().amax(-1) > 0
+    pos = (real.cumsum(-1) - 1).clamp_min(0).to(dtype)
     jitter = 1e-3 * torch.cos(pos * 1.618) * a.amax(-1, keepdim=True)
     for _ in range(steps):
         d = _project_out(a + jitter, c, s, ridge)

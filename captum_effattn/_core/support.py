@@ -26,6 +26,7 @@ from captum_effattn._core.functional import (
     attention_weights,
     efficient_attention,
     format_target,
+    resolve_tol,
 )
 
 __all__ = ["attention_support_test", "SupportTestResult"]
@@ -72,6 +73,11 @@ class SupportTestResult:
     necessity: Tensor
     support_fraction: Tensor
     certificate: Certificate
+
+
+#: An entry of efficient attention is in the support when it exceeds this
+#: many times the solver tolerance (1e-10 in float64, 1e-4 in float32).
+SUPPORT_TOL_FACTOR = 100.0
 
 
 def _restrict(a: Tensor, keep: Tensor) -> Tensor:
@@ -190,6 +196,11 @@ def attention_support_test(
             "solves every query row: rows= is not supported (use "
             "efficient_attention(..., rows=...) for selected rows)"
         )
+    if "return_certificate" in options:
+        raise ValueError(
+            "attention_support_test always returns its certificate (the "
+            "result's .certificate): return_certificate= is not an option here"
+        )
     model_kwargs: Dict[str, Any] = {
         k: v for k, v in options.items() if k not in _SOLVER_OPTIONS
     }
@@ -242,7 +253,12 @@ def attention_support_test(
     p0 = probs(None)
     tgt = _targets(target, p0)
     batch = torch.arange(p0.shape[0], device=p0.device)
-    support = (e > 0).to(e.dtype)
+    # Entries within a few solver tolerances of 0 are not resolved by it (a
+    # solve of the same row with other rows beside it moves them by 1e-12):
+    # counted as support, they made the complement of a row, and so
+    # necessity, follow rounding noise
+    support = (e > SUPPORT_TOL_FACTOR * resolve_tol(options.get("tol"), e.dtype))
+    support = support.to(e.dtype)
     # the keys each query row sees: the real ones (and j <= i in a decoder)
     keys = real[None, :, None, None, :].to(e.dtype)
     if adapter.causal:

@@ -134,3 +134,55 @@ def test_support_test_real_model(minilm, real_batch):
     assert torch.allclose(res.p_efficient, res.p_full, atol=1e-5)
     assert bool(torch.isfinite(res.necessity).all())
     assert float(res.support_fraction.max()) < 1.0
+
+
+def test_sparse_vertex_does_not_move_with_left_padding(tiny_model):
+    # the walk's tie-breaker counted positions over the padded width, so
+    # left padding shifted it and ended some rows at another vertex (0.25
+    # apart in an audit's case); it now counts the row's real keys
+    model = tiny_model("bert")
+    g = torch.Generator().manual_seed(1)
+    n, pad = 40, 9
+    differ = 0
+    for _ in range(3):
+        ids1 = torch.randint(3, 120, (1, n), generator=g)
+        mask1 = torch.ones_like(ids1)
+        zeros = torch.zeros(1, pad, dtype=torch.long)
+        ids = torch.cat([torch.randint(3, 120, (1, n + pad), generator=g),
+                         torch.cat([zeros, ids1], 1)])  # fmt: skip
+        mask = torch.cat([torch.ones(1, n + pad, dtype=torch.long),
+                          torch.cat([zeros, mask1], 1)])  # fmt: skip
+        # positions that count real tokens: the same attention as alone
+        pos = (mask.cumsum(-1) - 1).clamp_min(0)
+        got = efficient_attention(
+            model, ids, mask, objective="sparse", position_ids=pos
+        )[:, 1, :, pad:, pad:]
+        alone = efficient_attention(model, ids1, mask1, objective="sparse")[:, 0]
+        differ += int(((got > 0) != (alone > 0)).any(-1).sum())
+        torch.testing.assert_close(got, alone, rtol=0, atol=1e-5)
+    assert differ == 0
+
+
+def test_support_test_is_the_same_alone_and_in_a_batch(minilm, real_batch):
+    # Entries of efficient attention within solver noise of 0 (1e-13, which
+    # a solve beside other rows moves) counted as support and decided which
+    # rows had a complement: necessity of one real document differed alone
+    # and in a right-padded batch (0.0037 against 0.0031) with bit-identical
+    # raw attention
+    model, tok = minilm
+    ids, mask = real_batch[0][:, :60].clone(), real_batch[1][:, :60].clone()
+    ids[:, 59] = tok.sep_token_id
+    mask[1, 45:] = 0
+    ids[1, 45:] = tok.pad_token_id
+    ids[1, 44] = tok.sep_token_id
+    for objective in ("min_norm", "sparse"):
+        both = attention_support_test(model, ids, mask, objective=objective)
+        alone = attention_support_test(
+            model, ids[1:, :45], mask[1:, :45], objective=objective
+        )
+        for name in ("necessity", "sufficiency", "support_fraction"):
+            torch.testing.assert_close(
+                getattr(both, name)[1:], getattr(alone, name), rtol=0, atol=1e-6
+            )
+    with pytest.raises(ValueError, match="always returns its certificate"):
+        attention_support_test(model, ids, mask, return_certificate=True)
