@@ -580,6 +580,7 @@ def _prepare(
 ) -> _Prepared:
     b, h, n, _ = probs.shape
     m = rows.shape[1]
+    key_mask = key_mask.bool()  # a tokenizer's 0/1 mask works too
     v = expand_kv(values, h).to(dtype)
     w = w_out.to(device=v.device, dtype=dtype)
     a = probs.gather(2, rows[:, None, :, None].expand(b, h, m, n)).to(dtype)

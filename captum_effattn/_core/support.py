@@ -257,7 +257,7 @@ def attention_support_test(
     # solve of the same row with other rows beside it moves them by 1e-12):
     # counted as support, they made the complement of a row, and so
     # necessity, follow rounding noise
-    support = (e > SUPPORT_TOL_FACTOR * resolve_tol(options.get("tol"), e.dtype))
+    support = e > SUPPORT_TOL_FACTOR * resolve_tol(options.get("tol"), e.dtype)
     support = support.to(e.dtype)
     # the keys each query row sees: the real ones (and j <= i in a decoder)
     keys = real[None, :, None, None, :].to(e.dtype)
