@@ -432,7 +432,13 @@ def _fit_max_length(max_length: int, config: Any, tokenizer: Any) -> int:
             f"--max-length {max_length} leaves no room for text beside the "
             f"tokenizer's {special} special tokens; use at least {special + 1}"
         )
+    from captum_effattn._core.adapters import ARCHITECTURES
+
     positions = getattr(config, "max_position_embeddings", None)
+    spec = ARCHITECTURES.get(getattr(config, "model_type", None))
+    if isinstance(positions, int) and spec is not None and spec.position_offset:
+        # RoBERTa's positions start after the padding id
+        positions -= (getattr(config, "pad_token_id", None) or 0) + 1
     if isinstance(positions, int) and max_length > positions:
         _err(
             f"note: --max-length {max_length} is more than the model's "
@@ -466,6 +472,14 @@ def _check_model(path: Optional[str], max_length: Optional[int]) -> Optional[int
             f"{what}: not a Hugging Face model folder with a tokenizer "
             f"({type(err).__name__}: {first[:300]})"
         ) from None
+    from captum_effattn._core.adapters import ARCHITECTURES, supported_architectures
+
+    kind = getattr(config, "model_type", None)
+    if kind not in ARCHITECTURES:
+        raise CLIError(
+            f"--model {path}: its architecture {kind!r} is not supported "
+            f"(supported model types: {', '.join(supported_architectures())})"
+        )
     missing = _missing_model_files(where) if path is not None else None
     if missing is not None:  # what load_model needs besides
         what, names = missing
@@ -866,8 +880,20 @@ def _cmd_explain(args: argparse.Namespace) -> int:
             )
     labels = labels or ["0", "1"]
     model, tokenizer = _load_model(path, len(labels), device)
+    what = f"--model {path}" if args.model is not None else "the model"
+    try:  # unsupported architecture, attention that is not eager...
+        adapter = ModelAdapter(model)
+    except (TypeError, ValueError) as err:
+        raise CLIError(f"{what}: {err}") from None
     max_length = _fit_max_length(args.max_length, model.config, tokenizer)
     text = args.text
+    try:
+        text.encode("utf-8") if text is not None else None
+    except UnicodeEncodeError:
+        raise CLIError(
+            "--text is not valid UTF-8 (the shell passed undecodable bytes); "
+            "give the text in UTF-8"
+        ) from None
     if text is None:
         splits = _load_splits("rt-verdict", 0)
         text = splits.test[0].text
@@ -903,9 +929,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         )
     ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
     try:  # before the model runs: ids beyond its embedding table, ...
-        check_token_inputs(ModelAdapter(model), ids, mask)
+        check_token_inputs(adapter, ids, mask)
     except (TypeError, ValueError) as err:
-        what = f"--model {path}" if args.model is not None else "the model"
         raise CLIError(f"{what} and its tokenizer do not fit together: {err}") from None
     with torch.no_grad():
         probs = torch.softmax(model(input_ids=ids, attention_mask=mask).logits, -1)[0]
@@ -914,20 +939,30 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     print(f"\n{text}\n")
     p_pred = float(probs[pred])
     print(f"{ids.shape[1]} tokens; prediction: {labels[pred]} (p = {p_pred:.3f})")
-    where = dict(layers=None, rows=None) if args.full else dict(layers=-1, rows=0)
+    # the row the classifier reads: [CLS] for an encoder; for a decoder the
+    # token it pools (the last one), whose row sees the whole text
+    pooled = adapter.pooled_positions(ids)
+    if pooled is not None:
+        query = int(pooled[0])
+    elif adapter.causal and not adapter.pools_first_token:
+        query = ids.shape[1] - 1
+    else:
+        query = 0
+    tokens = tokenizer.convert_ids_to_tokens(ids[0].tolist())
+    row = "[CLS] row" if query == 0 else f"row of {tokens[query]!r} ({query})"
+    where = dict(layers=None, rows=None) if args.full else dict(layers=-1, rows=query)
     start = time.perf_counter()
     eff, cert = efficient_attention(
         model, ids, mask, return_certificate=True, **where  # type: ignore[arg-type]
     )
     seconds = time.perf_counter() - start
-    raw = attention_weights(model, ids, mask, layers=-1, rows=0)
-    scope = "all layers and rows" if args.full else "last layer, [CLS] row"
+    raw = attention_weights(model, ids, mask, layers=-1, rows=query)
+    scope = "all layers and rows" if args.full else f"last layer, {row}"
     print(f"\nefficient attention ({scope}) in {seconds:.2f} s; certificate:")
     print(cert)
-    e_row = eff[-1, 0, :, 0, :].double().mean(0).cpu()
+    e_row = eff[-1, 0, :, query if args.full else 0, :].double().mean(0).cpu()
     a_row = raw[-1, 0, :, 0, :].double().mean(0).cpu()
     diff = e_row - a_row
-    tokens = tokenizer.convert_ids_to_tokens(ids[0].tolist())
     k = min(args.top, len(tokens))
     header = f"  {'pos':>4}  {'token':<16} {'raw':>8} {'efficient':>10} {'change':>9}"
     for title, order in (
@@ -935,8 +970,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         ("lose", torch.argsort(diff)[:k]),
     ):
         print(
-            f"\ntokens that {title} the most attention (efficient - raw, [CLS] "
-            "row, last layer, mean over heads):"
+            f"\ntokens that {title} the most attention (efficient - raw, {row}, "
+            "last layer, mean over heads):"
         )
         print(header)
         for j in order.tolist():

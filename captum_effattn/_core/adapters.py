@@ -18,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import inspect
 import operator
+import threading
 import warnings
+import weakref
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -154,12 +156,15 @@ class _CallLog:
     count: int = 0
     args: Optional[inspect.BoundArguments] = None
 
-    def hook(self, module: nn.Module) -> Any:
+    def hook(self, module: nn.Module, owner: Optional[int] = None) -> Any:
         r"""A forward pre-hook (``with_kwargs=True``) that logs ``module``'s
-        calls, its arguments bound to the signature of its ``forward``."""
+        calls, its arguments bound to the signature of its ``forward``; with
+        ``owner``, only the calls made from that thread."""
         signature = inspect.signature(module.forward)
 
         def pre_hook(_m: nn.Module, args: Any, kwargs: Any) -> None:
+            if owner is not None and threading.get_ident() != owner:
+                return
             self.count += 1
             try:
                 self.args = signature.bind(*args, **kwargs)
@@ -243,6 +248,25 @@ def unwrap_model(model: Any) -> Any:
         if inner is None:
             return model
         model = inner
+
+
+#: One lock per model: the hooks that read or replace a model's attention
+#: are the model's, so two threads that explain one model take turns (their
+#: recordings, and the training flags that each saves and restores, would
+#: otherwise mix). Reentrant: a nested call in one thread is told apart by
+#: its call count instead.
+_MODEL_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = (
+    weakref.WeakKeyDictionary()
+)
+_LOCKS_GUARD = threading.Lock()
+
+
+def _model_lock(model: nn.Module) -> Any:
+    with _LOCKS_GUARD:
+        lock = _MODEL_LOCKS.get(model)
+        if lock is None:
+            lock = _MODEL_LOCKS[model] = threading.RLock()
+        return lock
 
 
 @contextlib.contextmanager
@@ -585,6 +609,10 @@ class ModelAdapter:
         handles = []
         spec = self.spec
         modes = contextlib.ExitStack()
+        # the hooks record this thread's forward passes only; another
+        # explainer of the same model waits for this one to finish
+        modes.enter_context(_model_lock(self.model))
+        owner = threading.get_ident()
         if modes.enter_context(eval_mode(self.model)):
             warnings.warn(
                 "the model was in training mode (dropout on); switching it to "
@@ -596,12 +624,16 @@ class ModelAdapter:
             base = None
 
         def embedding_hook(_m: nn.Module, _args: Any, output: Any) -> Any:
+            if threading.get_ident() != owner:
+                return None
             if isinstance(output, Tensor) and not output.requires_grad:
                 return output.detach().requires_grad_(True)
             return None
 
         def make_attention_hook(idx: int):
             def hook(_m: nn.Module, _args: Any, output: Any) -> None:
+                if threading.get_ident() != owner:
+                    return
                 weights = (
                     output[1] if isinstance(output, tuple) and len(output) > 1 else None
                 )
@@ -613,6 +645,8 @@ class ModelAdapter:
 
         def make_value_hook(idx: int):
             def hook(_m: nn.Module, _args: Any, output: Tensor) -> None:
+                if threading.get_ident() != owner:
+                    return
                 v = output
                 if spec.value_chunk is not None:
                     v = v.chunk(3, dim=-1)[spec.value_chunk]
@@ -627,7 +661,7 @@ class ModelAdapter:
                 if module is not None:
                     handles.append(
                         module.register_forward_pre_hook(
-                            log.hook(module), with_kwargs=True
+                            log.hook(module, owner), with_kwargs=True
                         )
                     )
             embeddings = None
@@ -676,9 +710,12 @@ class ModelAdapter:
         """
         handles = []
         values: Dict[int, Tensor] = {}
+        owner = threading.get_ident()
 
         def make_value_hook(idx: int):
             def hook(_m: nn.Module, _args: Any, output: Tensor) -> None:
+                if threading.get_ident() != owner:
+                    return
                 v = output
                 if self.spec.value_chunk is not None:
                     v = v.chunk(3, dim=-1)[self.spec.value_chunk]
@@ -689,6 +726,8 @@ class ModelAdapter:
 
         def make_attention_hook(idx: int):
             def hook(_m: nn.Module, _args: Any, output: Any) -> Any:
+                if threading.get_ident() != owner:
+                    return None
                 weights = output[1]
                 if weights is None:
                     raise ValueError(_EAGER_MESSAGE)
@@ -706,6 +745,8 @@ class ModelAdapter:
 
             return hook
 
+        lock = _model_lock(self.model)
+        lock.acquire()
         try:
             for idx in matrices:
                 layer = self.layer_modules[idx]
@@ -723,6 +764,7 @@ class ModelAdapter:
         finally:
             for h in handles:
                 h.remove()
+            lock.release()
 
 
 def expand_kv(values: Tensor, num_heads: int) -> Tensor:

@@ -172,6 +172,10 @@ def load_model(
         model = AutoModelForSequenceClassification.from_pretrained(
             str(path), num_labels=num_labels, attn_implementation="eager"
         )
+    if getattr(model.config, "_attn_implementation", "eager") != "eager":
+        # a config.json that records another implementation ("sdpa") wins
+        # over the argument above
+        model.set_attn_implementation("eager")
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     vocab = getattr(model.config, "vocab_size", None)
     if vocab and len(tokenizer) < vocab // 2:

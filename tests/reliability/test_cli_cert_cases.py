@@ -229,3 +229,87 @@ def test_examples_reject_out_of_range_arguments(script, argv, message, tmp_path)
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _model_folder(folder: Path, model: torch.nn.Module) -> Path:
+    from transformers import AutoTokenizer
+
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(models.minilm_path())).save_pretrained(folder)
+    return folder
+
+
+def test_explain_reads_the_row_a_decoder_classifies_from(tmp_path, capsys):
+    # explain showed row 0 of a decoder, which sees only itself (raw and
+    # efficient 1.0 on the first token); it now shows the row the classifier
+    # pools, the last token's
+    model = make_tiny_model("gpt2", vocab_size=30522, pad_token_id=0)
+    folder = _model_folder(tmp_path / "gpt2", model)
+    text = "a long and rather dull film with one good scene " * 3
+    assert main(["explain", "--model", str(folder), "--text", text]) == 0
+    out = capsys.readouterr().out
+    assert "[CLS] row" not in out and "row of '[SEP]'" in out
+    gains = out.split("gain the most attention")[1].splitlines()[2:4]
+    assert not any("1.0000" in line for line in gains)  # not a one-hot row
+
+
+def test_cli_refuses_an_unsupported_architecture_first(tmp_path, capsys):
+    # ALBERT got a traceback from bench's warm-up, and finetune trained and
+    # cached a model that nothing could explain
+    from transformers import AlbertConfig, AlbertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = AlbertConfig(
+        vocab_size=30522, embedding_size=16, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=48, max_position_embeddings=128,
+    )  # fmt: skip
+    folder = _model_folder(tmp_path / "albert", AlbertForSequenceClassification(config))
+    for argv in (
+        ["bench", "--model", str(folder), "--n", "2", "--out", str(tmp_path / "o")],
+        ["finetune", "--model", str(folder)],
+        ["explain", "--model", str(folder), "--text", "a good film"],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "'albert'" in err and "supported model types" in err
+        assert "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_config_that_records_sdpa_is_loaded_eager(tiny_model_dir, tmp_path, capsys):
+    # a config.json with "_attn_implementation": "sdpa" overrode the eager
+    # attention that load_model asks for, and bench failed with a traceback
+    import json
+    import shutil
+
+    folder = tmp_path / "sdpa"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["_attn_implementation"] = "sdpa"
+    (folder / "config.json").write_text(json.dumps(config))
+    model, _ = models.load_model(folder)
+    assert model.config._attn_implementation == "eager"
+    assert main(["explain", "--model", str(folder), "--text", "a good film"]) == 0
+
+
+def test_explain_refuses_text_that_is_not_utf8(tiny_model_dir, capsys):
+    # bytes the shell could not decode reach Python as lone surrogates,
+    # which the tokenizer refused with a TypeError traceback
+    argv = ["explain", "--model", str(tiny_model_dir), "--text", "good \udcff film"]
+    assert main(argv) == 2
+    assert "not valid UTF-8" in capsys.readouterr().err
+
+
+def test_roberta_max_length_counts_its_position_offset(tmp_path, capsys):
+    # RoBERTa's positions start after the padding id: 130 position
+    # embeddings hold 128 tokens, and a 130-token input failed with an
+    # IndexError inside the model
+    model = make_tiny_model("roberta", vocab_size=30522)
+    assert model.config.max_position_embeddings == 130
+    folder = _model_folder(tmp_path / "roberta", model)
+    text = "a long film " * 100
+    argv = ["explain", "--model", str(folder), "--text", text, "--max-length", "200"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "128 positions; using 128" in captured.err
+    assert "128 tokens" in captured.out

@@ -552,3 +552,88 @@ def test_the_sliding_window_counts_positions_not_tokens(tiny_model):
         model, ids[:, 6:], mask[:, 6:], return_certificate=True
     )
     assert cert.ok()
+
+
+# ------------------------------------------------------------------ threads
+def test_another_threads_forward_pass_is_not_recorded(tiny_model):
+    # the hooks recorded every forward pass of the model, whichever thread
+    # ran it: a plain inference call from another thread while an
+    # attribution's hooks were on replaced its attention, and the answer
+    # was certified
+    import threading
+
+    model = tiny_model("bert")
+    ids, mask = random_batch(2, 24, lengths=[24, 15], seed=3)
+    other, other_mask = random_batch(2, 24, seed=9)
+    want = EfficientAttention(_forward(model), model=model).attribute(
+        ids, additional_forward_args=(mask,)
+    )
+    inside, done = threading.Event(), threading.Event()
+
+    def forward(ids, mask):
+        out = model(input_ids=ids, attention_mask=mask).logits
+        inside.set()
+        assert done.wait(60)  # the other thread's pass runs under our hooks
+        return out
+
+    def plain():
+        assert inside.wait(60)
+        with torch.no_grad():
+            model(input_ids=other, attention_mask=other_mask)
+        done.set()
+
+    worker = threading.Thread(target=plain)
+    worker.start()
+    got = EfficientAttention(forward, model=model).attribute(
+        ids, additional_forward_args=(mask,)
+    )
+    worker.join()
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_two_threads_explaining_one_model_take_turns(tiny_model):
+    # each explainer saves and restores the model's training flags: B
+    # entering while A ran, and running after A had restored training mode,
+    # ran with dropout on (and certified it), and left the model in eval mode
+    import threading
+
+    model = copy.deepcopy(tiny_model("bert"))
+    model.config.attention_probs_dropout_prob = 0.5
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.5
+    ids, mask = random_batch(2, 24, lengths=[24, 15], seed=3)
+    want = EfficientAttention(_forward(model), model=model).attribute(
+        ids, additional_forward_args=(mask,)
+    )
+    model.train()
+    b_inside, a_done = threading.Event(), threading.Event()
+    got = {}
+
+    def forward_a(ids, mask):
+        out = model(input_ids=ids, attention_mask=mask).logits
+        worker.start()  # B starts once A is inside
+        b_inside.wait(2)  # and cannot get in while A holds the model
+        return out
+
+    def forward_b(ids, mask):
+        b_inside.set()
+        assert a_done.wait(60)
+        return model(input_ids=ids, attention_mask=mask).logits
+
+    def run_b():
+        got["b"] = EfficientAttention(forward_b, model=model).attribute(
+            ids, additional_forward_args=(mask,)
+        )
+
+    worker = threading.Thread(target=run_b)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got["a"] = EfficientAttention(forward_a, model=model).attribute(
+            ids, additional_forward_args=(mask,)
+        )
+        a_done.set()
+        worker.join()
+    for name in ("a", "b"):
+        torch.testing.assert_close(got[name], want, rtol=0, atol=0)
+    assert model.training and all(m.training for m in model.modules())
