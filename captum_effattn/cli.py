@@ -163,9 +163,13 @@ def _datasets_help() -> str:
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
+        default = action.default
+        # ``0 in (False,)`` is True: a default of 0 is shown, False and [] not
+        hidden = default is None or default is False or default == []
         if (
             "%(default)" not in text
-            and action.default not in (None, argparse.SUPPRESS, False)
+            and not hidden
+            and default is not argparse.SUPPRESS
             and action.option_strings
         ):
             text += " (default: %(default)s)"
@@ -1078,6 +1082,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CLIError as err:
         _err(f"{PROG} {args.command}: error: {err}")
         return 2
+    except BrokenPipeError:
+        # the reader of our output went away (``captum-effattn datasets |
+        # head``): no traceback, and none when Python flushes stdout at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

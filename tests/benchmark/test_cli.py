@@ -318,3 +318,20 @@ def test_sigterm_removes_the_staging_folder(tmp_path):
     assert "running" in proc.stdout, proc.stderr
     assert proc.returncode == 143, proc.stderr
     assert list(out.parent.iterdir()) == []  # no output, no staging folder
+
+
+def test_a_closed_pipe_ends_quietly(monkeypatch, capsys):
+    # `captum-effattn datasets | head -3` ended in a BrokenPipeError
+    # traceback; stdout now goes to /dev/null and the exit code is 1
+    from captum_effattn import cli
+
+    def closed(args):
+        raise BrokenPipeError
+
+    moved = []
+    monkeypatch.setitem(cli._COMMANDS, "datasets", closed)
+    monkeypatch.setattr(cli.os, "dup2", lambda fd, to: moved.append(to))
+    monkeypatch.setattr(cli.sys.stdout, "fileno", lambda: 1, raising=False)
+    assert main(["datasets"]) == 1
+    assert moved == [1]
+    assert "Traceback" not in capsys.readouterr().err
