@@ -29,6 +29,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+from captum_effattn._core.adapters import ModelAdapter  # noqa: E402
+
 #: The data set whose fine-tuned model the examples look for, and its labels.
 DATASET = "rt-verdict"
 DATA_LABELS = ["rotten", "fresh"]
@@ -55,6 +57,8 @@ def load_classifier(model_path: Optional[str] = None) -> Classifier:
     from captum_effattn.benchmark.models import load_model, split_seed
 
     path = Path(model_path) if model_path else cached_model_dir()
+    if model_path and not path.is_dir():  # type: ignore[union-attr]
+        raise SystemExit(f"--model {model_path}: no such model folder")
     if path is None:
         model, tokenizer = load_model()
         return Classifier(
@@ -82,8 +86,22 @@ def load_classifier(model_path: Optional[str] = None) -> Classifier:
                 f"; fine-tuned on the split of seed {trained}, so the seed-0 "
                 "test documents shown here may be among its training documents"
             )
-    model, tokenizer = load_model(path, num_labels=len(labels))
+    try:
+        model, tokenizer = load_model(path, num_labels=len(labels))
+        ModelAdapter(model)  # an architecture the package reads
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"--model {path}: {err}") from None
     return Classifier(model, tokenizer, labels, description)
+
+
+def fit_length(clf: Classifier, length: int) -> int:
+    r"""A token budget cut to the positions the model can embed (longer
+    inputs would fail inside it), with a note when it is cut."""
+    most = ModelAdapter(clf.model).max_positions
+    if most is not None and length > most:
+        print(f"note: {length} tokens is more than the model's {most}; using {most}")
+        return most
+    return length
 
 
 def documents(count: int, seed: int = 0, labels: bool = False) -> List[Any]:

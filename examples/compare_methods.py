@@ -21,6 +21,7 @@ from typing import Callable, Dict, Optional, Sequence
 import torch
 from _common import (
     documents,
+    fit_length,
     fraction,
     load_classifier,
     max_length,
@@ -66,7 +67,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return_tensors="pt",
         padding=True,
         truncation=True,
-        max_length=args.max_length,
+        max_length=fit_length(clf, args.max_length),
         return_special_tokens_mask=True,
     )
     ids, mask = enc["input_ids"], enc["attention_mask"]

@@ -19,7 +19,7 @@ import time
 from typing import List, Optional, Sequence
 
 import torch
-from _common import documents, load_classifier, max_length, out_path
+from _common import documents, fit_length, load_classifier, max_length, out_path
 
 from captum_effattn import AttentionWeights, EfficientAttention
 
@@ -72,7 +72,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--text is empty: give a text, or leave --text out")
     text = args.text or documents(1)[0]
     enc = tokenizer(
-        text, return_tensors="pt", truncation=True, max_length=args.max_length
+        text,
+        return_tensors="pt",
+        truncation=True,
+        max_length=fit_length(clf, args.max_length),
     )
     ids, mask = enc["input_ids"], enc["attention_mask"]
 

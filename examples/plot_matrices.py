@@ -21,7 +21,7 @@ import time
 from typing import Optional, Sequence
 
 import matplotlib
-from _common import documents, load_classifier, out_path, positive_int
+from _common import documents, fit_length, load_classifier, out_path, positive_int
 
 from captum_effattn import attention_weights, effective_attention, efficient_attention
 
@@ -49,7 +49,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         documents(1)[0],
         return_tensors="pt",
         truncation=True,
-        max_length=args.tokens,
+        max_length=fit_length(clf, args.tokens),
     )
     ids, mask = enc["input_ids"], enc["attention_mask"]
 

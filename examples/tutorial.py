@@ -19,7 +19,14 @@ import time
 from typing import Dict, Optional, Sequence
 
 import torch
-from _common import DATA_LABELS, documents, load_classifier, out_path, positive_int
+from _common import (
+    DATA_LABELS,
+    documents,
+    fit_length,
+    load_classifier,
+    out_path,
+    positive_int,
+)
 from captum.attr import LayerIntegratedGradients, Lime
 
 from captum_effattn import EfficientAttention
@@ -54,7 +61,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         text,
         return_tensors="pt",
         truncation=True,
-        max_length=256,
+        max_length=fit_length(clf, 256),
         return_special_tokens_mask=True,
     )
     ids, mask = enc["input_ids"], enc["attention_mask"]

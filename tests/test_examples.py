@@ -71,3 +71,29 @@ def test_example_refuses_bad_arguments_at_once(script, args, message, tmp_path):
     )
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert not list(tmp_path.iterdir())
+
+
+def _run(script, args, tmp_path):
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / script), "--out", str(tmp_path), *args],
+        cwd=tmp_path,
+        env=dict(os.environ, HF_HUB_OFFLINE="1", MPLBACKEND="Agg"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_example_refuses_a_missing_model_folder(tmp_path):
+    # a FileNotFoundError traceback before
+    proc = _run("explain_one.py", ["--model", str(tmp_path / "nope")], tmp_path)
+    assert proc.returncode == 1 and "no such model folder" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow  # loads the real model and explains a document
+def test_example_cuts_its_length_to_the_model(tmp_path):
+    # 600 tokens on a 512-position model failed inside the model
+    proc = _run("plot_matrices.py", ["--tokens", "600"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "more than the model's 512; using 512" in proc.stdout
