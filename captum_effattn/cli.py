@@ -325,15 +325,26 @@ def build_parser() -> argparse.ArgumentParser:
         "recommended values (the ones bench uses).\n\ndata sets:\n" + _datasets_help(),
         formatter_class=_Formatter,
     )
-    ft.add_argument("--dataset", type=_dataset, default="rt-verdict")
+    ft.add_argument(
+        "--dataset", type=_dataset, default="rt-verdict", help="data set to train on"
+    )
     ft.add_argument("--model", default=None, help="a local HF model to start from")
     ft.add_argument("--seed", type=_seed, default=0, help="seed of split and training")
-    ft.add_argument("--epochs", type=_positive_int, default=None)
+    ft.add_argument(
+        "--epochs", type=_positive_int, default=None,
+        help="training epochs (default: the data set's preset)",
+    )  # fmt: skip
     ft.add_argument(
         "--max-train", type=_positive_int, default=None, help="train examples"
     )
-    ft.add_argument("--max-length", type=_positive_int, default=None)
-    ft.add_argument("--batch-size", type=_positive_int, default=None)
+    ft.add_argument(
+        "--max-length", type=_positive_int, default=None,
+        help="tokens per training text (default: the data set's preset)",
+    )  # fmt: skip
+    ft.add_argument(
+        "--batch-size", type=_positive_int, default=None,
+        help="texts per training step (default: the data set's preset)",
+    )  # fmt: skip
     ft.add_argument(
         "--lr", type=_positive_float, default=None, help="peak learning rate"
     )
@@ -363,7 +374,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="solve every layer and row (slow), not only the last [CLS] row",
     )
     ex.add_argument("--top", type=_positive_int, default=10, help="tokens listed")
-    ex.add_argument("--max-length", type=_positive_int, default=256)
+    ex.add_argument(
+        "--max-length",
+        type=_positive_int,
+        default=None,
+        help="tokens of the text explained (default: 256, or the model's "
+        "positions when fewer)",
+    )
     ex.add_argument("--device", default="auto", help="auto, cpu or cuda")
     _threads_option(ex)
 
@@ -889,6 +906,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         adapter = ModelAdapter(model)
     except (TypeError, ValueError) as err:
         raise CLIError(f"{what}: {err}") from None
+    if args.max_length is None:  # the default: no note when the model is short
+        most = adapter.max_positions
+        args.max_length = 256 if most is None else min(256, most)
     max_length = _fit_max_length(args.max_length, model.config, tokenizer)
     text = args.text
     try:
@@ -929,7 +949,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     if whole > enc["input_ids"].shape[1]:
         note += (
             f"\nnote: the text has {whole} tokens; only the first "
-            f"{enc['input_ids'].shape[1]} are explained (--max-length)"
+            f"{enc['input_ids'].shape[1]} are explained (--max-length, or the "
+            "model's positions)"
         )
     ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
     try:  # before the model runs: ids beyond its embedding table, ...

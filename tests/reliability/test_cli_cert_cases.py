@@ -313,3 +313,14 @@ def test_roberta_max_length_counts_its_position_offset(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "128 positions; using 128" in captured.err
     assert "128 tokens" in captured.out
+
+
+def test_explain_default_length_fits_a_short_model_quietly(tiny_model_dir, capsys):
+    # the default of 256 tokens drew "--max-length 256 is more than the
+    # model's 128 positions" though no --max-length was given
+    text = "a long film " * 100
+    argv = ["explain", "--model", str(tiny_model_dir), "--text", text, "--top", "2"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "--max-length" not in captured.err
+    assert "128 tokens" in captured.out
