@@ -362,8 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
         "test document) on the offline MiniLM model (the cached rt-verdict "
         "fine-tuned model when present, else the base model). Prints the "
         "exactness certificate and the tokens that gain and lose the most "
-        "attention (efficient minus raw, [CLS] row, last layer, mean over "
-        "heads).",
+        "attention (efficient minus raw, last layer, mean over heads) in the "
+        "row the classifier reads: [CLS] for an encoder, the pooled (last) "
+        "token for a decoder.",
         formatter_class=_Formatter,
     )
     ex.add_argument("--text", default=None, help="the text to explain")
@@ -371,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument(
         "--full",
         action="store_true",
-        help="solve every layer and row (slow), not only the last [CLS] row",
+        help="solve every layer and row (slow), not only the row read in the "
+        "last layer",
     )
     ex.add_argument("--top", type=_positive_int, default=10, help="tokens listed")
     ex.add_argument(
@@ -1105,7 +1107,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     except BrokenPipeError:
         # the reader of our output went away (``captum-effattn datasets |
-        # head``): no traceback, and none when Python flushes stdout at exit
+        # head``): no traceback, and none when Python flushes stdout at exit;
+        # a broken pipe of anything else is an error as any other
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            pass
+        else:
+            raise
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1

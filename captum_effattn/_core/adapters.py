@@ -16,6 +16,7 @@ one entry in :data:`ARCHITECTURES`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import operator
 import threading
@@ -155,6 +156,8 @@ class _CallLog:
 
     count: int = 0
     args: Optional[inspect.BoundArguments] = None
+    #: calls from other threads than the recording one (not recorded)
+    others: int = 0
 
     def hook(self, module: nn.Module, owner: Optional[int] = None) -> Any:
         r"""A forward pre-hook (``with_kwargs=True``) that logs ``module``'s
@@ -164,6 +167,7 @@ class _CallLog:
 
         def pre_hook(_m: nn.Module, args: Any, kwargs: Any) -> None:
             if owner is not None and threading.get_ident() != owner:
+                self.others += 1
                 return
             self.count += 1
             try:
@@ -267,6 +271,23 @@ def _model_lock(model: nn.Module) -> Any:
         if lock is None:
             lock = _MODEL_LOCKS[model] = threading.RLock()
         return lock
+
+
+def holding_model_lock(fn: Callable[..., Any]) -> Callable[..., Any]:
+    r"""Decorator: ``fn(model, ...)`` runs holding ``model``'s lock (that of
+    the module inside a ``DataParallel`` or ``torch.compile`` wrapper), for
+    functions that run several hooked forward passes and switch the model's
+    mode between them."""
+
+    @functools.wraps(fn)
+    def wrapper(model: Any, *args: Any, **kwargs: Any) -> Any:
+        inner = unwrap_model(model) if isinstance(model, nn.Module) else None
+        if inner is None:
+            return fn(model, *args, **kwargs)
+        with _model_lock(inner):
+            return fn(model, *args, **kwargs)
+
+    return wrapper
 
 
 @contextlib.contextmanager

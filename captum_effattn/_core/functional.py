@@ -921,7 +921,10 @@ def _certificate(
     # whose value maps to 0) has no relative scale of its own: below
     # sqrt(eps) times its largest ‖t_j‖, measure against that instead, the
     # size that rounding of the entries can reach.
-    t_norm = ((v @ w[None]).norm(dim=-1)).unsqueeze(2)  # (B, H, 1, N)
+    # ‖t_j‖² = v_j (W Wᵀ) v_jᵀ through the small (d_h x d_h) Gram matrix: T
+    # itself, (B, H, N, d), costs more than the rest of the certificate
+    gram = w @ w.transpose(-1, -2)  # (H, d_h, d_h)
+    t_norm = ((v @ gram[None]) * v).sum(-1).clamp_min(0.0).sqrt().unsqueeze(2)
     t_max = torch.where(fkeys.bool(), t_norm, 0.0).amax(-1)  # (B, H, m|1)
     ref = torch.maximum(ref, t_max * torch.finfo(out.dtype).eps ** 0.5)
     diff = (((out - a) @ v) @ w[None]).norm(dim=-1)
@@ -959,6 +962,13 @@ def run_with_capture(
     # model's hooks but still calls its base model
     log = rec.model if rec.model.count or not rec.base.count else rec.base
     calls, call_args = log.count, log.args
+    if calls == 0 and (rec.model.others or rec.base.others):
+        raise ValueError(
+            "forward_func ran the model in another thread (a thread pool, a "
+            "queue...): the attention is read from the forward pass of the "
+            "thread that calls attribute, so that other threads' passes of the "
+            "same model cannot mix in; run the model in forward_func itself"
+        )
     if calls == 0:
         raise ValueError(
             "forward_func never called the model whose attention is read; pass "

@@ -53,7 +53,8 @@ def caratheodory_reduce(
     Args:
         x (Tensor): feasible rows (..., n): ``x ≥ 0`` and ``Cᵀx = b``.
         c (Tensor): orthonormal bases (..., n, r) (zero rows at padding).
-        a (Tensor): raw attention rows (..., n); the walk increases ``⟨a, x⟩``.
+        a (Tensor): raw attention rows (..., n); the walk increases
+                    ``⟨a + jitter, x⟩`` (see the module docstring).
         max_steps (int, optional): reduction steps at most. Default: n,
                     enough to reach a vertex (every step removes at least one
                     key). A walk stopped earlier is not at a vertex: its rows

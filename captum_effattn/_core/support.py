@@ -20,7 +20,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from captum_effattn._core.adapters import ModelAdapter, eval_mode
+from captum_effattn._core.adapters import ModelAdapter, eval_mode, holding_model_lock
 from captum_effattn._core.functional import (
     Certificate,
     attention_weights,
@@ -76,8 +76,10 @@ class SupportTestResult:
 
 
 #: An entry of efficient attention is in the support when it exceeds this
-#: many times the solver tolerance (1e-10 in float64, 1e-4 in float32).
+#: many times the solver tolerance (1e-10 in float64, 1e-4 in float32), at
+#: most ``SUPPORT_MAX_CUTOFF``, in heads whose rows the solver iterated on.
 SUPPORT_TOL_FACTOR = 100.0
+SUPPORT_MAX_CUTOFF = 1e-4
 
 
 def _restrict(a: Tensor, keep: Tensor) -> Tensor:
@@ -127,6 +129,7 @@ def _class_probabilities(output: Any, multi_label: bool = False) -> Tensor:
     return torch.softmax(logits.double(), -1)
 
 
+@holding_model_lock
 def attention_support_test(
     model: nn.Module,
     input_ids: Tensor,
@@ -251,14 +254,28 @@ def attention_support_test(
         return _class_probabilities(out, multi_label)
 
     p0 = probs(None)
+    # one sigmoid output: by default the predicted side (1 - p for an
+    # example predicted negative), as in the metrics
+    two_sided = target is None and p0.shape[1] == 1
+
+    def side(p: Tensor) -> Tensor:
+        return torch.cat([1.0 - p, p], dim=1) if two_sided else p
+
+    p0 = side(p0)
     tgt = _targets(target, p0)
     batch = torch.arange(p0.shape[0], device=p0.device)
-    # Entries within a few solver tolerances of 0 are not resolved by it (a
-    # solve of the same row with other rows beside it moves them by 1e-12):
-    # counted as support, they made the complement of a row, and so
-    # necessity, follow rounding noise
-    support = e > SUPPORT_TOL_FACTOR * resolve_tol(options.get("tol"), e.dtype)
-    support = support.to(e.dtype)
+    # Entries within a few solver tolerances of 0 are not resolved by the
+    # interior point (a solve of the same row with other rows beside it moves
+    # them by 1e-12): counted as support, they made the complement of a row,
+    # and so necessity, follow rounding noise. Heads whose rows all had a
+    # closed form (a text of at most rank([T, 1]) tokens, where efficient
+    # attention is the raw attention) keep every positive entry.
+    cutoff = min(
+        SUPPORT_TOL_FACTOR * resolve_tol(options.get("tol"), e.dtype),
+        SUPPORT_MAX_CUTOFF,
+    )
+    iterated = (cert.iterations > 0)[..., None, None].to(e.device)  # (L, B, H)
+    support = torch.where(iterated, e > cutoff, e > 0).to(e.dtype)
     # the keys each query row sees: the real ones (and j <= i in a decoder)
     keys = real[None, :, None, None, :].to(e.dtype)
     if adapter.causal:
@@ -266,9 +283,9 @@ def attention_support_test(
         keys = keys * torch.ones(n, n, device=e.device, dtype=e.dtype).tril()
     complement = (1.0 - support) * keys
     p_full = p0[batch, tgt]
-    p_eff = probs(e)[batch, tgt]
-    p_sup = probs(_restrict(raw, support))[batch, tgt]
-    p_comp = probs(_restrict(raw, complement))[batch, tgt]
+    p_eff = side(probs(e))[batch, tgt]
+    p_sup = side(probs(_restrict(raw, support)))[batch, tgt]
+    p_comp = side(probs(_restrict(raw, complement)))[batch, tgt]
     qmask = real[None, :, None, :].to(e.dtype)  # (1, B, 1, N) real query rows
     frac = support.sum(-1) / keys.sum(-1).clamp_min(1.0)  # (L, B, H, N)
     count = qmask.sum((0, 2, 3)) * e.shape[0] * e.shape[2]

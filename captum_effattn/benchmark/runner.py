@@ -309,8 +309,8 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     """
     requested = device
     # processes of torchrun on this machine (one a machine may name its GPU)
-    here = os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1"))
-    if int(here) > 1 and device.startswith("cuda:"):
+    here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if here > 1 and device.startswith("cuda:"):
         raise ValueError(
             f"--device {requested!r} under torchrun would put every process on "
             "one GPU: pass --device cuda (or auto), and each process takes the "

@@ -322,16 +322,29 @@ def test_sigterm_removes_the_staging_folder(tmp_path):
 
 def test_a_closed_pipe_ends_quietly(monkeypatch, capsys):
     # `captum-effattn datasets | head -3` ended in a BrokenPipeError
-    # traceback; stdout now goes to /dev/null and the exit code is 1
+    # traceback; stdout now goes to /dev/null and the exit code is 1. A
+    # broken pipe of something else (stdout still open) is raised as before
+    import io
+
     from captum_effattn import cli
 
     def closed(args):
         raise BrokenPipeError
 
+    class Closed(io.StringIO):
+        def flush(self):
+            raise BrokenPipeError
+
+        def fileno(self):
+            return 1
+
     moved = []
     monkeypatch.setitem(cli._COMMANDS, "datasets", closed)
     monkeypatch.setattr(cli.os, "dup2", lambda fd, to: moved.append(to))
-    monkeypatch.setattr(cli.sys.stdout, "fileno", lambda: 1, raising=False)
-    assert main(["datasets"]) == 1
+    with monkeypatch.context() as m:
+        m.setattr(cli.sys, "stdout", Closed())
+        assert main(["datasets"]) == 1
     assert moved == [1]
     assert "Traceback" not in capsys.readouterr().err
+    with pytest.raises(BrokenPipeError):
+        main(["datasets"])  # stdout is fine: not ours to hide

@@ -324,3 +324,45 @@ def test_explain_default_length_fits_a_short_model_quietly(tiny_model_dir, capsy
     captured = capsys.readouterr()
     assert "--max-length" not in captured.err
     assert "128 tokens" in captured.out
+
+
+def test_support_test_of_a_short_real_text_keeps_every_key(minilm, monkeypatch):
+    # the support threshold against solver noise (100 x tol) cut keys of
+    # tiny raw weight from rows that need no solver (E = A for a text of at
+    # most rank([T, 1]) tokens): support 0.993 instead of 1 in float64, and
+    # in float32 0.965 instead of 0.996 (float32 rounds some of those
+    # weights to 0 by itself), necessity 4.9e-3 instead of 1.7e-4
+    from captum_effattn._core import support
+
+    model, tok = minilm
+    enc = tok(
+        ["a gripping, beautifully shot film with a weak ending"], return_tensors="pt"
+    )
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    assert ids.shape[1] <= 33
+    res = attention_support_test(model, ids, mask)
+    assert float(res.support_fraction[0]) == 1.0
+    assert float(res.necessity[0]) == 0.0
+    res = attention_support_test(model, ids, mask, dtype=torch.float32)
+    monkeypatch.setattr(support, "SUPPORT_TOL_FACTOR", 0.0)
+    plain = attention_support_test(model, ids, mask, dtype=torch.float32)
+    assert float(res.support_fraction[0]) == float(plain.support_fraction[0]) > 0.99
+    assert float(res.necessity[0]) == float(plain.necessity[0])
+
+
+def test_support_test_single_logit_default_is_the_predicted_side(tiny_model):
+    # a one-label multi-label model read p for every example, as the
+    # metrics once did: target 0 with p_full 0.499 for z < 0
+    import copy
+
+    model = copy.deepcopy(tiny_model("bert", num_labels=1))
+    model.config.problem_type = "multi_label_classification"
+    ids, mask = random_batch(6, 20, seed=5)
+    with torch.no_grad():
+        z = model(input_ids=ids, attention_mask=mask).logits[:, 0]
+    assert bool((z < 0).any()) and bool((z > 0).any())
+    res = attention_support_test(model, ids, mask)
+    assert res.target.tolist() == (z > 0).long().tolist()
+    assert bool((res.p_full >= 0.5).all())
+    explicit = attention_support_test(model, ids, mask, target=0)
+    torch.testing.assert_close(explicit.p_full, torch.sigmoid(z.double()))

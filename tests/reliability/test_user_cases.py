@@ -637,3 +637,54 @@ def test_two_threads_explaining_one_model_take_turns(tiny_model):
     for name in ("a", "b"):
         torch.testing.assert_close(got[name], want, rtol=0, atol=0)
     assert model.training and all(m.training for m in model.modules())
+
+
+def test_a_forward_func_running_the_model_in_another_thread_is_told_why(tiny_model):
+    # with the hooks recording their own thread only, such a forward_func
+    # got "never called the model"; it now names the cause
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = tiny_model("bert")
+    ids, mask = random_batch(2, 24, lengths=[24, 15], seed=3)
+    pool = ThreadPoolExecutor(1)
+
+    def forward(ids, mask):
+        return pool.submit(_forward(model), ids, mask).result()
+
+    with pytest.raises(ValueError, match="ran the model in another thread"):
+        EfficientAttention(forward, model=model).attribute(
+            ids, additional_forward_args=(mask,)
+        )
+    pool.shutdown()
+
+
+def test_the_support_test_holds_the_model_for_its_whole_run(tiny_model):
+    # it switched the model to eval mode outside the per-model lock, so an
+    # explainer in another thread could restore the training flags between
+    # its forward passes
+    import threading
+
+    from captum_effattn import attention_support_test
+    from captum_effattn._core.adapters import _model_lock
+
+    model = tiny_model("bert")
+    ids, mask = random_batch(2, 24, lengths=[24, 15], seed=3)
+    free = []
+
+    def probe(_m, _args):
+        got = []
+        t = threading.Thread(
+            target=lambda: got.append(_model_lock(model).acquire(blocking=False))
+        )
+        t.start()
+        t.join()
+        free.append(got[0])
+        if got[0]:
+            _model_lock(model).release()  # pragma: no cover - the bug
+
+    handle = model.register_forward_pre_hook(probe)
+    try:
+        attention_support_test(model, ids, mask)
+    finally:
+        handle.remove()
+    assert len(free) >= 4 and not any(free)

@@ -51,9 +51,10 @@ _CEIL_EPS = 1e-6
 
 def _check_ids(input_ids: Any, name: str = "inputs") -> None:
     if not isinstance(input_ids, Tensor):
+        pair = isinstance(input_ids, (tuple, list)) and len(input_ids) == 2
         hint = (
             "; pass the ids alone and the mask as attention_mask="
-            if isinstance(input_ids, (tuple, list))
+            if pair and all(isinstance(t, Tensor) for t in input_ids)
             else ""
         )
         raise TypeError(
