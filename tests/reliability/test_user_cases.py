@@ -383,15 +383,20 @@ def test_float32_certifies_on_a_real_document(minilm, real_batch):
     assert cert.worst()["output_residual"] > 1e-6  # not the float64 bound
 
 
-def test_inputs_longer_than_a_sliding_window_are_refused(tiny_model):
-    model = tiny_model("mistral", sliding_window=8)
-    ids, mask = random_batch(2, 12, lengths=[12, 6], seed=3)
-    with pytest.raises(ValueError, match="sliding attention window of 8"):
+def _refused_by_both(model, ids, mask, match):
+    r"""The functional form and the attribution class both refuse."""
+    with pytest.raises(ValueError, match=match):
         efficient_attention(model, ids, mask)
-    with pytest.raises(ValueError, match="sliding attention window of 8"):
+    with pytest.raises(ValueError, match=match):
         EfficientAttention(_forward(model), model=model).attribute(
             ids, additional_forward_args=(mask,)
         )
+
+
+def test_inputs_longer_than_a_sliding_window_are_refused(tiny_model):
+    model = tiny_model("mistral", sliding_window=8)
+    ids, mask = random_batch(2, 12, lengths=[12, 6], seed=3)
+    _refused_by_both(model, ids, mask, "sliding attention window of 8")
     # within the window: the usual answer
     _, cert = efficient_attention(
         model, ids[:, :8], mask[:, :8], return_certificate=True
@@ -541,12 +546,7 @@ def test_the_sliding_window_counts_positions_not_tokens(tiny_model):
     mask[0, ::2] = 1
     mask[0, 15] = 1
     assert int(mask.sum()) <= 10
-    with pytest.raises(ValueError, match="spans 16 positions"):
-        efficient_attention(model, ids, mask)
-    with pytest.raises(ValueError, match="spans 16 positions"):
-        EfficientAttention(_forward(model), model=model).attribute(
-            ids, additional_forward_args=(mask,)
-        )
+    _refused_by_both(model, ids, mask, "spans 16 positions")
     # the same holes within the window are accepted
     _, cert = efficient_attention(
         model, ids[:, 6:], mask[:, 6:], return_certificate=True
