@@ -166,7 +166,7 @@ class _CallLog:
         signature = inspect.signature(module.forward)
 
         def pre_hook(_m: nn.Module, args: Any, kwargs: Any) -> None:
-            if owner is not None and threading.get_ident() != owner:
+            if owner is not None and _other_thread(owner):
                 self.others += 1
                 return
             self.count += 1
@@ -271,6 +271,16 @@ def _model_lock(model: nn.Module) -> Any:
         if lock is None:
             lock = _MODEL_LOCKS[model] = threading.RLock()
         return lock
+
+
+def _other_thread(owner: int) -> bool:
+    r"""Whether a hook runs in another thread than ``owner``. Inside code
+    that ``torch.compile`` traces (which cannot trace the thread id) it
+    counts as the owner's: the compiled call runs in the caller's thread."""
+    compiling = getattr(torch.compiler, "is_compiling", None)
+    if compiling is not None and compiling():
+        return False
+    return threading.get_ident() != owner
 
 
 def holding_model_lock(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -645,7 +655,7 @@ class ModelAdapter:
             base = None
 
         def embedding_hook(_m: nn.Module, _args: Any, output: Any) -> Any:
-            if threading.get_ident() != owner:
+            if _other_thread(owner):
                 return None
             if isinstance(output, Tensor) and not output.requires_grad:
                 return output.detach().requires_grad_(True)
@@ -653,7 +663,7 @@ class ModelAdapter:
 
         def make_attention_hook(idx: int):
             def hook(_m: nn.Module, _args: Any, output: Any) -> None:
-                if threading.get_ident() != owner:
+                if _other_thread(owner):
                     return
                 weights = (
                     output[1] if isinstance(output, tuple) and len(output) > 1 else None
@@ -666,7 +676,7 @@ class ModelAdapter:
 
         def make_value_hook(idx: int):
             def hook(_m: nn.Module, _args: Any, output: Tensor) -> None:
-                if threading.get_ident() != owner:
+                if _other_thread(owner):
                     return
                 v = output
                 if spec.value_chunk is not None:
@@ -735,7 +745,7 @@ class ModelAdapter:
 
         def make_value_hook(idx: int):
             def hook(_m: nn.Module, _args: Any, output: Tensor) -> None:
-                if threading.get_ident() != owner:
+                if _other_thread(owner):
                     return
                 v = output
                 if self.spec.value_chunk is not None:
@@ -747,7 +757,7 @@ class ModelAdapter:
 
         def make_attention_hook(idx: int):
             def hook(_m: nn.Module, _args: Any, output: Any) -> Any:
-                if threading.get_ident() != owner:
+                if _other_thread(owner):
                     return None
                 weights = output[1]
                 if weights is None:
