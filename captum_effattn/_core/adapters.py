@@ -644,12 +644,16 @@ class ModelAdapter:
         # explainer of the same model waits for this one to finish
         modes.enter_context(_model_lock(self.model))
         owner = threading.get_ident()
-        if modes.enter_context(eval_mode(self.model)):
-            warnings.warn(
-                "the model was in training mode (dropout on); switching it to "
-                "eval mode for the attribution and back afterwards",
-                stacklevel=3,
-            )
+        try:
+            if modes.enter_context(eval_mode(self.model)):
+                warnings.warn(
+                    "the model was in training mode (dropout on); switching it "
+                    "to eval mode for the attribution and back afterwards",
+                    stacklevel=3,
+                )
+        except BaseException:  # the warning made an error: nothing held
+            modes.close()
+            raise
         base = getattr(self.model, "base_model", None)
         if not isinstance(base, nn.Module) or base is self.model:
             base = None

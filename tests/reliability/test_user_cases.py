@@ -688,3 +688,34 @@ def test_the_support_test_holds_the_model_for_its_whole_run(tiny_model):
     finally:
         handle.remove()
     assert len(free) >= 4 and not any(free)
+
+
+def test_a_warning_made_an_error_leaves_the_model_free(tiny_model):
+    # with warnings as errors, the training-mode warning raised after the
+    # model's lock was taken and eval mode set, and both stayed so
+    import threading
+
+    from captum_effattn._core.adapters import _model_lock
+
+    model = copy.deepcopy(tiny_model("bert"))
+    ids, mask = random_batch(2, 24, lengths=[24, 15], seed=3)
+    model.train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(UserWarning, match="training mode"):
+            EfficientAttention(_forward(model), model=model).attribute(
+                ids, additional_forward_args=(mask,)
+            )
+    assert model.training
+    got = []
+
+    def try_lock():
+        lock = _model_lock(model)
+        got.append(lock.acquire(blocking=False))
+        if got[-1]:
+            lock.release()
+
+    t = threading.Thread(target=try_lock)
+    t.start()
+    t.join()
+    assert got == [True]
