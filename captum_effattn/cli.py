@@ -455,14 +455,10 @@ def _fit_max_length(max_length: int, config: Any, tokenizer: Any) -> int:
             f"--max-length {max_length} leaves no room for text beside the "
             f"tokenizer's {special} special tokens; use at least {special + 1}"
         )
-    from captum_effattn._core.adapters import ARCHITECTURES
+    from captum_effattn._core.adapters import max_positions
 
-    positions = getattr(config, "max_position_embeddings", None)
-    spec = ARCHITECTURES.get(getattr(config, "model_type", None))
-    if isinstance(positions, int) and spec is not None and spec.position_offset:
-        # RoBERTa's positions start after the padding id
-        positions -= (getattr(config, "pad_token_id", None) or 0) + 1
-    if isinstance(positions, int) and max_length > positions:
+    positions = max_positions(config)  # RoBERTa's start after the padding id
+    if positions is not None and max_length > positions:
         _err(
             f"note: --max-length {max_length} is more than the model's "
             f"{positions} positions; using {positions}"
@@ -495,14 +491,12 @@ def _check_model(path: Optional[str], max_length: Optional[int]) -> Optional[int
             f"{what}: not a Hugging Face model folder with a tokenizer "
             f"({type(err).__name__}: {first[:300]})"
         ) from None
-    from captum_effattn._core.adapters import ARCHITECTURES, supported_architectures
+    from captum_effattn._core.adapters import architecture_spec
 
-    kind = getattr(config, "model_type", None)
-    if kind not in ARCHITECTURES:
-        raise CLIError(
-            f"--model {path}: its architecture {kind!r} is not supported "
-            f"(supported model types: {', '.join(supported_architectures())})"
-        )
+    try:
+        architecture_spec(config, f"--model {path}")
+    except ValueError as err:
+        raise CLIError(str(err)) from None
     missing = _missing_model_files(where) if path is not None else None
     if missing is not None:  # what load_model needs besides
         what, names = missing
@@ -539,7 +533,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if out is not None:
         # a folder where an output file goes would stop the final move half
         # way, leaving old and new outputs mixed
-        blocked = [name for name in OUTPUT_FILES if (out.path / name).is_dir()]
+        blocked = out.blocked(OUTPUT_FILES)
         if blocked:
             out.discard()
             raise CLIError(
@@ -966,15 +960,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     print(f"\n{text}\n")
     p_pred = float(probs[pred])
     print(f"{ids.shape[1]} tokens; prediction: {labels[pred]} (p = {p_pred:.3f})")
-    # the row the classifier reads: [CLS] for an encoder; for a decoder the
-    # token it pools (the last one), whose row sees the whole text
-    pooled = adapter.pooled_positions(ids)
-    if pooled is not None:
-        query = int(pooled[0])
-    elif adapter.causal and not adapter.pools_first_token:
-        query = ids.shape[1] - 1
-    else:
-        query = 0
+    # the row the classifier reads, as the attribution classes read it:
+    # [CLS] for an encoder; for a decoder the token it pools (the last one)
+    query = int(adapter.default_query(ids, mask != 0)[0, 0])
     tokens = tokenizer.convert_ids_to_tokens(ids[0].tolist())
     row = "[CLS] row" if query == 0 else f"row of {tokens[query]!r} ({query})"
     where = dict(layers=None, rows=None) if args.full else dict(layers=-1, rows=query)

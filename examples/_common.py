@@ -29,7 +29,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from captum_effattn._core.adapters import ModelAdapter  # noqa: E402
+from captum_effattn._core.adapters import ModelAdapter, max_positions  # noqa: E402
 
 #: The data set whose fine-tuned model the examples look for, and its labels.
 DATASET = "rt-verdict"
@@ -97,7 +97,7 @@ def load_classifier(model_path: Optional[str] = None) -> Classifier:
 def fit_length(clf: Classifier, length: int) -> int:
     r"""A token budget cut to the positions the model can embed (longer
     inputs would fail inside it), with a note when it is cut."""
-    most = ModelAdapter(clf.model).max_positions
+    most = max_positions(clf.model.config)
     if most is not None and length > most:
         print(f"note: {length} tokens is more than the model's {most}; using {most}")
         return most

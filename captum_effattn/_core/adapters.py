@@ -121,6 +121,36 @@ ARCHITECTURES["mistral"] = ARCHITECTURES["llama"]
 ARCHITECTURES["qwen2"] = ARCHITECTURES["llama"]
 
 
+def architecture_spec(config: Any, name: str = "the model") -> ArchSpec:
+    r"""The :class:`ArchSpec` of a model's ``config.model_type``; a
+    ``ValueError`` that lists the supported types for any other (``name``
+    says which model in the message)."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in ARCHITECTURES:
+        raise ValueError(
+            f"unsupported architecture {model_type!r} ({name}); supported model "
+            f"types: {', '.join(supported_architectures())}. Adding a family is "
+            "one ArchSpec entry in captum_effattn._core.adapters.ARCHITECTURES."
+        )
+    return ARCHITECTURES[model_type]
+
+
+def max_positions(config: Any) -> Optional[int]:
+    r"""How many tokens a model of ``config`` can embed, or None when its
+    config does not say: its position embeddings, less the offset of
+    families whose positions start after the padding id (RoBERTa's
+    ``create_position_ids``: ``pad_token_id + 1``)."""
+    positions = getattr(config, "max_position_embeddings", None) or getattr(
+        config, "n_positions", None
+    )
+    if not isinstance(positions, int):
+        return None
+    spec = ARCHITECTURES.get(getattr(config, "model_type", None))
+    if spec is not None and spec.position_offset:
+        positions -= (getattr(config, "pad_token_id", None) or 0) + 1
+    return positions
+
+
 def supported_architectures() -> List[str]:
     r"""The ``model_type`` values that have an adapter.
 
@@ -482,18 +512,10 @@ class ModelAdapter:
                 "expected a Hugging Face transformers model (a torch.nn.Module "
                 f"with a .config), got {type(model).__name__}{hint}"
             )
-        model_type = getattr(model.config, "model_type", None)
-        if model_type not in ARCHITECTURES:
-            raise ValueError(
-                f"unsupported architecture {model_type!r} "
-                f"({type(model).__name__}); supported model types: "
-                f"{', '.join(supported_architectures())}. Adding a family is one "
-                "ArchSpec entry in captum_effattn._core.adapters.ARCHITECTURES."
-            )
+        self.spec = architecture_spec(model.config, type(model).__name__)
         check_eager(model)
         check_model_device(model)
         self.model = model
-        self.spec = ARCHITECTURES[model_type]
         base = getattr(model, "base_model", model)
         self.layer_modules: List[nn.Module] = list(_get(base, self.spec.layers))
         self.num_layers = len(self.layer_modules)
@@ -510,13 +532,7 @@ class ModelAdapter:
         # says so, as every transformers attention module does
         attention0 = _get(self.layer_modules[0], self.spec.attention)
         self.causal = self.spec.causal or bool(getattr(attention0, "is_causal", False))
-        self.max_positions: Optional[int] = getattr(
-            model.config, "max_position_embeddings", None
-        ) or getattr(model.config, "n_positions", None)
-        pad = getattr(model.config, "pad_token_id", None)
-        if self.max_positions is not None and self.spec.position_offset:
-            # positions run from pad_token_id + 1 (RoBERTa's create_position_ids)
-            self.max_positions -= (pad or 0) + 1
+        self.max_positions = max_positions(model.config)
         # the ids the model can embed: the rows of its embedding table, which
         # an edited config can make differ from config.vocab_size (the
         # embedding then fails with an IndexError, not a message)
@@ -546,6 +562,46 @@ class ModelAdapter:
         ``config.is_decoder=True`` makes its attention causal."""
         name = type(self.model).__name__
         return not self.spec.causal and name.endswith("ForSequenceClassification")
+
+    def default_query(self, input_ids: Tensor, key_mask: Tensor) -> Tensor:
+        r"""The row each example's classifier reads, ``(batch, 1)``: the
+        token a decoder's sequence classifier pools
+        (:meth:`pooled_positions`), else the last real token for other
+        decoders, else the first real token ([CLS], with right or left
+        padding).
+
+        Args:
+            input_ids (Tensor): ``(batch, n)`` token ids.
+            key_mask (Tensor): bool ``(batch, n)``, True for real tokens.
+
+        Raises:
+            ValueError: a decoder classifier that would pool a position the
+                        mask marks as padding (its ``config.pad_token_id`` is
+                        not the id the inputs are padded with).
+        """
+        b, n = key_mask.shape
+        pos = torch.arange(n, device=key_mask.device).expand(b, n)
+        pooled = self.pooled_positions(input_ids)
+        if pooled is not None:  # the token a decoder's classifier reads
+            pooled = pooled.unsqueeze(1)
+            padded = (~key_mask.gather(1, pooled)).nonzero()[:, 0].tolist()
+            if padded:
+                pad = getattr(self.model.config, "pad_token_id", None)
+                raise ValueError(
+                    f"the classifier reads example(s) {padded} at a position "
+                    "that the attention mask marks as padding: Hugging Face "
+                    "pools the last token whose id is not "
+                    f"config.pad_token_id ({pad!r}), "
+                    "so the padding of these inputs holds another id. Set "
+                    "model.config.pad_token_id = tokenizer.pad_token_id, or "
+                    "pass query= the position to read"
+                )
+            return pooled
+        if self.causal and not self.pools_first_token:
+            # the last real token
+            return torch.where(key_mask, pos, -1).amax(1).unsqueeze(1)
+        # the first real token: [CLS], with right or left padding
+        return torch.where(key_mask, pos, n).amin(1).unsqueeze(1)
 
     def pooled_positions(self, input_ids: Tensor) -> Optional[Tensor]:
         r"""The position whose hidden state a decoder's sequence classifier

@@ -496,28 +496,7 @@ class _AttentionAttribution(Attribution):
     ) -> Tensor:
         b, n = key_mask.shape
         if query is None:
-            pos = torch.arange(n, device=key_mask.device).expand(b, n)
-            pooled = self.adapter.pooled_positions(ids)
-            if pooled is not None:  # the token a decoder's classifier reads
-                pooled = pooled.unsqueeze(1)
-                padded = (~key_mask.gather(1, pooled)).nonzero()[:, 0].tolist()
-                if padded:
-                    pad = getattr(self.adapter.model.config, "pad_token_id", None)
-                    raise ValueError(
-                        f"the classifier reads example(s) {padded} at a position "
-                        "that the attention mask marks as padding: Hugging Face "
-                        "pools the last token whose id is not "
-                        f"config.pad_token_id ({pad!r}), "
-                        "so the padding of these inputs holds another id. Set "
-                        "model.config.pad_token_id = tokenizer.pad_token_id, or "
-                        "pass query= the position to read"
-                    )
-                return pooled
-            if self.adapter.causal and not self.adapter.pools_first_token:
-                # the last real token
-                return torch.where(key_mask, pos, -1).amax(1).unsqueeze(1)
-            # the first real token: [CLS], with right or left padding
-            return torch.where(key_mask, pos, n).amin(1).unsqueeze(1)
+            return self.adapter.default_query(ids, key_mask)
         if isinstance(query, str) and query == "all":
             return torch.arange(n, device=key_mask.device).expand(b, n)
         if not isinstance(query, (str, bool)):

@@ -41,6 +41,7 @@ __all__ = [
     "check_not_meta",
     "check_vocabulary",
     "format_target",
+    "both_sides",
     "TargetLike",
     "resolve_rows",
 ]
@@ -366,6 +367,15 @@ def format_target(
             f"lie in [0, {n_classes if n_classes is not None else 'classes'})"
         )
     return t
+
+
+def both_sides(probs: Tensor) -> Tensor:
+    r"""The probability ``p`` of a single sigmoid output ``(batch, 1)`` as
+    two columns ``(1 - p, p)``, so that the default target (the larger one)
+    is the predicted side, as the predicted class of a softmax: the
+    convention of the metrics and :func:`~captum_effattn.attention_support_test`
+    for a model with one output."""
+    return torch.cat([1.0 - probs, probs], dim=1)
 
 
 def check_vocabulary(top_id: int, vocab_size: Optional[int]) -> None:

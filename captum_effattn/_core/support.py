@@ -24,6 +24,7 @@ from captum_effattn._core.adapters import ModelAdapter, eval_mode, holding_model
 from captum_effattn._core.functional import (
     Certificate,
     attention_weights,
+    both_sides,
     efficient_attention,
     format_target,
     resolve_tol,
@@ -259,7 +260,7 @@ def attention_support_test(
     two_sided = target is None and p0.shape[1] == 1
 
     def side(p: Tensor) -> Tensor:
-        return torch.cat([1.0 - p, p], dim=1) if two_sided else p
+        return both_sides(p) if two_sided else p
 
     p0 = side(p0)
     tgt = _targets(target, p0)

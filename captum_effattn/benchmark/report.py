@@ -36,7 +36,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -148,6 +148,11 @@ class OutputDir:
             raise OutputDirError(f"output folder {path} is not writable")
         return anchor
 
+    def blocked(self, names: Iterable[str]) -> List[str]:
+        r"""The ``names`` that are folders in the output folder, where
+        :meth:`commit` would have to move a file."""
+        return [name for name in names if (self.path / name).is_dir()]
+
     def commit(self) -> List[Path]:
         r"""Move the staged files into the output folder.
 
@@ -158,7 +163,7 @@ class OutputDir:
         items = sorted(self.staging.iterdir())
         # all or nothing: a folder in a file's place stops the run before any
         # file is moved, not half way
-        blocked = [p.name for p in items if (self.path / p.name).is_dir()]
+        blocked = self.blocked(p.name for p in items)
         if blocked:
             raise OutputDirError(
                 f"{self.path} holds folder(s) named like the outputs "

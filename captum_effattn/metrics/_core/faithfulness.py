@@ -65,7 +65,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from captum_effattn._core.functional import TargetLike, format_target
+from captum_effattn._core.functional import TargetLike, both_sides, format_target
 from captum_effattn.metrics._core.erase import (
     _check_batch_size,
     _check_fraction,
@@ -221,7 +221,7 @@ def _erasure_curve(
     if target is None and probs.shape[1] == 1:
         # one sigmoid output: by default follow the predicted side, 1 - p for
         # an example predicted negative, as the predicted class of a softmax
-        probs = torch.cat([1.0 - probs, probs], dim=1)
+        probs = both_sides(probs)
     n_classes = probs.shape[1]
     p_orig = probs[:n_examples]
     if target is None:
