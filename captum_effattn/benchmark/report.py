@@ -32,7 +32,9 @@ import importlib.metadata
 import json
 import math
 import os
+import re
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -88,6 +90,34 @@ SUMMARY_METRICS: Tuple[str, ...] = (
 )
 
 
+#: Name prefix of the hidden staging folders of :class:`OutputDir`, which
+#: continue with ``<pid>@<host>-`` and a random suffix.
+STAGING_PREFIX = ".captum-effattn-partial-"
+_STAGING_NAME = re.compile(
+    re.escape(STAGING_PREFIX) + r"(?P<pid>\d+)@(?P<host>.+)-[^-]+"
+)
+
+
+def _host() -> str:
+    return socket.gethostname() or "localhost"
+
+
+def _staging_prefix(pid: int) -> str:
+    return f"{STAGING_PREFIX}{pid}@{_host()}-"
+
+
+def _alive(pid: int) -> bool:
+    r"""Whether process ``pid`` exists on this machine (one of another user
+    counts: it cannot be signalled, but it is there)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
+
+
 class OutputDirError(Exception):
     r"""The output folder cannot be written."""
 
@@ -98,6 +128,8 @@ class OutputDir:
     Creating it checks that ``path`` can be written (or created) and makes a
     hidden staging folder beside the files' final place; :meth:`commit`
     moves the staged files into ``path``; :meth:`discard` removes them.
+    Staging folders that killed runs on this machine left there are removed
+    first (:meth:`remove_stale`).
 
     Args:
         path (str or Path): the output folder; created on commit if missing.
@@ -116,9 +148,10 @@ class OutputDir:
     def __init__(self, path: Union[str, Path]) -> None:
         self.path = Path(path).expanduser().absolute()
         anchor = self.check(self.path)
+        self.remove_stale(anchor)
         try:
             self.staging = Path(
-                tempfile.mkdtemp(prefix=".captum-effattn-partial-", dir=anchor)
+                tempfile.mkdtemp(prefix=_staging_prefix(os.getpid()), dir=anchor)
             )
         except OSError as err:
             raise OutputDirError(
@@ -147,6 +180,26 @@ class OutputDir:
         if not os.access(anchor, os.W_OK | os.X_OK):
             raise OutputDirError(f"output folder {path} is not writable")
         return anchor
+
+    @staticmethod
+    def remove_stale(folder: Path) -> List[Path]:
+        r"""Remove the staging folders in ``folder`` that a run on this
+        machine left when it was killed without a chance to clean up
+        (SIGKILL, out of memory, power loss): those whose process is gone.
+        Folders of live processes and of other machines stay.
+
+        Returns:
+            list of Path: the folders removed.
+        """
+        removed = []
+        for item in folder.glob(STAGING_PREFIX + "*"):
+            match = _STAGING_NAME.fullmatch(item.name)
+            if match is None or match.group("host") != _host():
+                continue
+            if item.is_dir() and not _alive(int(match.group("pid"))):
+                shutil.rmtree(item, ignore_errors=True)
+                removed.append(item)
+        return removed
 
     def blocked(self, names: Iterable[str]) -> List[str]:
         r"""The ``names`` that are folders in the output folder, where

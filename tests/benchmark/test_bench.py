@@ -693,3 +693,34 @@ def test_bench_takes_no_option_prefixes(tiny, tmp_path, capsys):
     assert main(args) == 2
     assert "unrecognized arguments: --num" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_staging_folders_of_killed_runs_are_removed(tmp_path):
+    # a SIGKILLed run (out-of-memory killer) cannot remove its staging
+    # folder; the next run in the same place removes those whose process is
+    # gone, and only those
+    import socket
+    import subprocess
+    import sys
+
+    from captum_effattn.benchmark.report import STAGING_PREFIX, OutputDir
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead_pid = int(gone.stdout)
+    host = socket.gethostname()
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = out / f"{STAGING_PREFIX}{dead_pid}@{host}-abc_123"
+    live = out / f"{STAGING_PREFIX}{os.getpid()}@{host}-xyz"
+    other_host = out / f"{STAGING_PREFIX}{dead_pid}@not-{host}-xyz"
+    older = out / f"{STAGING_PREFIX}k2j4_x"  # the old naming: owner unknown
+    for folder in (dead, live, other_host, older):
+        folder.mkdir()
+        (folder / "summary.md").write_text("partial")
+    target = OutputDir(out)
+    left = sorted(p.name for p in out.iterdir())
+    assert dead.name not in left
+    assert {live.name, other_host.name, older.name, target.staging.name} == set(left)
+    assert target.staging.name.startswith(f"{STAGING_PREFIX}{os.getpid()}@{host}-")
+    target.discard()
