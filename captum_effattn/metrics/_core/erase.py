@@ -43,9 +43,11 @@ MODES = ("delete", "mask", "pad")
 #: Hugging Face pipelines' ``function_to_apply``, with ``"auto"`` for ours).
 FUNCTIONS_TO_APPLY = ("auto", "softmax", "sigmoid", "none")
 
-#: Tolerance of ``k = ceil(fraction * n)`` against float rounding
+#: Relative tolerance of ``k = ceil(fraction * n)`` against float rounding
 #: (``0.07 * 100 == 7.000000000000001`` must give 7, not 8, and a float32
-#: fraction ``0.2``, which is 0.2000000030, must give the same k as 0.2).
+#: fraction ``0.2``, which is 0.2000000030, must give the same k as 0.2 at
+#: any n: 510 * 0.2000000030 = 102.0000015, so the tolerance grows with
+#: ``fraction * n``; float32 rounding is 6e-8 of it).
 _CEIL_EPS = 1e-6
 
 
@@ -336,7 +338,8 @@ def _rank_positions(attributions: Tensor, content: Tensor) -> Tensor:
 
 def _num_tokens(fraction: float, n_content: Tensor) -> Tensor:
     r"""k = ceil(fraction * n), at least 1, at most n (0 when n == 0)."""
-    k = torch.ceil(n_content.to(torch.float64) * fraction - _CEIL_EPS).long()
+    x = n_content.to(torch.float64) * fraction
+    k = torch.ceil(x - _CEIL_EPS * x.clamp_min(1.0)).long()
     k = torch.maximum(k, torch.ones_like(k))
     return torch.minimum(k, n_content.long())
 
