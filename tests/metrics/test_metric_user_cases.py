@@ -590,3 +590,57 @@ def test_tuple_inputs_say_where_the_mask_goes(make_bow, hand_batch):
     with pytest.raises(TypeError, match="got Tensor|got str") as info:
         necessity(model, "ids", attr)
     assert "attention_mask=" not in str(info.value)
+
+
+# ------------------------------------ shared tensors in additional_forward_args
+# Only tensors whose first dimension is the batch's are per example; a
+# shared one, here a (classes,) bias, is passed whole whatever its length.
+def _shared_bias_case(make_bow, n_examples):
+    model = make_bow()
+    gen = torch.Generator().manual_seed(5)
+    ids = torch.randint(4, 12, (n_examples, 6), generator=gen)
+    attr = torch.rand(ids.shape, generator=gen, dtype=torch.float64)
+    bias = torch.tensor([0.4, -0.4], dtype=torch.float64)
+    assert bias.shape[0] != n_examples
+    return model, ids, attr, bias
+
+
+@pytest.mark.parametrize("fn", [necessity, sufficiency])
+def test_delete_without_mask_passes_a_shared_tensor_whole(make_bow, fn):
+    # the no-mask "delete" path took any tensor as long as a chunk of rows
+    # (here 2: one example, one fraction and the original) for per-row
+    model, ids, attr, bias = _shared_bias_case(make_bow, 1)
+    no_mask = fn(lambda i, b: model(i, None, b), ids, attr, fraction=0.2,
+                 additional_forward_args=(bias,))  # fmt: skip
+    ones = fn(lambda i, m, b: model(i, m, b), ids, attr, fraction=0.2,
+              additional_forward_args=(bias,), attention_mask=torch.ones_like(ids))  # fmt: skip
+    assert torch.allclose(no_mask, ones, atol=1e-12)
+    # and by hand: the bias shifts every row's logits alike
+    probs = lambda i: torch.softmax(model(i, None, bias), -1)  # noqa: E731
+    j = int(probs(ids).argmax())
+    order = attr[0].argsort(descending=True)
+    kept = order[2:] if fn is necessity else order[:2]
+    want = probs(ids)[0, j] - probs(ids[:, kept.sort().values])[0, j]
+    assert torch.allclose(no_mask[0], want, atol=1e-12)
+
+
+@pytest.mark.parametrize("fn", [minimal_necessary_size, minimal_sufficient_size])
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_minimal_sizes_pass_a_shared_tensor_whole(make_bow, fn, with_mask):
+    # Captum's search repeated every tensor argument once per perturbation
+    # of a batch: a shared (classes,) bias became (8,) and the model failed
+    model, ids, attr, bias = _shared_bias_case(make_bow, 3)
+    if with_mask:
+        fwd, kw = (lambda i, m, b: model(i, m, b)), {
+            "attention_mask": torch.ones_like(ids)
+        }
+    else:
+        fwd, kw = (lambda i, b: model(i, None, b)), {}
+    one = fn(
+        fwd, ids, attr, additional_forward_args=(bias,), perturbations_per_eval=1, **kw
+    )
+    four = fn(
+        fwd, ids, attr, additional_forward_args=(bias,), perturbations_per_eval=4, **kw
+    )
+    assert torch.allclose(one[0], four[0], equal_nan=True)
+    assert bool(torch.isfinite(one[0]).any())

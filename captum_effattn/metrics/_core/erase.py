@@ -441,7 +441,10 @@ def _erase(
 
 
 def _deleting_forward(
-    forward_func: Callable[..., Any], side: str, function_to_apply: str
+    forward_func: Callable[..., Any],
+    side: str,
+    function_to_apply: str,
+    per_example: Sequence[bool],
 ) -> Callable[..., Tensor]:
     r"""``forward_func`` for ``"delete"`` mode without an attention mask.
 
@@ -452,6 +455,13 @@ def _deleting_forward(
     per text length on the rows of that length, with ``ids'`` their kept
     tokens only (the shorter text itself, ERASER's deletion) and the
     per-position tensors of ``rest`` cut to the same positions.
+
+    ``per_example`` says which of ``rest`` were per-example tensors of
+    ``additional_forward_args`` (:func:`_per_example`), now given row by
+    row: those are split with the rows. The others are shared by all rows,
+    whatever their first dimension (a ``(classes,)`` bias of the length of
+    a chunk of rows is not split), and only a ``(1, N, ...)`` one is cut to
+    the kept positions.
     """
 
     def forward(ids: Tensor, mask: Tensor, *rest: Any) -> Tensor:
@@ -473,18 +483,20 @@ def _deleting_forward(
             )
             cols = cols.to(ids.device)
 
-            def cut(arg: Any) -> Any:
+            def cut(arg: Any, per_row: bool) -> Any:
                 if not isinstance(arg, Tensor) or arg.dim() == 0:
                     return arg
-                if arg.shape[0] == ids.shape[0]:  # per example
+                if per_row:
                     arg = arg.index_select(0, rows.to(arg.device))
-                elif arg.shape[0] != 1:  # (1, N, ...) broadcasts: cut it too
+                elif arg.shape[0] != 1:  # shared; (1, N, ...) broadcasts: cut
                     return arg
                 if arg.dim() >= 2 and arg.shape[1] == n:  # per position
                     arg = arg.index_select(1, cols.to(arg.device))
                 return arg
 
-            sub_ids, sub_rest = cut(ids), tuple(cut(a) for a in rest)
+            flags = tuple(per_example) + (False,) * (len(rest) - len(per_example))
+            sub_ids = cut(ids, True)
+            sub_rest = tuple(cut(a, f) for a, f in zip(rest, flags))
             check_positional_arguments(forward_func, (sub_ids,), sub_rest)
             res = _check_logits(
                 forward_func(sub_ids, *sub_rest), rows.numel(), function_to_apply
@@ -505,6 +517,7 @@ def _masked_deletion(
     mode: str,
     padding_side: Optional[str],
     function_to_apply: str,
+    additional_forward_args: Tuple[Any, ...],
 ) -> Tuple[Callable[..., Any], Optional[Tensor]]:
     r"""``(forward_func, attention_mask)`` for the metrics: as given, except
     in ``"delete"`` mode without a mask, where the metrics run with a mask of
@@ -512,14 +525,23 @@ def _masked_deletion(
     if attention_mask is not None or mode != "delete":
         return forward_func, attention_mask
     side = _padding_side(padding_side, torch.ones_like(input_ids, dtype=torch.bool))
-    forward = _deleting_forward(forward_func, side, function_to_apply)
+    n_examples = input_ids.shape[0]
+    per_example = [_per_example(a, n_examples) for a in additional_forward_args]
+    forward = _deleting_forward(forward_func, side, function_to_apply, per_example)
     return forward, torch.ones_like(input_ids)
+
+
+def _per_example(arg: Any, n_examples: int) -> bool:
+    r"""Whether ``arg`` of ``additional_forward_args`` holds one row per
+    example (a tensor whose first dimension is the batch's): the metrics
+    give such tensors row by row and pass every other argument unchanged."""
+    return isinstance(arg, Tensor) and arg.dim() > 0 and arg.shape[0] == n_examples
 
 
 def _select_rows(arg: Any, index: Tensor, n_examples: int) -> Any:
     r"""Rows ``index`` of a per-example tensor argument (first dim == batch);
     anything else is passed through unchanged."""
-    if isinstance(arg, Tensor) and arg.dim() > 0 and arg.shape[0] == n_examples:
+    if _per_example(arg, n_examples):
         return arg.index_select(0, index.to(arg.device))
     return arg
 

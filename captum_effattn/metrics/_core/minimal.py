@@ -32,6 +32,7 @@ from captum_effattn.metrics._core.erase import (
     _forward_rows,
     _masked_deletion,
     _padding_side,
+    _per_example,
     _select_rows,
     _validate_token_inputs,
 )
@@ -114,7 +115,13 @@ def _minimal_size(
     whole_text = attention_mask is None and mode == "delete"
     # no mask to hide new padding: "delete" drops the tokens from the text
     forward_func, attention_mask = _masked_deletion(
-        forward_func, ids, attention_mask, mode, padding_side, function_to_apply
+        forward_func,
+        ids,
+        attention_mask,
+        mode,
+        padding_side,
+        function_to_apply,
+        args,
     )
     n_examples = ids.shape[0]
     n_content = _content_mask(ids, attention_mask, special).sum(dim=1)
@@ -153,7 +160,14 @@ def _minimal_size(
     real = attention_mask != 0 if has_mask else torch.ones_like(ids, dtype=torch.bool)
     side = _padding_side(padding_side, real)
 
-    def search_forward(inp: Any, *forward_args: Any) -> Tensor:
+    # Captum's search repeats every tensor of additional_forward_args once
+    # per perturbation of a batch, which suits only the per-example ones
+    # (one row each here): the shared ones are bound here instead, in place
+    per_example = [_per_example(a, n_examples) for a in args]
+
+    def search_forward(inp: Any, *rows: Any) -> Tensor:
+        given = iter(rows)
+        forward_args = tuple(next(given) if p else a for a, p in zip(args, per_example))
         if has_mask:
             out = _as_logits(forward_func(inp[0], inp[1], *forward_args))
         else:
@@ -176,7 +190,9 @@ def _minimal_size(
         row = torch.tensor([b], device=ids.device)
         ex_ids = ids[b : b + 1]
         ex_inputs: Any = (ex_ids, attention_mask[b : b + 1]) if has_mask else ex_ids
-        ex_args = tuple(_select_rows(a, row, n_examples) for a in args)
+        ex_args = tuple(
+            _select_rows(a, row, n_examples) for a, p in zip(args, per_example) if p
+        )
         attack_kwargs = dict(
             attributions=attributions[b : b + 1],
             keep=keep,
