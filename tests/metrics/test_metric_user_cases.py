@@ -610,10 +610,10 @@ def test_delete_without_mask_passes_a_shared_tensor_whole(make_bow, fn):
     # the no-mask "delete" path took any tensor as long as a chunk of rows
     # (here 2: one example, one fraction and the original) for per-row
     model, ids, attr, bias = _shared_bias_case(make_bow, 1)
-    no_mask = fn(lambda i, b: model(i, None, b), ids, attr, fraction=0.2,
-                 additional_forward_args=(bias,))  # fmt: skip
-    ones = fn(lambda i, m, b: model(i, m, b), ids, attr, fraction=0.2,
-              additional_forward_args=(bias,), attention_mask=torch.ones_like(ids))  # fmt: skip
+    kw = dict(fraction=0.2, additional_forward_args=(bias,))
+    no_mask = fn(lambda i, b: model(i, None, b), ids, attr, **kw)
+    mask = torch.ones_like(ids)
+    ones = fn(lambda i, m, b: model(i, m, b), ids, attr, attention_mask=mask, **kw)
     assert torch.allclose(no_mask, ones, atol=1e-12)
     # and by hand: the bias shifts every row's logits alike
     probs = lambda i: torch.softmax(model(i, None, bias), -1)  # noqa: E731
