@@ -279,3 +279,17 @@ def test_single_logit_default_target_is_the_predicted_side(labels):
                 math.isnan(want_suff) and math.isnan(got_suff)
             )
     assert not bool((one(labels["ids"], labels["mask"]) > 0).all())  # a negative seen
+
+
+def test_minimal_sizes_of_a_multi_label_model_that_predicts_no_label():
+    # the default target is the largest logit's label, as documented: where
+    # no label's sigmoid exceeds 1/2, removing nothing already "flips" it
+    # and keeping everything never gives it
+    weights = torch.zeros(12, 3)
+    weights[4:8] = torch.tensor([0.5, 0.2, 0.1])
+    model = BagOfWords(weights, torch.tensor([-5.0, -6.0, -7.0]))
+    ids = torch.tensor([[4, 5, 6, 7]])
+    kw = dict(function_to_apply="sigmoid", attention_mask=torch.ones_like(ids))
+    attr = torch.tensor([[4.0, 3.0, 2.0, 1.0]])
+    assert float(minimal_necessary_size(model, ids, attr, **kw)[0]) == 0
+    assert math.isnan(float(minimal_sufficient_size(model, ids, attr, **kw)[0]))

@@ -264,7 +264,11 @@ def minimal_necessary_size(
     ``k`` in 0, 1, ..., n (n = number of content tokens: not special, not
     padding) over :func:`token_removal_attack` with ``keep=False``. With the
     default target (the predicted class; for a single sigmoid output, the
-    predicted side) k = 0 never flips, so the result is at least 1.
+    predicted side) k = 0 never flips, so the result is at least 1. With
+    several sigmoid outputs (``function_to_apply="sigmoid"``, multi-label)
+    the default target is the label of the largest logit, which the model
+    predicts only where its sigmoid exceeds 1/2: where no label is
+    predicted the result is 0; pass ``target`` to track a given label.
 
     Args:
         forward_func (Callable): returns logits (B, classes) (of a Hugging
@@ -383,7 +387,10 @@ def minimal_sufficient_size(
     special tokens) is a valid answer when the model already predicts the
     target from them; with the default target (the predicted class) ``k = n``
     always succeeds, so the result is never NaN for an example with content
-    tokens.
+    tokens. With several sigmoid outputs (multi-label) the default target is
+    the label of the largest logit: where the model predicts no label at
+    all, no k gives it and the result is NaN; pass ``target`` to track a
+    given label.
 
     Args:
         forward_func (Callable): returns logits (B, classes) (of a Hugging
