@@ -557,6 +557,35 @@ def _warm_up(
     _sync(device)
 
 
+#: The word-start marker of byte-level BPE (GPT-2, RoBERTa, Qwen2), whose
+#: tokens spell each byte of the text as a printable character.
+_BYTE_LEVEL_SPACE = "\u0120"
+
+
+def _display_tokens(tokenizer: Any, tokens: List[str]) -> List[str]:
+    r"""``tokens`` as the heat map shows them: byte-level BPE tokens decoded
+    from their byte alphabet ("ĠcafÃ©" is " café"), keeping the word-start
+    marker in place of the space; other tokenizers' tokens are readable as
+    they are and come back unchanged."""
+    if not any(t.startswith(_BYTE_LEVEL_SPACE) for t in tokens):
+        return tokens
+    try:
+        if tokenizer.convert_tokens_to_string([_BYTE_LEVEL_SPACE]) != " ":
+            return tokens  # the character is the text's own, not a space
+        decoded = [tokenizer.convert_tokens_to_string([t]) for t in tokens]
+    except Exception:  # a tokenizer that cannot decode single tokens
+        return tokens
+    out = []
+    for tok, text in zip(tokens, decoded):
+        if not text:
+            out.append(tok)
+        elif tok.startswith(_BYTE_LEVEL_SPACE) and text.startswith(" "):
+            out.append(_BYTE_LEVEL_SPACE + text[1:])
+        else:
+            out.append(text)
+    return out
+
+
 def _batches(n: int, size: int) -> List[List[int]]:
     return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
 
@@ -832,13 +861,15 @@ def run_benchmark(
                 seconds={},
             )
             if i < config.html_examples:
-                length = int(n_tokens[j])
-                info["tokens"] = tokenizer.convert_ids_to_tokens(
-                    ids[j, :length].tolist()
-                )
+                # the real positions, wherever the tokenizer pads
+                real = mask[j].nonzero().flatten()
+                info["tokens"] = tokenizer.convert_ids_to_tokens(ids[j, real].tolist())
+                shown = _display_tokens(tokenizer, info["tokens"])
+                if shown != info["tokens"]:
+                    info["display"] = shown
                 # the tokenizer's own special tokens (not an [UNK], nor a
                 # "[CLS]" typed in the text), as the metrics see them
-                info["special"] = special[j, :length].cpu().tolist()
+                info["special"] = special[j, real].cpu().tolist()
             batch_info.append(info)
         for name in config.methods:
             torch.manual_seed(_seed_for(config.seed, bi, name))
@@ -865,8 +896,8 @@ def run_benchmark(
             for j, info in enumerate(batch_info):
                 info["seconds"][name] = seconds
                 if "tokens" in info:
-                    length = info["n_tokens"]
-                    info["scores"][name] = attr[j, :length].float().cpu().tolist()
+                    real = mask[j].nonzero().flatten()
+                    info["scores"][name] = attr[j, real].float().cpu().tolist()
                 for metric, vals in values.items():
                     batch_rows.append(
                         dict(

@@ -4,9 +4,11 @@ tokenizer: every output file, determinism, torchrun sharding, bad input."""
 from __future__ import annotations
 
 import csv
+import html
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -270,6 +272,36 @@ def test_document_metrics_do_not_depend_on_the_batch(tiny, tmp_path):
         assert values[1][key] == pytest.approx(
             value, **(tol or dict(rel=1e-4, abs=1e-6)), nan_ok=True
         ), key
+
+
+def test_heat_maps_show_the_real_tokens_whatever_the_padding_side(tiny, tmp_path):
+    # the heat maps cut each example at its length from the left end: with
+    # a tokenizer that pads on the left, shorter examples showed [PAD]s and
+    # lost their last tokens, [SEP] included
+    import shutil
+
+    left = tmp_path / "model-left"
+    shutil.copytree(tiny["model"], left)
+    config = left / "tokenizer_config.json"
+    settings = json.loads(config.read_text())
+    settings["padding_side"] = "left"
+    config.write_text(json.dumps(settings))
+    only = ["--methods", "attention", "--skip-metrics", "erasure,aopc,minimal,"
+            "infidelity,sensitivity"]  # fmt: skip
+    shown = {}
+    for name, model in (("right", tiny["model"]), ("left", left)):
+        args = bench_args(dict(tiny, model=model), tmp_path / name, extra=only)
+        assert main(args) == 0
+        page = (tmp_path / name / "examples.html").read_text()
+        shown[name] = [
+            [html.unescape(t) for t in re.findall(r'title="[^"]*">([^<]*)<', part)]
+            for part in page.split("<h2>")[1:]
+        ]
+    assert len({len(tokens) for tokens in shown["left"]}) > 1  # padded batches
+    assert shown["left"] == shown["right"]
+    for tokens in shown["left"]:
+        assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]"
+        assert "[PAD]" not in tokens
 
 
 def test_bench_timing_only_run(tiny, tmp_path, capsys):

@@ -14,6 +14,7 @@ import pytest
 from captum_effattn.benchmark.data import Example, load_dataset
 from captum_effattn.benchmark.methods import METHODS
 from captum_effattn.benchmark.report import (
+    PLOT_DPI,
     _examples_html,
     _fmt_ratio,
     _markdown,
@@ -56,6 +57,14 @@ def _bold_methods(table: str, column: int) -> set:
 def test_ties_are_all_bold():
     result = _result(
         {"efficient": [0.1, 0.3], "attention": [0.1, 0.3], "random": [0.0, 0.1]},
+        {"efficient": 0.5, "attention": 0.1, "random": 0.01},
+    )
+    table = _markdown(summarize(result, n_boot=50))
+    assert _bold_methods(table, 1) == {"efficient", "attention"}
+    # apart by rounding alone (efficient and raw attention of short texts),
+    # as printed they tie: both bold, not the one a 1e-8 favours
+    result = _result(
+        {"efficient": [0.1, 0.3 + 2e-8], "attention": [0.1, 0.3], "random": [0.0, 0.1]},
         {"efficient": 0.5, "attention": 0.1, "random": 0.01},
     )
     table = _markdown(summarize(result, n_boot=50))
@@ -183,7 +192,7 @@ def test_scatter_labels_do_not_overlap():
     names = [f"method-{i}" for i in range(12)] + ["random", "ig"]
     xs = [0.03 + 0.002 * i for i in range(12)] + [1e-4, 7.0]
     ys = [0.10 + 0.004 * (i % 4) for i in range(12)] + [0.05, 0.39]
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=PLOT_DPI)
     ax.plot(xs, ys, "o")
     ax.set_xscale("log")
     points = list(zip(xs, ys, names))
@@ -203,6 +212,37 @@ def test_scatter_labels_do_not_overlap():
     random = texts[names.index("random")]
     assert random.arrow_patch is None
     plt.close(fig)
+
+
+def test_plots_are_saved_at_the_resolution_they_are_laid_out_at(tmp_path, monkeypatch):
+    # the names were placed in pixels of a 100-dpi figure saved at 120 dpi:
+    # 20% larger than their places, they overlapped in the file
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from captum_effattn.benchmark.report import _plots
+
+    saved = []
+    original = Figure.savefig
+
+    def savefig(fig, path, *args, **kwargs):
+        saved.append((Path(path).name, fig.dpi, kwargs.get("dpi", fig.dpi)))
+        return original(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    result = _result(
+        {"efficient": [0.1, 0.3], "attention": [0.1, 0.3], "random": [0.0, 0.1]},
+        {"efficient": 0.5, "attention": 0.1, "random": 0.01},
+        metrics=("necessity", "aopc_necessity"),
+    )
+    _plots(summarize(result, n_boot=10), tmp_path)
+    assert {name for name, _, _ in saved} == {
+        "aopc_curves.png",
+        "faithfulness_vs_time.png",
+    }
+    assert all(laid_out == written == PLOT_DPI for _, laid_out, written in saved)
 
 
 @pytest.mark.parametrize(
@@ -227,3 +267,36 @@ def test_heat_map_joins_the_pieces_of_a_word(tokens, words):
     assert shown == words
     joined = [text for cls, text in spans if " c" in cls]
     assert joined == (["b"] if tokens[0] == "[CLS]" else ["m"])
+
+
+def test_heat_map_decodes_byte_level_tokens():
+    # GPT-2, RoBERTa and Qwen2 tokens spell each byte as a character: the
+    # heat map showed "café" as "cafÃ©"
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from captum_effattn.benchmark.report import _token_html
+    from captum_effattn.benchmark.runner import _display_tokens
+
+    text = "a café in Zürich — naïve film"
+    bpe = ByteLevelBPETokenizer()
+    special = ["<s>", "</s>"]
+    bpe.train_from_iterator([text] * 20, 300, 1, special_tokens=special)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>"
+    )
+    tokens = ["<s>"] + tokenizer.tokenize(text) + ["</s>"]
+    assert any("Ã" in t for t in tokens)  # the byte alphabet
+    shown = _display_tokens(tokenizer, tokens)
+    assert len(shown) == len(tokens)
+    page = _token_html(
+        shown, [0.5] * len(shown), [True] + [False] * (len(shown) - 2) + [True]
+    )
+    pieces = [html.unescape(t) for t in re.findall(r">([^<]*)</span>", page)]
+    words = " ".join(pieces[1:-1])
+    for word in ("café", "Zürich", "—", "naïve"):
+        assert word in words
+    assert "Ã" not in words
+    # WordPiece tokens are readable as they are: unchanged
+    wordpiece = ["[CLS]", "un", "##bel", "##ie", "[SEP]"]
+    assert _display_tokens(tokenizer, wordpiece) is wordpiece
