@@ -823,7 +823,9 @@ class ModelAdapter:
                 if weights is None:
                     raise ValueError(_EAGER_MESSAGE)
                 v = expand_kv(values[idx], weights.shape[1])
-                delta = (matrices[idx].to(v.dtype) - weights) @ v  # (b, h, n, d_h)
+                # the matrices may lie on another device (device= of the caller)
+                m = matrices[idx].to(device=v.device, dtype=v.dtype)
+                delta = (m - weights) @ v  # (b, h, n, d_h)
                 if query_mask is not None:
                     keep = query_mask.to(device=delta.device, dtype=torch.bool)
                     delta = delta * keep[:, None, :, None].to(delta.dtype)

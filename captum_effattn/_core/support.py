@@ -239,6 +239,9 @@ def attention_support_test(
     )
     model = adapter.model  # without a DataParallel wrapper
     real = mask.bool().to(e.device)
+    # the model's own passes on its device, whatever device= the algebra took
+    model_device = next(model.parameters()).device
+    input_ids, mask = input_ids.to(model_device), mask.to(model_device)
 
     def probs(matrices: Optional[Tensor]) -> Tensor:
         # the same inputs (token_type_ids, position_ids...) and eval mode as

@@ -219,6 +219,27 @@ def test_attribution_modes_match_cpu(device, tiny_model, cls, options):
     torch.testing.assert_close(dev.cpu(), cpu, atol=1e-4 * max(scale, 1.0), rtol=0)
 
 
+def test_support_test_with_the_algebra_on_the_cpu(device, tiny_model):
+    # device="cpu" for a model on the GPU: the replacing hook mixed the CPU
+    # matrices with the model's attention ("not on the expected device"),
+    # and ids given on the CPU reached the GPU model as they were
+    from captum_effattn import attention_support_test
+
+    model = tiny_model("bert")
+    ids, mask = random_batch(2, 30, lengths=[30, 25], seed=8)
+    cpu = attention_support_test(model, ids, mask, target=1)
+    model.to(device)
+    try:
+        mixed = attention_support_test(model, ids, mask, target=1, device="cpu")
+    finally:
+        model.to("cpu")
+    assert mixed.certificate.ok(rtol=1e-6), str(mixed.certificate)
+    for name in ("sufficiency", "necessity"):
+        torch.testing.assert_close(
+            getattr(mixed, name).cpu(), getattr(cpu, name), atol=1e-4, rtol=0
+        )
+
+
 def test_support_test_matches_cpu(device, tiny_model):
     from captum_effattn import attention_support_test
 
