@@ -345,10 +345,14 @@ def _chunks(
     r"""Split ``rows`` (flat, sorted by basis) into chunks of whole bases of
     about ``budget`` bytes of working memory each."""
     p = r * (r + 1) // 2
-    per_basis = (6 * n * p + 6 * n * r) * size  # outer products, block copies
+    per_basis = 6 * n * r * size  # block copies
+    # outer products, built only for a basis of a block of OUTER_MIN_ROWS
+    # rows or more (a power of two above the count): not for the one-row
+    # bases of a decoder, which they made split into 15 times more chunks
+    outer = 6 * n * p * size
     per_row = (48 * n + 8 * r * r + 4 * p) * size  # iterates, matrices
     bases, counts = torch.unique_consecutive(rows // m, return_counts=True)
-    cost = per_basis + counts * per_row
+    cost = per_basis + (counts > OUTER_MIN_ROWS // 2) * outer + counts * per_row
     start = torch.cumsum(cost, 0) - cost
     chunk = torch.div(start, max(1, budget), rounding_mode="floor")
     row_chunk = torch.repeat_interleave(chunk, counts)

@@ -371,3 +371,21 @@ def test_chunk_budget_on_cuda(monkeypatch, free, expected):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free, 2 * free))
     assert solver._default_chunk_bytes(torch.device("cuda")) == expected
     assert solver._default_chunk_bytes(torch.device("cpu")) == 256 * 2**20
+
+
+def test_chunks_charge_outer_products_only_where_they_are_built():
+    # a decoder has one basis per query row, whose block never builds the
+    # packed outer products (OUTER_MIN_ROWS); charging them anyway split
+    # 1,788 rows of a 512-token GPT-2 layer into 224 chunks, each a whole
+    # run of the interior-point loop
+    from captum_effattn._core.solver import CHUNK_BYTES, OUTER_MIN_ROWS, _chunks
+
+    n, r = 512, 65
+    rows = torch.arange(1792)
+    one_each = _chunks(rows, 1, n, r, 8, CHUNK_BYTES)
+    assert len(one_each) <= 20
+    assert torch.equal(torch.cat(one_each), rows)
+    # bases with blocks of OUTER_MIN_ROWS rows build them, and pay for them
+    built = _chunks(rows, OUTER_MIN_ROWS, n, r, 8, CHUNK_BYTES)
+    not_built = _chunks(rows, OUTER_MIN_ROWS // 2, n, r, 8, CHUNK_BYTES)
+    assert len(built) > 3 * len(not_built)
