@@ -809,12 +809,16 @@ def solve_layers(
     results = []
     joint = joint and kind == "efficient"
 
-    def fits(inputs: LayerInputs) -> bool:  # all rows of a layer in one go
-        per_row = _causal_bytes_per_row(inputs, dtype, inputs[0].shape[-1])
-        budget = _default_chunk_bytes(inputs[0].device)
-        return per_row * inputs[4].shape[1] <= budget
+    def fits() -> bool:  # all rows of all layers in one go
+        # the joint solve holds every layer's bases at once (and their
+        # concatenation): their sum, not each layer's, must fit the budget
+        total = sum(
+            _causal_bytes_per_row(i, dtype, i[0].shape[-1]) * i[4].shape[1]
+            for i in layers
+        )
+        return total <= _default_chunk_bytes(layers[0][0].device)
 
-    if causal and kind != "raw" and not (joint and all(fits(i) for i in layers)):
+    if causal and kind != "raw" and not (joint and fits()):
         # Each row of a causal model has a basis of its own: one layer at a
         # time, in chunks of rows whose bases fit the memory budget, each on
         # the keys its rows need (see _causal_row_chunks).

@@ -361,6 +361,30 @@ def test_causal_rows_in_chunks_equal_one_solve(kind, objective, rows, monkeypatc
         assert torch.equal(cut.converged, ref_cut.converged)
 
 
+def test_joint_causal_solve_fits_the_budget_with_all_layers(monkeypatch):
+    # on CUDA the layers are solved together when they fit the budget; each
+    # layer was checked alone, while the joint solve holds all of them at
+    # once: 24 layers that fit one by one took 7 times the budget
+    from captum_effattn._core import functional
+    from captum_effattn._core.functional import solve_layers
+
+    layers = [_layer_inputs(seed) for seed in range(3)]
+    one = functional._causal_bytes_per_row(layers[0], torch.float64, 24) * 24
+    chunked = []
+    original = functional._causal_row_chunks
+
+    def spy(inputs, dtype):
+        chunked.append(inputs)
+        return original(inputs, dtype)
+
+    monkeypatch.setattr(functional, "_causal_row_chunks", spy)
+    for budget, layer_by_layer in ((3 * one, False), (2 * one, True)):
+        chunked.clear()
+        monkeypatch.setattr(functional, "_default_chunk_bytes", lambda d: budget)
+        solve_layers("efficient", layers, causal=True, joint=True)
+        assert bool(chunked) == layer_by_layer, budget
+
+
 def test_causal_row_chunks_fit_the_budget():
     # all rows of a 1,024-token GPT-2 input (12 heads of 64) would hold 6.5
     # GiB per copy of their bases: they go in chunks of the 256 MiB budget,
