@@ -105,14 +105,20 @@ def caratheodory_reduce(
         x = x.scatter(-1, hit, kept)  # the blocking coordinate is exactly 0
         s = s * (x > zero_tol * x.amax(-1, keepdim=True)).to(dtype)
         x = x * s
-    # Exact solve on the final support: C_Sᵀ x_S = b has a unique solution.
+    # Exact solve on the final support: C_Sᵀ x_S = b has a unique solution
+    # (the rows of C on a vertex's support are independent): x = C_S y with
+    # (C_Sᵀ C_S) y = b, solved as in _project_out. The r x r system, not the
+    # n x n one of C_S C_Sᵀ, which held an n x n matrix per row (13 GB per
+    # copy for all rows of one layer of a 512-token MiniLM input).
     cs = c * s.unsqueeze(-1)
-    mat = cs @ cs.transpose(-1, -2)  # (..., n, n) Gram matrix on rows of S
-    eye = torch.eye(n, dtype=dtype, device=x.device)
-    mat = mat + torch.diag_embed(1.0 - s)
-    rhs = (cs @ b.unsqueeze(-1)).squeeze(-1)  # C_S b
-    # x_S minimising ‖C_Sᵀx − b‖: (C_S C_Sᵀ) x = C_S b on S (full rank there)
-    sol = torch.linalg.solve(mat + 1e-14 * eye, rhs.unsqueeze(-1)).squeeze(-1) * s
+    mat = cs.transpose(-1, -2) @ cs  # (..., r, r)
+    eye = torch.eye(mat.shape[-1], dtype=dtype, device=x.device)
+    chol = torch.linalg.cholesky(mat + ridge * eye)
+    rhs = b.unsqueeze(-1)
+    coef = torch.cholesky_solve(rhs, chol)
+    for _ in range(2):  # refinement: converges to the pseudo-inverse solution
+        coef = coef + torch.cholesky_solve(rhs - mat @ coef, chol)
+    sol = (cs @ coef).squeeze(-1) * s
     better = (sol.min(-1).values >= -1e-12) & (
         ((sol.unsqueeze(-2) @ c).squeeze(-2) - b).abs().amax(-1)
         <= ((x.unsqueeze(-2) @ c).squeeze(-2) - b).abs().amax(-1) + 1e-15
