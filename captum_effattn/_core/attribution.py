@@ -10,7 +10,6 @@ score per input token.
 from __future__ import annotations
 
 import operator
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -44,6 +43,7 @@ from captum_effattn._core.functional import (
     format_target,
     run_with_capture,
     solve_layers,
+    warn_unmasked_padding,
 )
 from captum_effattn._core.solver import DEFAULT_MAX_ITER
 
@@ -388,8 +388,11 @@ class _AttentionAttribution(Attribution):
             if is_2d and logits.shape[0] == ids.shape[0]:
                 format_target(target, ids.shape[0], logits.shape[1])
         if mask is None:
-            _warn_unmasked_padding(
-                ids, getattr(adapter.model.config, "pad_token_id", None)
+            warn_unmasked_padding(
+                ids,
+                getattr(adapter.model.config, "pad_token_id", None),
+                "e.g. additional_forward_args=(attention_mask,) with a "
+                "forward_func(ids, mask)",
             )
 
         matrices: Dict[int, Tensor] = {}
@@ -570,28 +573,6 @@ def _copy_tensors(value: Any) -> Any:
     if isinstance(value, (tuple, list)):
         return type(value)(_copy_tensors(v) for v in value)
     return value
-
-
-def _warn_unmasked_padding(ids: Tensor, pad_id: Optional[int]) -> None:
-    r"""Warn when the model received no attention mask but the batch looks
-    padded: rows that end (or start) with runs of the padding id of unequal
-    lengths. Every position then counts as a real token, padding included."""
-    if pad_id is None or ids.shape[0] < 2:
-        return
-    pad = ids == pad_id
-    for run in (pad, pad.flip(1)):  # leading, then trailing padding
-        length = run.long().cumprod(1).sum(1)
-        if int(length.max()) > 0 and int(length.min()) < int(length.max()):
-            warnings.warn(
-                "the model received no attention mask, but the batch looks padded "
-                f"(rows end or start with runs of the padding id {pad_id}): every "
-                "position counts as a real token, padding included, and the "
-                "model's prediction is that of the padded text. Pass the mask, "
-                "e.g. additional_forward_args=(attention_mask,) with a "
-                "forward_func(ids, mask)",
-                stacklevel=3,
-            )
-            return
 
 
 def _target_scores(

@@ -44,6 +44,7 @@ __all__ = [
     "both_sides",
     "TargetLike",
     "resolve_rows",
+    "warn_unmasked_padding",
 ]
 
 KINDS = ("raw", "effective", "efficient")
@@ -57,6 +58,33 @@ OBJECTIVES = ("min_norm", "sparse")
 #: 1.2e-7) cannot go below about 1e-7, so float32 stops at 1e-6 (see
 #: :meth:`Certificate.ok` for what that means for sums and outputs).
 DEFAULT_TOL = {torch.float64: 1e-12, torch.float32: 1e-6}
+
+
+def warn_unmasked_padding(
+    ids: Tensor,
+    pad_id: Optional[int],
+    how: str = "attention_mask=",
+    stacklevel: int = 4,
+) -> None:
+    r"""Warn when no attention mask was given but the batch looks padded:
+    rows that end (or start) with runs of the padding id ``pad_id`` of
+    unequal lengths. Every position then counts as a real token, padding
+    included (on a real model, 65% of a short text's [CLS] attention went
+    to its padding). ``how`` says how to pass the mask."""
+    if pad_id is None or ids.dim() != 2 or ids.shape[0] < 2:
+        return
+    pad = ids == pad_id
+    for run in (pad, pad.flip(1)):  # leading, then trailing padding
+        length = run.long().cumprod(1).sum(1)
+        if int(length.max()) > 0 and int(length.min()) < int(length.max()):
+            warnings.warn(
+                "no attention mask was given, but the batch looks padded (rows "
+                f"end or start with runs of the padding id {pad_id}): every "
+                "position counts as a real token, padding included, and the "
+                f"model's prediction is that of the padded text. Pass the mask, {how}",
+                stacklevel=stacklevel,
+            )
+            return
 
 
 def resolve_tol(tol: Optional[float], dtype: torch.dtype) -> float:
@@ -1119,6 +1147,9 @@ def _matrices(
     adapter = ModelAdapter(model)
     model = adapter.model  # without a DataParallel wrapper
     ids, mask = check_token_inputs(adapter, input_ids, attention_mask)
+    if attention_mask is None:
+        pad_id = getattr(model.config, "pad_token_id", None)
+        warn_unmasked_padding(ids, pad_id, "attention_mask=", stacklevel=4)
     model_device = next(model.parameters()).device
     ids, mask = ids.to(model_device), mask.to(model_device)
     idx = adapter.layer_indices(layers)

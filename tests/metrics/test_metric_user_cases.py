@@ -205,9 +205,11 @@ def test_all_ones_mask_passed_the_captum_way_is_refused(make_bow, hand_batch):
     for mode in ("delete", "pad"):
         with pytest.raises(ValueError, match="tensor of ones.*attention_mask="):
             necessity(model, ids, attr, additional_forward_args=(ones,), mode=mode)
-    # replacing by a mask token writes no padding: nothing to hide
-    necessity(model, ids, attr, additional_forward_args=(ones,), mode="mask",
-              mask_token_id=3)  # fmt: skip
+    # replacing by a mask token writes no padding: nothing to hide (but
+    # this batch is padded, and its mask was not given: that is warned of)
+    with pytest.warns(UserWarning, match="looks padded"):
+        necessity(model, ids, attr, additional_forward_args=(ones,), mode="mask",
+                  mask_token_id=3)  # fmt: skip
 
 
 def test_per_position_arguments_in_delete_mode(make_bow, hand_batch):

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from captum_effattn._core.adapters import check_positional_arguments
+from captum_effattn._core.functional import warn_unmasked_padding
 
 #: Target classes as Captum accepts them for 2-D outputs.
 
@@ -299,6 +300,8 @@ def _validate_token_inputs(
                 f"pad_token_id is {int(pad_token_id)}; pass "
                 "pad_token_id=tokenizer.pad_token_id, the id new padding gets"
             )
+    if attention_mask is None:  # after the errors that say more
+        warn_unmasked_padding(inputs, int(pad_token_id), "as attention_mask=")
     return inputs, attributions, attention_mask, special
 
 
