@@ -54,6 +54,7 @@ Examples::
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -616,7 +617,8 @@ def attribute(
                     and ``ig_steps``.
 
     Returns:
-        Tensor: (B, N) scores in the default float dtype, finite, 0 at padding.
+        Tensor: (B, N) scores in the default float dtype, finite, 0 at padding
+        (a non-finite score becomes 0, with a ``RuntimeWarning``).
 
     Examples::
 
@@ -634,5 +636,15 @@ def attribute(
             f"shape {tuple(ids.shape)}"
         )
     scores = scores.detach().to(torch.get_default_dtype())
+    bad = ~torch.isfinite(scores) & (mask != 0)
+    if bool(bad.any()):
+        rows = int(bad.any(-1).sum())
+        warnings.warn(
+            f"method {name!r} returned {int(bad.sum())} non-finite score(s) in "
+            f"{rows} of {ids.shape[0]} example(s); they count as 0 (ties, "
+            "broken by position) in the metrics",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     scores = torch.nan_to_num(scores, nan=0.0, posinf=0.0, neginf=0.0)
     return scores * (mask != 0).to(scores.dtype)

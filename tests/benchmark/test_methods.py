@@ -60,6 +60,25 @@ def test_method_shape_finite_zero_padding(setup, name):
         assert (scores[ctx["special_tokens_mask"]] == 0).all()
 
 
+def test_non_finite_scores_count_as_zero_with_a_warning(setup, monkeypatch):
+    # they became 0 silently: ties broken by position in every metric
+    import dataclasses
+
+    model, forward, ids, mask, target, ctx = setup
+
+    def broken(model, forward_func, ids, mask, target, **ctx):
+        scores = torch.rand(ids.shape, generator=torch.Generator().manual_seed(0))
+        scores[1, 2:4] = float("nan")
+        scores[1, -1] = float("inf")  # padding: 0 anyway, not counted
+        return scores
+
+    spec = dataclasses.replace(METHODS["random"], fn=broken)
+    monkeypatch.setitem(METHODS, "random", spec)
+    with pytest.warns(RuntimeWarning, match="2 non-finite score.*1 of 3 example"):
+        scores = attribute("random", model, forward, ids, mask, target, **ctx)
+    assert bool(torch.isfinite(scores).all()) and bool((scores[1, 2:4] == 0).all())
+
+
 @pytest.mark.parametrize("name", ["efficient", "ablation", "random", "ig"])
 def test_method_batch_equals_single(setup, name):
     model, forward, ids, mask, target, ctx = setup
