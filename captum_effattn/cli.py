@@ -424,6 +424,13 @@ def _load_splits(dataset: str, seed: int) -> Any:
 
     try:
         return load_dataset(dataset, seed=seed)
+    except ModuleNotFoundError as err:
+        hint = ""
+        if err.name in ("pandas", "sklearn", "matplotlib"):
+            hint = (
+                '; install the benchmark extra: pip install "captum-effattn[benchmark]"'
+            )
+        raise CLIError(f"data set {dataset!r}: {err}{hint}") from None
     except (ValueError, FileNotFoundError, ImportError, KeyError) as err:
         raise CLIError(f"data set {dataset!r}: {err}") from None
 

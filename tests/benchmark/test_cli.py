@@ -348,3 +348,11 @@ def test_a_closed_pipe_ends_quietly(monkeypatch, capsys):
     assert "Traceback" not in capsys.readouterr().err
     with pytest.raises(BrokenPipeError):
         main(["datasets"])  # stdout is fine: not ours to hide
+
+
+def test_a_missing_benchmark_dependency_names_the_extra(tmp_path, capsys, monkeypatch):
+    # "No module named 'pandas'" alone did not say what to install
+    monkeypatch.setitem(sys.modules, "pandas", None)  # import fails
+    code = main(["bench", "--dataset", "rt-verdict", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "pandas" in err and "captum-effattn[benchmark]" in err
