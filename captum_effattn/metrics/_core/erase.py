@@ -301,7 +301,12 @@ def _validate_token_inputs(
                 "pad_token_id=tokenizer.pad_token_id, the id new padding gets"
             )
     if attention_mask is None:  # after the errors that say more
-        warn_unmasked_padding(inputs, int(pad_token_id), "as attention_mask=")
+        warn_unmasked_padding(
+            inputs,
+            int(pad_token_id),
+            "as attention_mask= (torch.ones_like(ids) where the batch has no "
+            "padding and the id is a real token, such as GPT-2's '!')",
+        )
     return inputs, attributions, attention_mask, special
 
 
