@@ -380,19 +380,27 @@ class _Bases:
         full[iu[1], iu[0]] = pos
         self.unpack = full.reshape(-1)
         self.c = {c.dtype: c, wdt: c.to(wdt)}
-        self._outer: Dict[torch.dtype, Tensor] = {}
+        self._outer: Dict[torch.dtype, Tuple[Tensor, Tensor]] = {}
         self.real = c.abs().amax(-1) > 0  # (k, n)
         self.unused = ~col_mask  # (k, r)
 
-    def outer(self, dtype: torch.dtype) -> Tensor:
-        r"""Packed outer products ``c_j c_jᵀ`` (upper triangle), ``(k, n, p)``."""
-        if dtype not in self._outer:
-            c = self.c[dtype]
-            rng = range(self.r)
-            self._outer[dtype] = torch.cat(
-                [c[..., i : i + 1] * c[..., i:] for i in rng], -1
-            )
-        return self._outer[dtype]
+    def outer(self, dtype: torch.dtype, gs: Tensor) -> Tensor:
+        r"""Packed outer products ``c_j c_jᵀ`` (upper triangle) of the bases
+        ``gs`` (sorted indices), ``(len(gs), n, p)``. Built for those bases
+        only, which :func:`_chunks` charges for, and kept: later blocks of
+        the chunk (fewer rows left, or a polish) ask for a subset of them."""
+        cached = self._outer.get(dtype)
+        if cached is not None:
+            have, values = cached
+            if have.numel() == gs.numel() and bool((have == gs).all()):
+                return values
+            pos = torch.searchsorted(have, gs).clamp_max(have.numel() - 1)
+            if bool((have[pos] == gs).all()):
+                return values[pos]
+        c = self.c[dtype][gs]
+        values = torch.cat([c[..., i : i + 1] * c[..., i:] for i in range(self.r)], -1)
+        self._outer[dtype] = (gs, values)
+        return values
 
 
 class _Blocks:
@@ -416,6 +424,13 @@ class _Blocks:
         nz = counts > 0
         caps[nz] = 2 ** torch.ceil(torch.log2(counts[nz].double())).long()
         self.blocks = []
+        # the outer products of every basis of a large block, built at once
+        big = (caps >= OUTER_MIN_ROWS).nonzero().flatten()
+        outer_big: Optional[Tensor] = None
+        where = torch.zeros_like(caps)
+        if gram_dtype is not None and big.numel() > 0:
+            outer_big = bases.outer(gram_dtype, big)
+            where[big] = torch.arange(big.numel(), device=big.device)
         for cap in torch.unique(caps[nz]).tolist():
             gs = (caps == cap).nonzero().flatten()
             t = torch.arange(cap, device=grp.device)
@@ -423,9 +438,9 @@ class _Blocks:
             whole = gs.numel() == k  # every basis, in order: no copies
             cs = {d: bases.c[d] if whole else bases.c[d][gs] for d in dtypes}
             outer = None
-            if gram_dtype is not None and cap >= OUTER_MIN_ROWS:
-                o = bases.outer(gram_dtype)
-                outer = o if whole else o[gs]
+            if outer_big is not None and cap >= OUTER_MIN_ROWS:
+                same = gs.numel() == big.numel()  # all large blocks: no copy
+                outer = outer_big if same else outer_big[where[gs]]
             self.blocks.append((ridx, cs, outer))
         # every basis has the same power-of-two number of rows: plain views
         self.dense = len(self.blocks) == 1 and bool((counts == caps.max()).all())

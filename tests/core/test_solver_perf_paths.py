@@ -389,3 +389,32 @@ def test_chunks_charge_outer_products_only_where_they_are_built():
     built = _chunks(rows, OUTER_MIN_ROWS, n, r, 8, CHUNK_BYTES)
     not_built = _chunks(rows, OUTER_MIN_ROWS // 2, n, r, 8, CHUNK_BYTES)
     assert len(built) > 3 * len(not_built)
+
+
+def test_outer_products_are_built_for_the_large_blocks_only(monkeypatch):
+    # one basis with a block of 16 rows among one-row bases: the outer
+    # products were built for every basis of the chunk (and sliced), which
+    # the chunks' memory estimate does not charge for
+    from captum_effattn._core import solver
+
+    torch.manual_seed(0)
+    g, n, r, m = 12, 64, 8, 16
+    ones = torch.ones(g, n, 1, dtype=torch.float64)
+    rest = torch.randn(g, n, r - 1, dtype=torch.float64)
+    c = torch.linalg.qr(torch.cat([ones, rest], -1))[0]
+    a = torch.full((g, m, n), 1.0 / n, dtype=torch.float64)  # closed form
+    peaked = torch.distributions.Dirichlet(torch.full((n,), 0.05))
+    a[0] = peaked.sample((m,)).double()  # basis 0: every row iterates
+    a[1:, 0] = peaked.sample((g - 1,)).double()  # the others: one row each
+    built = []
+    original = solver._Bases.outer
+
+    def spy(self, dtype, gs):
+        out = original(self, dtype, gs)
+        built.append(out.shape[0])
+        return out
+
+    monkeypatch.setattr(solver._Bases, "outer", spy)
+    x, _, info = solver.min_norm_simplex_solve(c, a @ c)
+    assert bool(info.converged.all()) and int((info.iterations > 0).sum()) > m
+    assert built and max(built) == 1  # basis 0 alone
