@@ -177,6 +177,22 @@ def test_auto_takes_half_precision_probabilities_as_they_are(labels, dtype):
     )
 
 
+def test_auto_tolerance_does_not_grow_with_the_number_of_classes():
+    # a tolerance of C x eps passed 200 bfloat16 scores summing to about 2
+    # as probabilities (and bfloat16 logits [0.449, 0.559] for 2 classes)
+    from captum_effattn.metrics._core.erase import _probabilities
+
+    scores = torch.full((1, 200), 2.0 / 200).to(torch.bfloat16)
+    assert not torch.allclose(_probabilities(scores), scores.float())
+    logits = torch.tensor([[0.449, 0.559]]).to(torch.bfloat16)
+    assert not torch.allclose(_probabilities(logits), logits.float())
+    probs = torch.softmax(
+        torch.randn(64, 200, generator=torch.Generator().manual_seed(0)), -1
+    )
+    half = probs.to(torch.bfloat16)
+    torch.testing.assert_close(_probabilities(half), half.float())  # as they are
+
+
 @pytest.mark.parametrize("bad", ["probabilities", "Sigmoid", None, 1])
 def test_bad_function_to_apply(labels, bad):
     for metric in (necessity, aopc_sufficiency, minimal_necessary_size):

@@ -139,6 +139,20 @@ def test_float32_fractions_remove_as_many_tokens_as_their_decimal(
     )
 
 
+def test_k_is_the_ceiling_of_fraction_times_n_for_long_texts():
+    # a tolerance relative to fraction x n swallowed real excesses at long
+    # lengths (0.973 x 1037 = 1009.001 gave 1009); every 3-decimal fraction
+    # at every n up to 4096 against integer arithmetic
+    from captum_effattn.metrics._core.erase import _num_tokens
+
+    ns = torch.arange(1, 4097)
+    for i in range(1, 1000):
+        want = torch.minimum(torch.clamp(-((-ns * i) // 1000), min=1), ns)
+        assert torch.equal(_num_tokens(i / 1000, ns), want), i / 1000
+        single = float(np.float32(i / 1000))  # also read as its decimal
+        assert torch.equal(_num_tokens(single, ns), want), single
+
+
 @pytest.mark.parametrize("fn", [minimal_necessary_size, minimal_sufficient_size])
 def test_minimal_sizes_check_the_target(make_bow, hand_batch, fn):
     model = make_bow()

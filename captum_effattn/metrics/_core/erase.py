@@ -29,6 +29,7 @@ import warnings
 from numbers import Integral, Real
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -44,12 +45,23 @@ MODES = ("delete", "mask", "pad")
 #: Hugging Face pipelines' ``function_to_apply``, with ``"auto"`` for ours).
 FUNCTIONS_TO_APPLY = ("auto", "softmax", "sigmoid", "none")
 
-#: Relative tolerance of ``k = ceil(fraction * n)`` against float rounding
-#: (``0.07 * 100 == 7.000000000000001`` must give 7, not 8, and a float32
-#: fraction ``0.2``, which is 0.2000000030, must give the same k as 0.2 at
-#: any n: 510 * 0.2000000030 = 102.0000015, so the tolerance grows with
-#: ``fraction * n``; float32 rounding is 6e-8 of it).
+#: Tolerance of ``k = ceil(fraction * n)`` against float rounding
+#: (``0.07 * 100 == 7.000000000000001`` must give 7, not 8). A float32
+#: fraction is first read as its shortest decimal (:func:`_snap_float32`).
 _CEIL_EPS = 1e-6
+
+
+def _snap_float32(fraction: float) -> float:
+    r"""A fraction that is exactly a float32 value (``np.float32(0.2)``,
+    ``AOPCResult.fractions`` given back) as the shortest decimal that float32
+    reads as it: 0.2000000030 is 0.2. Its rounding error grows with n
+    (510 x 0.2000000030 = 102.0000015, so 103 tokens), past any fixed
+    tolerance; a relative one would in turn swallow a real excess at long
+    lengths (0.973 x 1037 = 1009.001 must give 1010)."""
+    single = np.float32(fraction)
+    if float(single) != fraction:
+        return fraction
+    return float(str(single))
 
 
 def _check_ids(input_ids: Any, name: str = "inputs") -> None:
@@ -346,8 +358,8 @@ def _rank_positions(attributions: Tensor, content: Tensor) -> Tensor:
 
 def _num_tokens(fraction: float, n_content: Tensor) -> Tensor:
     r"""k = ceil(fraction * n), at least 1, at most n (0 when n == 0)."""
-    x = n_content.to(torch.float64) * fraction
-    k = torch.ceil(x - _CEIL_EPS * x.clamp_min(1.0)).long()
+    x = n_content.to(torch.float64) * _snap_float32(fraction)
+    k = torch.ceil(x - _CEIL_EPS).long()
     k = torch.maximum(k, torch.ones_like(k))
     return torch.minimum(k, n_content.long())
 
@@ -628,11 +640,14 @@ def _probabilities(outputs: Tensor, function_to_apply: str = "auto") -> Tensor:
             )
         return out
     if function_to_apply == "auto":
-        # the rounding of C probabilities in the outputs' dtype: a bfloat16
-        # softmax (eps 7.8e-3) misses a fixed 1e-3 in about 40% of its rows
+        # the rounding of probabilities in the outputs' dtype: a bfloat16
+        # softmax (eps 7.8e-3) missed a fixed 1e-3 in about 40% of its rows;
+        # their sum (in float32) is off by at most the unit roundoff eps/2
+        # (each p_j by eps/2 of itself) whatever the number of classes (2.9e-3
+        # measured in bfloat16, 3.7e-4 in float16)
         tol = 1e-3 if outputs.dtype in (torch.float16, torch.bfloat16) else 1e-4
         if outputs.is_floating_point():
-            tol = max(tol, out.shape[1] * torch.finfo(outputs.dtype).eps)
+            tol = max(tol, torch.finfo(outputs.dtype).eps / 2)
         if (
             bool(torch.isfinite(out).all())
             and bool((out >= 0).all())

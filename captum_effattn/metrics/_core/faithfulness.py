@@ -25,10 +25,11 @@ ERASER (DeYoung et al., ACL 2020; github.com/jayded/eraserbenchmark,
   *deleted* (``mode="delete"``, the default).
 - *Differ*: ERASER's scorer only reads probabilities that the user computed
   with their own removal code; it does not say how k is rounded. We fix
-  k = ceil(fraction x n), at least 1, computed with a relative 1e-6 tolerance
-  against float rounding, and n counts only content tokens: special tokens ([CLS],
-  [SEP], ... as given by ``special_tokens_mask``) and padding are never
-  removed and never counted, and they stay
+  k = ceil(fraction x n), at least 1, computed with a 1e-6 tolerance against
+  float rounding (a float32 fraction read as its shortest decimal), and n
+  counts only content tokens: special tokens ([CLS], [SEP], ... as given by
+  ``special_tokens_mask``) and padding are never removed and never counted,
+  and they stay
   in the sufficiency input (ERASER's m(r) is the rationale alone). We return
   one value per example (ERASER reports dataset means), and ``target`` may
   name another class, as in Captum.
