@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
 import warnings
 from dataclasses import dataclass, fields
 from numbers import Integral
@@ -61,16 +62,14 @@ DEFAULT_TOL = {torch.float64: 1e-12, torch.float32: 1e-6}
 
 
 def warn_unmasked_padding(
-    ids: Tensor,
-    pad_id: Optional[int],
-    how: str = "attention_mask=",
-    stacklevel: int = 4,
+    ids: Tensor, pad_id: Optional[int], how: str = "attention_mask="
 ) -> None:
     r"""Warn when no attention mask was given but the batch looks padded:
     rows that end (or start) with runs of the padding id ``pad_id`` of
     unequal lengths. Every position then counts as a real token, padding
     included (on a real model, 65% of a short text's [CLS] attention went
-    to its padding). ``how`` says how to pass the mask."""
+    to its padding). ``how`` says how to pass the mask. The warning points
+    at the first caller outside the package."""
     if pad_id is None or ids.dim() != 2 or ids.shape[0] < 2:
         return
     pad = ids == pad_id
@@ -82,9 +81,28 @@ def warn_unmasked_padding(
                 f"end or start with runs of the padding id {pad_id}): every "
                 "position counts as a real token, padding included, and the "
                 f"model's prediction is that of the padded text. Pass the mask, {how}",
-                stacklevel=stacklevel,
+                stacklevel=user_stacklevel(),
             )
             return
+
+
+#: Modules whose frames a warning skips to reach the user's line: this
+#: package, Captum (whose wrappers call it) and the decorators' helpers.
+_LIBRARY_MODULES = ("captum", "contextlib", "functools")
+
+
+def user_stacklevel() -> int:
+    r"""The ``stacklevel`` that makes a ``warnings.warn`` in the function
+    calling this one point at the first frame outside the package (and
+    Captum's and the standard decorators' frames): the user's line, however
+    deep the call."""
+    level, frame = 1, sys._getframe(2)
+    while frame is not None:
+        name = frame.f_globals.get("__name__", "")
+        if not name.split(".")[0].startswith(_LIBRARY_MODULES):
+            return level + 1
+        level, frame = level + 1, frame.f_back
+    return level
 
 
 def resolve_tol(tol: Optional[float], dtype: torch.dtype) -> float:
@@ -1149,7 +1167,7 @@ def _matrices(
     ids, mask = check_token_inputs(adapter, input_ids, attention_mask)
     if attention_mask is None:
         pad_id = getattr(model.config, "pad_token_id", None)
-        warn_unmasked_padding(ids, pad_id, "attention_mask=", stacklevel=4)
+        warn_unmasked_padding(ids, pad_id, "attention_mask=")
     model_device = next(model.parameters()).device
     ids, mask = ids.to(model_device), mask.to(model_device)
     idx = adapter.layer_indices(layers)

@@ -28,6 +28,7 @@ from captum_effattn._core.functional import (
     efficient_attention,
     format_target,
     resolve_tol,
+    warn_unmasked_padding,
 )
 
 __all__ = ["attention_support_test", "SupportTestResult"]
@@ -208,8 +209,13 @@ def attention_support_test(
     model_kwargs: Dict[str, Any] = {
         k: v for k, v in options.items() if k not in _SOLVER_OPTIONS
     }
-    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
     adapter = ModelAdapter(model)
+    if attention_mask is None and isinstance(input_ids, Tensor):
+        pad_id = getattr(adapter.model.config, "pad_token_id", None)
+        warn_unmasked_padding(input_ids, pad_id, "attention_mask=")
+    mask = attention_mask
+    if mask is None and isinstance(input_ids, Tensor):  # else refused below
+        mask = torch.ones_like(input_ids)
     problem = getattr(adapter.model.config, "problem_type", None)
     if problem == "regression":
         raise ValueError(

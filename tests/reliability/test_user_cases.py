@@ -169,8 +169,12 @@ def test_functional_api_and_metrics_warn_of_a_padded_batch_without_mask(tiny_mod
     # only the classes warned: efficient_attention and the metrics took the
     # padding as text silently (on the real model, 65% of a short text's
     # [CLS] attention went to its padding, and necessity was 0.35, not 0.04)
-    from captum_effattn import efficient_attention
-    from captum_effattn.metrics import necessity
+    from captum_effattn import attention_support_test, efficient_attention
+    from captum_effattn.metrics import (
+        aopc_sufficiency,
+        minimal_necessary_size,
+        necessity,
+    )
 
     model = tiny_model("bert")
     ids, mask = random_batch(2, 24, lengths=[24, 15], seed=3)
@@ -179,10 +183,20 @@ def test_functional_api_and_metrics_warn_of_a_padded_batch_without_mask(tiny_mod
     def forward(i, m=None):
         return model(input_ids=i, attention_mask=m).logits
 
-    with pytest.warns(UserWarning, match="looks padded.*attention_mask="):
-        efficient_attention(model, ids, layers=-1, rows=0)
-    with pytest.warns(UserWarning, match="looks padded.*attention_mask="):
-        necessity(forward, ids, scores)
+    calls = [
+        lambda: efficient_attention(model, ids, layers=-1, rows=0),
+        lambda: attention_support_test(model, ids, target=0, layers=[1]),
+        lambda: necessity(forward, ids, scores),
+        lambda: aopc_sufficiency(forward, ids, scores, fractions=[0.5]),
+        lambda: minimal_necessary_size(forward, ids, scores),
+    ]
+    for call in calls:
+        with pytest.warns(UserWarning, match="looks padded.*attention_mask=") as got:
+            call()
+        # at the user's line, not inside the package (once per call site)
+        assert {w.filename for w in got if "looks padded" in str(w.message)} == {
+            __file__
+        }
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         efficient_attention(model, ids, mask, layers=-1, rows=0)
