@@ -566,24 +566,37 @@ def _display_tokens(tokenizer: Any, tokens: List[str]) -> List[str]:
     r"""``tokens`` as the heat map shows them: byte-level BPE tokens decoded
     from their byte alphabet ("ĠcafÃ©" is " café"), keeping the word-start
     marker in place of the space; other tokenizers' tokens are readable as
-    they are and come back unchanged."""
-    if not any(t.startswith(_BYTE_LEVEL_SPACE) for t in tokens):
-        return tokens
+    they are and come back unchanged.
+
+    A word is decoded piece by piece, each token showing what it adds to
+    the word's text, so that a character whose bytes two tokens share is
+    shown whole, by the token that completes it (``naïve`` split as
+    ``Ġna``, ``Ã``, ``¯ve`` shows ``na``, nothing, ``ïve``)."""
     try:
         if tokenizer.convert_tokens_to_string([_BYTE_LEVEL_SPACE]) != " ":
-            return tokens  # the character is the text's own, not a space
-        decoded = [tokenizer.convert_tokens_to_string([t]) for t in tokens]
+            return tokens  # not byte-level BPE
+        special = set(getattr(tokenizer, "all_special_tokens", ()))
+        out: List[str] = []
+        word: List[str] = []
+        shown = ""
+        for tok in tokens:
+            if tok in special:
+                out.append(tok)
+                word, shown = [], ""
+                continue
+            if tok.startswith(_BYTE_LEVEL_SPACE):
+                word, shown = [], ""
+            word.append(tok)
+            # a trailing U+FFFD is a character whose last bytes are to come
+            text = tokenizer.convert_tokens_to_string(word).rstrip("\ufffd")
+            piece = text[len(shown) :] if text.startswith(shown) else text
+            shown = text
+            if tok.startswith(_BYTE_LEVEL_SPACE) and piece.startswith(" "):
+                piece = _BYTE_LEVEL_SPACE + piece[1:]
+            out.append(piece)
+        return out
     except Exception:  # a tokenizer that cannot decode single tokens
         return tokens
-    out = []
-    for tok, text in zip(tokens, decoded):
-        if not text:
-            out.append(tok)
-        elif tok.startswith(_BYTE_LEVEL_SPACE) and text.startswith(" "):
-            out.append(_BYTE_LEVEL_SPACE + text[1:])
-        else:
-            out.append(text)
-    return out
 
 
 def _batches(n: int, size: int) -> List[List[int]]:

@@ -297,6 +297,20 @@ def test_heat_map_decodes_byte_level_tokens():
     for word in ("café", "Zürich", "—", "naïve"):
         assert word in words
     assert "Ã" not in words
+    # a text of one word has no word-start marker, and is decoded too
+    assert _display_tokens(tokenizer, tokenizer.tokenize("café")) != tokenizer.tokenize(
+        "café"
+    )
+    assert "".join(_display_tokens(tokenizer, tokenizer.tokenize("café"))) == "café"
+    # a character whose bytes two tokens share is shown whole, by the token
+    # that completes it (not as two replacement characters)
+    split = ["\u0120na", "\u00c3", "\u00afve"]  # "naïve", its ï split
+    assert _display_tokens(tokenizer, split) == ["\u0120na", "", "\u00efve"]
     # WordPiece tokens are readable as they are: unchanged
-    wordpiece = ["[CLS]", "un", "##bel", "##ie", "[SEP]"]
-    assert _display_tokens(tokenizer, wordpiece) is wordpiece
+    from transformers import AutoTokenizer
+
+    from captum_effattn.benchmark.models import minilm_path
+
+    bert = AutoTokenizer.from_pretrained(minilm_path())
+    wordpiece = bert.tokenize("unbelievably good") + ["[SEP]"]
+    assert _display_tokens(bert, wordpiece) is wordpiece
