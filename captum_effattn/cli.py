@@ -869,7 +869,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     from captum_effattn._core.adapters import ModelAdapter
     from captum_effattn._core.functional import check_token_inputs
     from captum_effattn.benchmark.models import find_cached_model, split_seed
-    from captum_effattn.benchmark.runner import resolve_device
+    from captum_effattn.benchmark.runner import _display_tokens, resolve_device
 
     if args.text is not None and not args.text.strip():
         raise CLIError("--text is empty: give the text to explain")
@@ -970,7 +970,10 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     # the row the classifier reads, as the attribution classes read it:
     # [CLS] for an encoder; for a decoder the token it pools (the last one)
     query = int(adapter.default_query(ids, mask != 0)[0, 0])
-    tokens = tokenizer.convert_ids_to_tokens(ids[0].tolist())
+    # byte-level BPE (GPT-2, RoBERTa) decoded: "Ġcafé", not "ĠcafÃ©"
+    tokens = _display_tokens(
+        tokenizer, tokenizer.convert_ids_to_tokens(ids[0].tolist())
+    )
     row = "[CLS] row" if query == 0 else f"row of {tokens[query]!r} ({query})"
     where = dict(layers=None, rows=None) if args.full else dict(layers=-1, rows=query)
     start = time.perf_counter()

@@ -356,3 +356,34 @@ def test_a_missing_benchmark_dependency_names_the_extra(tmp_path, capsys, monkey
     code = main(["bench", "--dataset", "rt-verdict", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and "pandas" in err and "captum-effattn[benchmark]" in err
+
+
+def test_explain_decodes_byte_level_tokens(tmp_path, capsys):
+    # a GPT-2 classifier: its tokens were printed in the byte alphabet
+    # ("ĠcafÃ©"), and the decoder's row is the last token's
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import (
+        GPT2Config,
+        GPT2ForSequenceClassification,
+        PreTrainedTokenizerFast,
+    )
+
+    text = "le café est très bon café"
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([text] * 20, 300, 1, special_tokens=["<|endoftext|>"])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+    )
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=64,
+        pad_token_id=tokenizer.pad_token_id, attn_implementation="eager",
+    )  # fmt: skip
+    GPT2ForSequenceClassification(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    argv = ["explain", "--model", str(tmp_path), "--text", text, "--top", "8"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "café" in out and "Ã" not in out and "row of" in out
