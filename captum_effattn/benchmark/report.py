@@ -99,7 +99,14 @@ _STAGING_NAME = re.compile(
 
 
 def _host() -> str:
-    return socket.gethostname() or "localhost"
+    r"""This machine's name, and on Linux its PID namespace: containers that
+    share a host name (``--net=host``) and a folder number their processes
+    apart, and a PID of another namespace says nothing here."""
+    name = socket.gethostname() or "localhost"
+    try:
+        return f"{name}~{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return name
 
 
 def _staging_prefix(pid: int) -> str:
@@ -191,7 +198,9 @@ class OutputDir:
         Returns:
             list of Path: the folders removed.
         """
-        removed = []
+        removed: List[Path] = []
+        if os.name == "nt":  # os.kill(pid, 0) would send Ctrl-C there
+            return removed
         for item in folder.glob(STAGING_PREFIX + "*"):
             match = _STAGING_NAME.fullmatch(item.name)
             if match is None or match.group("host") != _host():

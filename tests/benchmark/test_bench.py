@@ -731,28 +731,35 @@ def test_staging_folders_of_killed_runs_are_removed(tmp_path):
     # a SIGKILLed run (out-of-memory killer) cannot remove its staging
     # folder; the next run in the same place removes those whose process is
     # gone, and only those
-    import socket
     import subprocess
     import sys
 
-    from captum_effattn.benchmark.report import STAGING_PREFIX, OutputDir
+    from captum_effattn.benchmark.report import STAGING_PREFIX, OutputDir, _host
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
     dead_pid = int(gone.stdout)
-    host = socket.gethostname()
+    host = _host()  # the host name, and the PID namespace where there is one
     out = tmp_path / "out"
     out.mkdir()
     dead = out / f"{STAGING_PREFIX}{dead_pid}@{host}-abc_123"
     live = out / f"{STAGING_PREFIX}{os.getpid()}@{host}-xyz"
     other_host = out / f"{STAGING_PREFIX}{dead_pid}@not-{host}-xyz"
     older = out / f"{STAGING_PREFIX}k2j4_x"  # the old naming: owner unknown
-    for folder in (dead, live, other_host, older):
+    kept = (live, other_host, older)
+    if os.path.exists("/proc/self/ns/pid"):  # Linux: a container of the same
+        # host name, in a PID namespace of its own, or one that does not say
+        import socket
+
+        name = socket.gethostname()
+        kept += (out / f"{STAGING_PREFIX}{dead_pid}@{name}~1-xyz",)
+        kept += (out / f"{STAGING_PREFIX}{dead_pid}@{name}-xyz",)
+    for folder in (dead,) + kept:
         folder.mkdir()
         (folder / "summary.md").write_text("partial")
     target = OutputDir(out)
     left = sorted(p.name for p in out.iterdir())
     assert dead.name not in left
-    assert {live.name, other_host.name, older.name, target.staging.name} == set(left)
+    assert {f.name for f in kept} | {target.staging.name} == set(left)
     assert target.staging.name.startswith(f"{STAGING_PREFIX}{os.getpid()}@{host}-")
     target.discard()
