@@ -171,13 +171,7 @@ def _erasure_curve(
     args = _format_additional_forward_args(additional_forward_args)
     # no mask to hide new padding: "delete" drops the tokens from the text
     forward_func, attention_mask = _masked_deletion(
-        forward_func,
-        ids,
-        attention_mask,
-        mode,
-        padding_side,
-        function_to_apply,
-        args,
+        forward_func, ids, attention_mask, mode, padding_side, function_to_apply, args
     )
     n_examples, seq_len = ids.shape
     n_fracs = len(fractions)

@@ -115,13 +115,7 @@ def _minimal_size(
     whole_text = attention_mask is None and mode == "delete"
     # no mask to hide new padding: "delete" drops the tokens from the text
     forward_func, attention_mask = _masked_deletion(
-        forward_func,
-        ids,
-        attention_mask,
-        mode,
-        padding_side,
-        function_to_apply,
-        args,
+        forward_func, ids, attention_mask, mode, padding_side, function_to_apply, args
     )
     n_examples = ids.shape[0]
     n_content = _content_mask(ids, attention_mask, special).sum(dim=1)
