@@ -517,7 +517,17 @@ class ModelAdapter:
         check_model_device(model)
         self.model = model
         base = getattr(model, "base_model", model)
-        self.layer_modules: List[nn.Module] = list(_get(base, self.spec.layers))
+        try:
+            self.layer_modules: List[nn.Module] = list(_get(base, self.spec.layers))
+        except AttributeError:
+            # a module of the user's with a copy of the inner model's config
+            raise TypeError(
+                f"{type(model).__name__} has a {model.config.model_type} config "
+                f"but not its layers ({self.spec.layers}): is it a module that "
+                "wraps a Hugging Face model? Pass the model inside it instead: "
+                "EfficientAttention(forward_func, model=wrapper.bert), "
+                "efficient_attention(wrapper.bert, ...)"
+            ) from None
         self.num_layers = len(self.layer_modules)
         out0 = _get(self.layer_modules[0], self.spec.output)
         self.num_heads = int(

@@ -10,6 +10,7 @@ score per input token.
 from __future__ import annotations
 
 import operator
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -43,6 +44,7 @@ from captum_effattn._core.functional import (
     format_target,
     run_with_capture,
     solve_layers,
+    user_stacklevel,
     warn_unmasked_padding,
 )
 from captum_effattn._core.solver import DEFAULT_MAX_ITER
@@ -499,6 +501,17 @@ class _AttentionAttribution(Attribution):
     ) -> Tensor:
         b, n = key_mask.shape
         if query is None:
+            left = int((~key_mask[:, 0]).sum())
+            if self.adapter.pools_first_token and left:
+                warnings.warn(
+                    f"{left} example(s) of this batch are padded on the left: a "
+                    "Hugging Face encoder classifier reads position 0, which is "
+                    "padding there, not the [CLS] row that the default query "
+                    "explains (and the last layer's gradient of that row is 0, "
+                    "so weighting='gradient' gives 0 there). Pad on the right "
+                    "(tokenizer.padding_side = 'right')",
+                    stacklevel=user_stacklevel(),
+                )
             return self.adapter.default_query(ids, key_mask)
         if isinstance(query, str) and query == "all":
             return torch.arange(n, device=key_mask.device).expand(b, n)

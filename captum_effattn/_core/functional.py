@@ -45,6 +45,7 @@ __all__ = [
     "both_sides",
     "TargetLike",
     "resolve_rows",
+    "user_stacklevel",
     "warn_unmasked_padding",
 ]
 

@@ -136,6 +136,15 @@ def test_wrapper_module_without_config_says_to_pass_model(tiny_model):
 
     with pytest.raises(TypeError, match="as model="):
         EfficientAttention(Classifier(tiny_model("bert")))
+    # a custom head often copies the inner model's config: then the layers
+    # were looked up on the wrapper ("no attribute 'encoder'")
+    inner = tiny_model("bert")
+    copied = Classifier(inner)
+    copied.config = inner.config
+    with pytest.raises(TypeError, match="wraps a Hugging Face model.*model=wrapper"):
+        EfficientAttention(copied)
+    with pytest.raises(TypeError, match="wraps a Hugging Face model"):
+        efficient_attention(copied, torch.ones(1, 4, dtype=torch.long))
 
 
 # ------------------------------------------- probabilities instead of logits

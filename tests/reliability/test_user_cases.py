@@ -39,9 +39,11 @@ def test_left_padded_encoder_batch_reads_the_first_real_token(
     lengths = [24, 13, 19]
     ids, mask = random_batch(3, 24, lengths=lengths, seed=2, left=True)
     explainer = EfficientAttention(_forward(model), model=model)
-    got, res = explainer.attribute(
-        ids, additional_forward_args=(mask,), layer=layer, return_matrices=True
-    )
+    # explained as documented, with a warning: the classifier reads padding
+    with pytest.warns(UserWarning, match="2 example.*padded on the left"):
+        got, res = explainer.attribute(
+            ids, additional_forward_args=(mask,), layer=layer, return_matrices=True
+        )
     if layer == -1:
         assert res.rows[:, 0].tolist() == [24 - k for k in lengths]
     for b, k in enumerate(lengths):
@@ -163,6 +165,26 @@ def test_a_padded_batch_without_its_mask_is_warned_about(tiny_model):
         explainer.attribute(ids, additional_forward_args=(mask,))
         explainer.attribute(ids[:1])  # one text: nothing to compare
         explainer.attribute(ids[:, :15])  # no padding
+
+
+def test_left_padding_of_an_encoder_classifier_is_warned_about(tiny_model):
+    # a Hugging Face encoder classifier reads position 0, padding in a
+    # left-padded row; the default query explains the [CLS] row, whose
+    # last-layer gradient is then 0: weighting="gradient" gave all zeros
+    model = tiny_model("bert")
+    ids, mask = random_batch(2, 20, lengths=[20, 12], seed=3)
+    left = torch.stack([ids[0], ids[1].roll(8)])
+    left_mask = torch.stack([mask[0], mask[1].roll(8)])
+    explainer = EfficientAttention(model)
+    kw = dict(additional_forward_args=(left_mask,), target=1, weighting="gradient")
+    with pytest.warns(UserWarning, match="1 example.*padded on the left") as got:
+        scores = explainer.attribute(left, **kw)
+    assert {w.filename for w in got} == {__file__}
+    assert float(scores[1].abs().sum()) == 0.0  # what the warning is about
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        explainer.attribute(ids, additional_forward_args=(mask,), target=1)
+        explainer.attribute(left, additional_forward_args=(left_mask,), query="all")
 
 
 def test_functional_api_and_metrics_warn_of_a_padded_batch_without_mask(tiny_model):
