@@ -291,7 +291,11 @@ def test_heat_maps_show_the_real_tokens_whatever_the_padding_side(tiny, tmp_path
     shown = {}
     for name, model in (("right", tiny["model"]), ("left", left)):
         args = bench_args(dict(tiny, model=model), tmp_path / name, extra=only)
-        assert main(args) == 0
+        if name == "left":  # an encoder's classifier then reads padding
+            with pytest.warns(UserWarning, match="padded on the left"):
+                assert main(args) == 0
+        else:
+            assert main(args) == 0
         page = (tmp_path / name / "examples.html").read_text()
         shown[name] = [
             [html.unescape(t) for t in re.findall(r'title="[^"]*">([^<]*)<', part)]
@@ -438,7 +442,8 @@ def test_checkpoint_key_covers_weights_and_texts(tiny, tmp_path, monkeypatch):
     assert run(model, uneven)[0] == 2
     tokenizer.padding_side = "left"
     try:
-        assert run(model, uneven)[0] == 0
+        with pytest.warns(UserWarning, match="padded on the left"):  # an encoder
+            assert run(model, uneven)[0] == 0
     finally:
         tokenizer.padding_side = "right"
     bad = tmp_path / "file"
