@@ -35,10 +35,14 @@ timeout "$TEST_SECONDS" "$PY" -m pytest -q -m gpu --runslow -p no:cacheprovider 
     -rfEs --durations=5 tests/core/test_gpu.py tests/metrics/test_gpu_metrics.py \
     tests/attr/test_attribution.py tests/benchmark/test_bench.py \
     >"$OUT/gpu_tests.log" 2>&1
-echo "gpu tests: exit $?" | tee -a "$OUT/machine.txt"
+tests_rc=$?
+echo "gpu tests: exit $tests_rc" | tee -a "$OUT/machine.txt"
 tail -n 25 "$OUT/gpu_tests.log"
 
 timeout "$SPEED_SECONDS" "$PY" benchmarks/speed.py --device "$DEVICE" \
     --markdown "$OUT/speed.md" --json "$OUT/speed.json" "$@" 2>"$OUT/speed.log"
-echo "speed.py: exit $?" | tee -a "$OUT/machine.txt"
+speed_rc=$?
+echo "speed.py: exit $speed_rc" | tee -a "$OUT/machine.txt"
 tail -n 12 "$OUT/speed.log"
+# a failure of either part is the script's (it printed both first)
+exit $((tests_rc != 0 || speed_rc != 0))

@@ -132,3 +132,28 @@ def test_causal_table_in_a_fresh_process(speed):
     assert "## A decoder layer: all rows" in text
     assert "| 24 |" in text and "| 4096 | failed |" in text
     assert "(GPU peak +0.50 GiB)" in text.split("| 48 |")[1].splitlines()[0]
+
+
+def test_verdicts_use_the_right_quantities_and_failures_fail(speed):
+    # the 4 GiB verdict read the host RSS on a GPU, fell back to a smaller
+    # configuration when the target's failed, and the script exited 0 on a
+    # failed child or certificate; the full matrices were compared with a
+    # forward pass on another batch
+    args = speed.build_parser().parse_args([])
+    rows = _rows(speed)  # forward 1, attribute 2, all rows 3, LIG 4, Lime 5
+    rows[2].extra.update(forward_per_example=0.5, certificate_ok=True)
+    base = dict(rss_before=2**29, peak_rss=2**30, peak_rss_delta=2**29,
+                seconds=1.0, output_bytes=2**28, certificate_ok=True)  # fmt: skip
+    small = dict(base, length=512, batch=1)
+    on_gpu = dict(base, length=512, batch=8, peak_cuda=9 * 2**30, peak_cuda_delta=0)
+    text = speed._report(rows, [], [small, on_gpu], args, torch.device("cpu"), 16)
+    assert "GPU peak allocated: 9.00 GiB — MISSED" in text
+    assert "all rows ≤ 5× forward (on the same batch): measured 6.00×" in text
+    assert speed._failures(rows, [small, on_gpu], []) == []
+    killed = dict(length=512, batch=8, error="Killed")
+    text = speed._report(rows, [], [small, killed], args, torch.device("cpu"), 16)
+    assert "512 tokens × batch 8 within 4 GiB: NOT MEASURED" in text
+    assert "batch 1 within" not in text
+    assert speed._failures(rows, [small, killed], [])
+    rows[2].extra["certificate_ok"] = False
+    assert any("certificate" in p for p in speed._failures(rows, [], []))
