@@ -20,8 +20,9 @@ r"""Write a benchmark's results: tables, plots and token heat maps.
   method normalised by its largest absolute score on the example's content
   tokens).
 
-:class:`OutputDir` stages the files in a temporary folder next to ``DIR`` and
-moves them in only when all are written, so a failed run leaves nothing
+:class:`OutputDir` stages the files in a hidden temporary folder (inside
+``DIR`` when it exists, else in its nearest existing parent) and moves them
+in only when all are written, so a failed run leaves nothing
 half-written; creating it is also the early check that ``DIR`` is writable.
 """
 
@@ -91,7 +92,8 @@ SUMMARY_METRICS: Tuple[str, ...] = (
 
 
 #: Name prefix of the hidden staging folders of :class:`OutputDir`, which
-#: continue with ``<pid>@<host>-`` and a random suffix.
+#: continue with ``<pid>@<host>-`` and a random suffix (``<host>`` is the
+#: host name and, on Linux, ``~`` and the PID namespace: :func:`_host`).
 STAGING_PREFIX = ".captum-effattn-partial-"
 _STAGING_NAME = re.compile(
     re.escape(STAGING_PREFIX) + r"(?P<pid>\d+)@(?P<host>.+)-[^-]+"
