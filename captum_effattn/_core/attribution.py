@@ -14,6 +14,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from captum.attr import Attribution
 from captum.log import log_usage
@@ -270,12 +271,11 @@ class _AttentionAttribution(Attribution):
         """
         if kwargs:
             raise TypeError(_unexpected_arguments(type(self).__name__, kwargs))
-        layer = self._default_layer if layer is None else layer
-        if not isinstance(layer, (str, bool)):
-            try:
-                layer = operator.index(layer)  # numpy and 0-d torch integers
-            except TypeError:
-                pass
+        layer = _as_index(self._default_layer if layer is None else layer)
+        if not isinstance(return_matrices, (bool, np.bool_)):
+            raise TypeError(
+                f"return_matrices must be True or False, got {return_matrices!r}"
+            )
         heads = self._check_options(layer, heads, weighting)
         needs_grad = weighting == "gradient" or layer == "gradient_rollout"
         if needs_grad and torch.is_inference_mode_enabled():
@@ -470,12 +470,17 @@ class _AttentionAttribution(Attribution):
                     f"indices, got {heads!r}"
                 )
         else:
+            if isinstance(heads, (bytes, bytearray)):
+                raise TypeError(f"heads must be {HEAD_MODES} or ints, got {heads!r}")
             heads = index_list(heads, "heads")
             if not heads or any(not 0 <= h < num for h in heads):
                 raise ValueError(
                     f"heads must be {HEAD_MODES} or indices in [0, {num}), "
                     f"got {heads}"
                 )
+            twice = sorted({h for h in heads if heads.count(h) > 1})
+            if twice:  # a mean over the list would weigh them twice
+                raise ValueError(f"head(s) {twice} are named twice in {heads}")
         if weighting not in WEIGHTINGS:
             raise ValueError(
                 f"weighting must be one of {WEIGHTINGS}, got {weighting!r}"
@@ -515,11 +520,7 @@ class _AttentionAttribution(Attribution):
             return self.adapter.default_query(ids, key_mask)
         if isinstance(query, str) and query == "all":
             return torch.arange(n, device=key_mask.device).expand(b, n)
-        if not isinstance(query, (str, bool)):
-            try:
-                query = operator.index(query)  # numpy and 0-d torch integers
-            except TypeError:
-                pass
+        query = _as_index(query)
         if isinstance(query, int) and not isinstance(query, bool):
             if not -n <= query < n:
                 raise ValueError(
@@ -586,6 +587,20 @@ def _copy_tensors(value: Any) -> Any:
     if isinstance(value, (tuple, list)):
         return type(value)(_copy_tensors(v) for v in value)
     return value
+
+
+def _as_index(value: Any) -> Any:
+    r"""``value`` as an int when it is an integer of numpy or a 0-d integer
+    tensor, else unchanged; bools (Python's, numpy's, bool tensors) stay as
+    they are, to be refused (``operator.index(torch.tensor(True))`` is 1)."""
+    if isinstance(value, (str, bool, np.bool_)) or (
+        isinstance(value, Tensor) and value.dtype == torch.bool
+    ):
+        return value
+    try:
+        return operator.index(value)
+    except TypeError:
+        return value
 
 
 def _target_scores(

@@ -237,11 +237,31 @@ def test_return_matrices_and_certificate(setup):
         (dict(layer="gradient_rollout", weighting="gradient"), "already"),
         (dict(layer="rollout", weighting="gradient"), "rollout' multiplies"),
         (dict(layer="rollout", weighting="value_norm"), "rollout' multiplies"),
+        # a repeated head counted twice in the mean, silently
+        (dict(heads=[0, 0, 1]), r"\[0\] are named twice"),
+        # operator.index(torch.tensor(True)) is 1: row 1, silently
+        (dict(query=torch.tensor(True)), "query must be"),
     ],
 )
 def test_bad_options(setup, kwargs, match):
     model, ids, mask = setup
     with pytest.raises(ValueError, match=match):
+        EfficientAttention(_forward(model), model=model).attribute(
+            ids, additional_forward_args=(mask,), **kwargs
+        )
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(layer=torch.tensor(True)),  # was read as layer 1
+        dict(heads=b"mean"),  # was read as the heads 109, 101, 97, 110
+        dict(return_matrices="False"),  # truthy: a tuple came back
+    ],
+)
+def test_bad_option_types(setup, kwargs):
+    model, ids, mask = setup
+    with pytest.raises(TypeError):
         EfficientAttention(_forward(model), model=model).attribute(
             ids, additional_forward_args=(mask,), **kwargs
         )
