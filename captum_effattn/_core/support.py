@@ -210,11 +210,10 @@ def attention_support_test(
         k: v for k, v in options.items() if k not in _SOLVER_OPTIONS
     }
     adapter = ModelAdapter(model)
-    if attention_mask is None and isinstance(input_ids, Tensor):
-        pad_id = getattr(adapter.model.config, "pad_token_id", None)
-        warn_unmasked_padding(input_ids, pad_id, "attention_mask=")
     mask = attention_mask
     if mask is None and isinstance(input_ids, Tensor):  # else refused below
+        pad_id = getattr(adapter.model.config, "pad_token_id", None)
+        warn_unmasked_padding(input_ids, pad_id, "attention_mask=")
         mask = torch.ones_like(input_ids)
     problem = getattr(adapter.model.config, "problem_type", None)
     if problem == "regression":

@@ -860,6 +860,7 @@ def run_benchmark(
             ig_steps=config.ig_steps,
         )
         batch_info = []
+        shown_at: Dict[int, Tensor] = {}  # real positions of the heat maps' rows
         for j, i in enumerate(index):
             test_index, ex = chosen[i]
             info = dict(
@@ -875,7 +876,7 @@ def run_benchmark(
             )
             if i < config.html_examples:
                 # the real positions, wherever the tokenizer pads
-                real = mask[j].nonzero().flatten()
+                real = shown_at[j] = mask[j].nonzero().flatten()
                 info["tokens"] = tokenizer.convert_ids_to_tokens(ids[j, real].tolist())
                 shown = _display_tokens(tokenizer, info["tokens"])
                 if shown != info["tokens"]:
@@ -908,9 +909,8 @@ def run_benchmark(
             )
             for j, info in enumerate(batch_info):
                 info["seconds"][name] = seconds
-                if "tokens" in info:
-                    real = mask[j].nonzero().flatten()
-                    info["scores"][name] = attr[j, real].float().cpu().tolist()
+                if j in shown_at:
+                    info["scores"][name] = attr[j, shown_at[j]].float().cpu().tolist()
                 for metric, vals in values.items():
                     batch_rows.append(
                         dict(
