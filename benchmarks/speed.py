@@ -12,7 +12,8 @@ concatenated and cut to exactly ``--length`` tokens):
   solve, whatever finds the support;
 * the faithful mode of issue 12 (``efficient-grad-first`` in the benchmark:
   first layer, every query row, gradient weighting), in float64 and float32,
-  next to raw attention with the same weighting;
+  next to raw attention with the same weighting, on batches of the
+  benchmark's size (8) as the benchmark runs it;
 * Captum ``LayerIntegratedGradients`` on the embeddings (50 steps, internal
   batch 50) and Captum ``Lime`` on tokens (500 samples, 50 per evaluation);
 
@@ -480,13 +481,15 @@ def _time_faithful(
     device: torch.device,
     log: Callable[[str], None],
 ) -> List[Row]:
-    r"""The gradient-weighted first-layer attributions, one example per call
-    (as the benchmark runs them): efficient attention in float64 (the
-    default, certified to 1e-12) and in float32 (tolerance 1e-6), and raw
-    attention for the cost of the forward and backward passes alone."""
+    r"""The gradient-weighted first-layer attributions in batches of the
+    benchmark's size (``bench --batch-size``, default 8; the last batch may
+    be smaller), as the benchmark runs them: efficient attention in float64
+    (the default, certified to 1e-12) and in float32 (tolerance 1e-6), and
+    raw attention for the cost of the forward and backward passes alone."""
     from captum_effattn import AttentionWeights, EfficientAttention
 
     k = min(ids.shape[0], args.faithful_docs)
+    size = args.faithful_batch
     setting = "layer=0, query='all', weighting='gradient'"
     variants = [
         ("EfficientAttention.attribute (faithful)", setting, EfficientAttention, {}),
@@ -503,16 +506,24 @@ def _time_faithful(
         explainer = cls(fwd, model=model, **options)
 
         def run() -> None:
-            for i in range(k):
+            for i in range(0, k, size):
                 explainer.attribute(
-                    ids[i : i + 1], additional_forward_args=(mask[i : i + 1],),
+                    ids[i : i + size], additional_forward_args=(mask[i : i + size],),
                     **FAITHFUL,
                 )  # fmt: skip
 
         t = _time(run, device, 1) / k
-        rows.append(Row(name, label, t, k))
+        label = f"{label}, batches of {min(size, k)}"
+        rows.append(Row(name, label, t, k, {"batch": min(size, k)}))
         log(f"{name} [{label}]: {t:.3f} s/example")
     return rows
+
+
+def _bench_batch_size() -> int:
+    r"""The benchmark's default batch size (``bench --batch-size``)."""
+    from captum_effattn.benchmark.runner import BenchConfig
+
+    return int(BenchConfig.batch_size)
 
 
 def _per_example_times(
@@ -1129,7 +1140,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_count,
         default=None,
         help="examples for the faithful (first-layer gradient) mode "
-        "(default 4; quick 1)",
+        "(default 8; quick 4)",
+    )
+    parser.add_argument(
+        "--faithful-batch",
+        type=_count,
+        default=None,
+        help="examples per call in the faithful mode (default: the benchmark's "
+        "batch size, 8)",
     )
     parser.add_argument(
         "--length", type=_length, default=128, help="tokens per document (default 128)"
@@ -1209,7 +1227,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.docs = args.docs or (4 if quick else 16)
     args.full_docs = args.full_docs or (2 if quick else 16)
     args.baseline_docs = args.baseline_docs or (1 if quick else 2)
-    args.faithful_docs = args.faithful_docs or (1 if quick else 4)
+    args.faithful_docs = args.faithful_docs or (4 if quick else 8)
+    args.faithful_batch = args.faithful_batch or _bench_batch_size()
     lengths = [
         int(v)
         for v in (args.scaling or ("64,128" if quick else "64,128,256,512")).split(",")

@@ -157,3 +157,36 @@ def test_verdicts_use_the_right_quantities_and_failures_fail(speed):
     assert speed._failures(rows, [small, killed], [])
     rows[2].extra["certificate_ok"] = False
     assert any("certificate" in p for p in speed._failures(rows, [], []))
+
+
+def test_faithful_mode_is_timed_in_the_benchmarks_batches(
+    speed, tiny_model, monkeypatch
+):
+    # the faithful mode was timed one example per call while the benchmark
+    # calls each method on batches of its --batch-size (8 by default)
+    from captum_effattn import AttentionWeights, EfficientAttention
+    from captum_effattn.benchmark.runner import BenchConfig
+
+    model = tiny_model("bert")
+    ids, mask = random_batch(5, 12, lengths=[12, 9, 12, 7, 12])
+    args = speed.build_parser().parse_args(["--faithful-docs", "5"])
+    assert args.faithful_batch is None  # main() fills in the benchmark's size
+    assert speed._bench_batch_size() == BenchConfig.batch_size == 8
+    args.faithful_batch = 2
+    seen = []
+    for cls in (EfficientAttention, AttentionWeights):
+
+        def spy(self, inputs, *a, _original=cls.attribute, **kw):
+            seen.append(inputs.shape[0])
+            return _original(self, inputs, *a, **kw)
+
+        monkeypatch.setattr(cls, "attribute", spy)
+    rows = speed._time_faithful(
+        model, speed._forward_func(model), ids, mask, args, torch.device("cpu"),
+        lambda text: None,
+    )  # fmt: skip
+    # three variants, each timed after a warm-up run: 2 runs of 2, 2 and 1
+    assert seen == [2, 2, 1] * 6
+    assert len(rows) == 3
+    assert all(r.examples == 5 and r.extra["batch"] == 2 for r in rows)
+    assert all(r.setting.endswith("batches of 2") for r in rows)
