@@ -677,6 +677,11 @@ def _plots(summary: Dict[str, Any], folder: Path) -> None:
             ax.plot(x, stats["mean"], "o", color=colors[name])
     if not points:
         ax.text(0.5, 0.5, "necessity not computed", ha="center", transform=ax.transAxes)
+    times = {max(sec, 1e-6) for sec, _, _ in points if math.isfinite(sec)}
+    if len(times) == 1:
+        # one time (one method): matplotlib warned of identical limits
+        (only,) = times
+        ax.set_xlim(only / 3, only * 3)
     ax.set_xscale("log")
     ax.set_xlabel("seconds per example (log)")
     ax.set_ylabel(f"{METRICS[metric].label} (higher is better)")
