@@ -441,9 +441,11 @@ def _held_out_report(path: Path) -> Dict[str, Any]:
     report = path / "report.json"
     if report.is_file():
         try:
-            return json.loads(report.read_text())
+            loaded = json.loads(report.read_text())
         except ValueError:
             return {}
+        # valid JSON that is not an object is no report either
+        return loaded if isinstance(loaded, dict) else {}
     return {}
 
 

@@ -994,7 +994,8 @@ def _certificate(
     entries = torch.where(fkeys.bool().expand_as(out), out, torch.full_like(out, inf))
     min_entry = torch.where(rr, entries.amin(-1), torch.full_like(rel, inf)).amin(-1)
     sums = (out.sum(-1) - 1.0).abs()
-    support = torch.where(rr, (out > 0).sum(-1), 0).amax(-1)
+    # the support: the non-zeros (effective attention has negative entries)
+    support = torch.where(rr, (out != 0).sum(-1), 0).amax(-1)
     return Certificate(
         output_residual=torch.where(rr, rel, 0.0).amax(-1),
         min_entry=min_entry,

@@ -537,6 +537,19 @@ def _model_id(model_path: Optional[Union[str, Path]]) -> str:
     return str(Path(model_path).expanduser().resolve())
 
 
+def _folder_stat(folder: Path) -> List[List[Any]]:
+    r"""Name, size and modification time of each file directly in ``folder``
+    (weights, config, tokenizer), for cache keys."""
+    folder = folder.expanduser().resolve()
+    if not folder.is_dir():
+        return []
+    return [
+        [f.name, f.stat().st_size, f.stat().st_mtime_ns]
+        for f in sorted(folder.iterdir())
+        if f.is_file()
+    ]
+
+
 def finetune_settings(dataset: str, **overrides: Any) -> Dict[str, Any]:
     r"""The fine-tuning settings :func:`get_or_finetune` uses for a data set:
     :func:`finetune`'s defaults, then the data set's recommended settings
@@ -561,6 +574,9 @@ def finetune_settings(dataset: str, **overrides: Any) -> Dict[str, Any]:
 def _cache_key(dataset: str, settings: Dict[str, Any]) -> str:
     keyed = {k: settings.get(k, v) for k, v in _TRAIN_DEFAULTS.items()}
     keyed["model"] = _model_id(settings.get("model_path"))
+    if settings.get("model_path") is not None:
+        # a base model saved again in the same folder is another base model
+        keyed["model_files"] = _folder_stat(Path(settings["model_path"]))
     keyed["dataset"] = dataset
     if dataset.startswith(CSV_PREFIX):
         path = Path(dataset[len(CSV_PREFIX) :]).expanduser().resolve()
@@ -611,7 +627,11 @@ def get_or_finetune(
     ``<cache>/<dataset>-<hash of the settings>/``. The settings are those of
     :func:`finetune_settings`: the data set's recommended ones (e.g. at most
     1,000 training documents for ``"rt-verdict"``) unless ``kwargs`` say
-    otherwise. ``device`` and ``show_progress`` do not enter the hash.
+    otherwise. ``device`` and ``show_progress`` do not enter the hash. A
+    ``model_path`` base model enters it with the name, size and modification
+    time of each of its files, and a ``csv:PATH`` data set with the file's
+    size and modification time, so that either saved again is trained on
+    again.
 
     Args:
         dataset (str): a data set name or ``"csv:PATH"``.
