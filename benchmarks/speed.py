@@ -513,9 +513,9 @@ def _time_faithful(
                 )  # fmt: skip
 
         t = _time(run, device, 1) / k
-        label = f"{label}, batches of {min(size, k)}"
-        rows.append(Row(name, label, t, k, {"batch": min(size, k)}))
-        log(f"{name} [{label}]: {t:.3f} s/example")
+        shown = f"{label}, batches of {min(size, k)}"
+        rows.append(Row(name, shown, t, k, {"batch": min(size, k)}))
+        log(f"{name} [{shown}]: {t:.3f} s/example")
     return rows
 
 

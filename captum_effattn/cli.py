@@ -776,6 +776,8 @@ def _label_names(path: Path) -> Optional[List[str]]:
         config = json.loads((path / "config.json").read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(config, dict):  # JSON, but no config
+        return None
     if not any(
         str(a).endswith("ForSequenceClassification")
         for a in config.get("architectures") or []

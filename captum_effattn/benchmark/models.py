@@ -537,17 +537,26 @@ def _model_id(model_path: Optional[Union[str, Path]]) -> str:
     return str(Path(model_path).expanduser().resolve())
 
 
+#: The files of a model folder that enter a cache key: weights, configs and
+#: tokenizer files, not a README or an editor's files beside them.
+MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model", ".pt")
+
+
 def _folder_stat(folder: Path) -> List[List[Any]]:
-    r"""Name, size and modification time of each file directly in ``folder``
-    (weights, config, tokenizer), for cache keys."""
+    r"""Name, size and modification time of each model or tokenizer file
+    directly in ``folder`` (:data:`MODEL_FILE_SUFFIXES`, no hidden files),
+    for cache keys."""
     folder = folder.expanduser().resolve()
     if not folder.is_dir():
         return []
-    return [
-        [f.name, f.stat().st_size, f.stat().st_mtime_ns]
-        for f in sorted(folder.iterdir())
-        if f.is_file()
-    ]
+    out = []
+    for f in sorted(folder.iterdir()):
+        if f.name.startswith(".") or f.suffix not in MODEL_FILE_SUFFIXES:
+            continue
+        if f.is_file():
+            stat = f.stat()
+            out.append([f.name, stat.st_size, stat.st_mtime_ns])
+    return out
 
 
 def finetune_settings(dataset: str, **overrides: Any) -> Dict[str, Any]:
@@ -629,9 +638,10 @@ def get_or_finetune(
     1,000 training documents for ``"rt-verdict"``) unless ``kwargs`` say
     otherwise. ``device`` and ``show_progress`` do not enter the hash. A
     ``model_path`` base model enters it with the name, size and modification
-    time of each of its files, and a ``csv:PATH`` data set with the file's
-    size and modification time, so that either saved again is trained on
-    again.
+    time of each of its model and tokenizer files, and a ``csv:PATH`` data
+    set with the file's size and modification time, so that either saved
+    again is trained on again (a copy that does not keep the files' times
+    is too).
 
     Args:
         dataset (str): a data set name or ``"csv:PATH"``.

@@ -338,14 +338,13 @@ def test_examples_carry_prediction_probability_and_accuracy(bench_model):
 def test_seconds_are_per_example_of_the_batch(bench_model, monkeypatch):
     model, tokenizer = bench_model
 
-    class Clock:  # one second between any two readings
-        now = 0.0
+    now = [0.0]
 
-        def perf_counter(self):
-            self.now += 1.0
-            return self.now
+    def perf_counter() -> float:  # one second between any two readings
+        now[0] += 1.0
+        return now[0]
 
-    monkeypatch.setattr(runner, "time", Clock())
+    monkeypatch.setattr(runner.time, "perf_counter", perf_counter)
     config = _fast(n=7, batch_size=3, skip_metrics=list(runner.METRIC_GROUPS))
     result = run_benchmark(model, tokenizer, _examples(12), config, show_progress=False)
     sizes = [3, 3, 3, 3, 3, 3, 1]  # batches of 3, 3 and 1 examples
@@ -494,10 +493,10 @@ def test_ig_is_captum_lig_from_the_pad_baseline_with_the_steps_asked(
         steps.append(kwargs.get("n_steps"))
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(LayerIntegratedGradients, "attribute", spy)
-    got = attribute("ig", model, forward, ids, mask, target, **ctx, ig_steps=3)
+    with monkeypatch.context() as patched:  # not the conftest's settings
+        patched.setattr(LayerIntegratedGradients, "attribute", spy)
+        got = attribute("ig", model, forward, ids, mask, target, **ctx, ig_steps=3)
     assert steps == [3]  # --ig-steps reaches Captum
-    monkeypatch.undo()
     # [PAD] (id 0) at content tokens; special tokens and padding unchanged
     baseline = ids.clone()
     baseline[(mask == 1) & ~ctx["special_tokens_mask"]] = 0

@@ -184,6 +184,16 @@ def test_explain_ignores_a_damaged_report(tiny_dir, tmp_path, capsys, text):
     assert "prediction:" in capsys.readouterr().out
 
 
+def test_explain_refuses_a_config_that_is_not_an_object(tiny_dir, tmp_path, capsys):
+    # config.json that is JSON but not an object ('[]') was an AttributeError
+    # traceback in the label names' lookup; now a usage error
+    folder = Path(shutil.copytree(tiny_dir, tmp_path / "model"))
+    (folder / "config.json").write_text("[]")
+    argv = ["explain", "--model", str(folder), "--text", "a good film"]
+    assert main(argv) == 2
+    assert f"--model {folder}" in capsys.readouterr().err
+
+
 def test_explain_default_model_is_fine_tuned_on_seed_0s_split(
     tiny_dir, tmp_path, monkeypatch, capsys
 ):
@@ -326,6 +336,10 @@ def test_cache_key_covers_a_base_model_saved_again_in_place(toy_csv, tmp_path):
     # from its old weights
     base = _save(tmp_path / "base", make_tiny_model("bert", 0, vocab_size=30522))
     first = _finetune(toy_csv, base)
+    assert _finetune(toy_csv, base)["from_cache"] is True
+    # files beside the model's own do not make it another model
+    (base / "README.md").write_text("notes")
+    (base / ".DS_Store").write_bytes(b"\0")
     assert _finetune(toy_csv, base)["from_cache"] is True
     weights = next(base.glob("*.safetensors"))
     make_tiny_model("bert", 1, vocab_size=30522).save_pretrained(base)
